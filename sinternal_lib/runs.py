@@ -1,0 +1,355 @@
+"""Run folders: one folder per run, one subfolder per stage, a manifest written last.
+
+Layout (`runs/<run>/`): `recipe.yaml` (resolved), `env.json`, `notebooks/` (executed copies),
+`01_diagnose/ 02_build_data/ 03_sft/ 04_grpo/ 05_evaluate/` and `metrics.json` (one section per stage).
+
+A stage is complete only when its `manifest.json` exists and matches the current config hash and the
+hashes of its inputs; the manifest is written atomically (temp file + rename) as the stage's last act,
+so an interrupted stage has none and is redone. Partial files it left (e.g. an appended samples JSONL)
+may be resumed by the stage itself, but no other stage reads them: `require()` refuses an incomplete
+stage with a message that says which notebook to run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import REPO_ROOT, Recipe, dump_recipe
+
+STAGES = {
+    "diagnose": "01_diagnose",
+    "build_data": "02_build_data",
+    "sft": "03_sft",
+    "grpo": "04_grpo",
+    "evaluate": "05_evaluate",
+}
+METRIC_SECTIONS = {"diagnose": "diagnosis", "build_data": "data", "sft": "sft", "grpo": "rl", "evaluate": "eval"}
+PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "papermill")
+MANIFEST = "manifest.json"
+
+
+class StageIncomplete(RuntimeError):
+    """An earlier stage's outputs are missing or unfinished."""
+
+
+class RunLocked(RuntimeError):
+    """Another process holds this run."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text to `path` through a temp file and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def hash_path(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a folder's (relative name, file hash) list; 'missing' if absent."""
+    path = Path(path)
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    if path.is_dir():
+        h = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
+            h.update(str(p.relative_to(path)).encode())
+            h.update(hash_path(p).encode())
+        return h.hexdigest()
+    return "missing"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_revision() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Stage:
+    """One stage of a run: its folder, its config hash and its inputs; `finish()` writes the manifest."""
+
+    run: "Run"
+    name: str
+    config: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def dir(self) -> Path:
+        return self.run.stage_dir(self.name)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / MANIFEST
+
+    def _input_hashes(self) -> dict[str, str]:
+        return {k: hash_path(v) for k, v in sorted(self.inputs.items())}
+
+    def _config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def is_complete(self) -> bool:
+        """True when a manifest exists and matches this config and these inputs, and outputs are intact."""
+        return self.stale_reason() is None
+
+    def stale_reason(self) -> str | None:
+        """Why the stage must be (re)done, or None when its manifest can be trusted."""
+        m = read_manifest(self.dir)
+        if m is None:
+            return f"{self.manifest_path} is missing: the stage never finished"
+        if m.get("config_hash") != self._config_hash():
+            return f"{self.manifest_path}: the stage's config changed since it ran"
+        if m.get("input_hashes") != self._input_hashes():
+            return f"{self.manifest_path}: an input changed since the stage ran"
+        for name, h in m.get("output_hashes", {}).items():
+            if hash_path(self.dir / name) != h:
+                return f"{self.dir / name} was changed or truncated after the stage finished"
+        return None
+
+    def invalidate(self) -> None:
+        """Remove the manifest so the stage counts as unfinished (outputs are rewritten by the rerun)."""
+        self.manifest_path.unlink(missing_ok=True)
+
+    def finish(self, outputs: list[str], summary: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict:
+        """Write the manifest (last, atomically) and the stage's section of metrics.json.
+
+        `outputs` are paths relative to the stage folder whose hashes are recorded.
+        """
+        wall = time.time() - self.started
+        missing = [o for o in outputs if not (self.dir / o).exists()]
+        if missing:
+            raise StageIncomplete(f"stage {self.name}: declared outputs missing: {missing}")
+        if summary is not None:
+            self.run.update_metrics(METRIC_SECTIONS[self.name], summary)
+            self.run.update_metrics("timings", {self.name: round(wall, 1)})
+        manifest = {
+            "stage": self.name,
+            "run": self.run.name,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": round(wall, 2),
+            "seed": self.run.recipe.run.seed,
+            "config_hash": self._config_hash(),
+            "config": self.config,
+            "inputs": {k: str(v) for k, v in sorted(self.inputs.items())},
+            "input_hashes": self._input_hashes(),
+            "output_hashes": {o: hash_path(self.dir / o) for o in outputs},
+            "versions": package_versions(),
+            "git": git_revision(),
+            **(extra or {}),
+        }
+        atomic_write_json(self.manifest_path, manifest)
+        return manifest
+
+
+def read_manifest(stage_dir: str | os.PathLike) -> dict | None:
+    """The manifest of a stage folder, or None if absent; a corrupt one raises naming the file."""
+    p = Path(stage_dir) / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise StageIncomplete(f"{p} is corrupt ({e}); delete it to redo the stage") from e
+
+
+class Run:
+    """A run folder bound to a resolved recipe."""
+
+    def __init__(self, recipe: Recipe, name: str | None = None, root: str | os.PathLike | None = None):
+        self.recipe = recipe
+        self.name = name or recipe.run.name
+        base = Path(root) if root is not None else recipe.resolve_path(recipe.run.output_root)
+        self.path = base / self.name
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = None
+
+    def stage_dir(self, stage: str) -> Path:
+        if stage not in STAGES:
+            raise KeyError(f"unknown stage {stage!r}; stages: {list(STAGES)}")
+        d = self.path / STAGES[stage]
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def stage(self, name: str, sections: tuple[str, ...], inputs: dict[str, str | os.PathLike] | None = None) -> Stage:
+        """A stage whose config is the named recipe sections (plus the run seed)."""
+        cfg = {s: self.recipe.to_dict()[s] for s in sections}
+        cfg["seed"] = self.recipe.run.seed
+        return Stage(self, name, cfg, {k: str(v) for k, v in (inputs or {}).items()})
+
+    def require(self, stage: str, file: str | None = None) -> Path:
+        """Path to a finished earlier stage's folder (or a file in it); refuses unfinished stages."""
+        d = self.path / STAGES[stage]
+        m = read_manifest(d)
+        if m is None:
+            raise StageIncomplete(
+                f"stage '{stage}' of run '{self.name}' has not finished ({d / MANIFEST} missing): "
+                f"run notebook {STAGES[stage]}.ipynb first"
+            )
+        if file is not None:
+            p = d / file
+            if not p.exists():
+                raise StageIncomplete(f"{p} is missing although the stage finished; rerun {STAGES[stage]}")
+            if file in m.get("output_hashes", {}) and hash_path(p) != m["output_hashes"][file]:
+                raise StageIncomplete(f"{p} no longer matches its manifest (changed or truncated); rerun {STAGES[stage]}")
+            return p
+        return d
+
+    def is_done(self, stage: str) -> bool:
+        return read_manifest(self.path / STAGES[stage]) is not None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    def read_metrics(self) -> dict[str, Any]:
+        if not self.metrics_path.is_file():
+            return {}
+        return json.loads(self.metrics_path.read_text(encoding="utf-8"))
+
+    def update_metrics(self, section: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Merge `values` into one section of metrics.json (under a file lock, written atomically)."""
+        with self._file_lock(self.path / ".metrics.lock"):
+            data = self.read_metrics()
+            data.setdefault(section, {}).update(values)
+            atomic_write_json(self.metrics_path, data)
+        return data
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _file_lock(path: Path) -> Iterator[None]:
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def acquire(self) -> None:
+        """Hold the run's lock for this process; a second process is refused with a clear message."""
+        fd = os.open(self.path / ".run.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLocked(f"run '{self.name}' ({self.path}) is in use by another process; wait for it or pick another --run-name") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_env(self) -> Path:
+        """Write env.json (versions, git, hardware, interpreter) and the resolved recipe.yaml."""
+        dump_recipe(self.recipe, self.path / "recipe.yaml")
+        env = {
+            "run": self.name,
+            "recipe_source": self.recipe.source,
+            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "python": sys.executable,
+            "versions": package_versions(),
+            "git": git_revision(),
+            "hardware": hardware(),
+            "seed": self.recipe.run.seed,
+            "env": {k: os.environ[k] for k in ("SINTERNAL_HOME", "SINTERNAL_SHARED_DATA", "HF_HUB_OFFLINE") if k in os.environ},
+        }
+        return atomic_write_json(self.path / "env.json", env)
+
+
+def open_run(recipe: Recipe, name: str | None = None, root: str | os.PathLike | None = None) -> Run:
+    """Open (create if needed) the run folder for `recipe`, writing env.json and recipe.yaml."""
+    run = Run(recipe, name, root)
+    run.write_env()
+    seed_everything(recipe.run.seed)
+    return run
+
+
+# Which recipe sections decide each stage, and which earlier stages feed it. A stage's inputs are the
+# manifests of the stages it reads, so rerunning an earlier stage makes every later one stale.
+STAGE_SECTIONS = {
+    "diagnose": ("model", "spec", "data", "judge", "diagnose"),
+    "build_data": ("model", "spec", "data", "judge", "teacher", "build_data"),
+    "sft": ("model", "spec", "data", "judge", "sft"),
+    "grpo": ("model", "data", "judge", "sft", "grpo"),
+    "evaluate": ("model", "spec", "data", "judge", "evaluate"),
+}
+STAGE_DEPENDS = {
+    "diagnose": (),
+    "build_data": (),
+    "sft": ("build_data",),
+    "grpo": ("sft",),
+    "evaluate": ("diagnose", "build_data", "sft", "grpo"),
+}
+
+
+def stage_for(run: Run, name: str) -> Stage:
+    """The Stage object for `name` in `run`: its config sections and its upstream manifests as inputs."""
+    inputs: dict[str, Any] = {dep: run.path / STAGES[dep] / MANIFEST for dep in STAGE_DEPENDS[name]}
+    if "spec" in STAGE_SECTIONS[name]:
+        inputs["spec_file"] = run.recipe.resolve_path(run.recipe.spec.path)
+    return run.stage(name, STAGE_SECTIONS[name], inputs)

@@ -1,0 +1,353 @@
+"""Batched response sampling with resume, plus reasoning/answer splitting.
+
+`sample_responses` runs chat prompts through a causal LM (transformers backend; left padding,
+length-sorted batches, KV cache, temperature/top-p or greedy) and appends one JSON line per sample to
+`out_path` after every batch, so a killed run resumes where it stopped. JSONL schema (`Sample`):
+prompt_id, sample_idx, prompt, text (full generation, stop token removed), reasoning (str|None),
+answer (str), num_tokens (generated tokens, incl. the stop token when finish == "stop"),
+finish ("stop"|"length"), model (ref string), seed (the run seed). Randomness is seeded per batch from
+(seed, first item of the batch), so a resumed run writes byte-identical samples to an uninterrupted one
+given the same prompts, num_samples and batch_size. `generate_greedy` is the deterministic helper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+from .datasets import Record
+
+__all__ = ["Sample", "Sampler", "TransformersSampler", "make_sampler", "split_reasoning",
+           "sample_responses", "generate_greedy", "read_samples"]
+
+FINISH_STOP, FINISH_LENGTH = "stop", "length"
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+
+
+@dataclass
+class Sample:
+    """One generated response (one JSONL line); see the module docstring for the fields."""
+
+    prompt_id: str
+    sample_idx: int
+    prompt: str
+    text: str
+    reasoning: str | None
+    answer: str
+    num_tokens: int
+    finish: str
+    model: str
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Sample":
+        return cls(**d)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.prompt_id, self.sample_idx)
+
+
+# --------------------------------------------------------------------------- reasoning split
+def split_reasoning(text: str, style: str = "auto") -> tuple[str | None, str]:
+    """Split a generation into (reasoning, answer).
+
+    style "auto"/"think": `<think>R</think>A` -> (R, A); text that starts mid-thought (R1 templates put
+    `<think>` in the prompt) with only `</think>` -> (text before it, rest); an unterminated `<think>` ->
+    (remainder, ""); no tags -> (None, text.strip()). style "none": always (None, text.strip()).
+    """
+    if style not in ("auto", "think", "none"):
+        raise ValueError(f"unknown reasoning style {style!r}; use 'auto', 'think' or 'none'")
+    if style == "none":
+        return None, text.strip()
+    close = text.find(_THINK_CLOSE)
+    open_ = text.find(_THINK_OPEN)
+    if open_ != -1 and (close == -1 or open_ < close):
+        start = open_ + len(_THINK_OPEN)
+        if close == -1:  # thinking never finished: everything after the tag is reasoning
+            return text[start:].strip(), ""
+        return text[start:close].strip(), text[close + len(_THINK_CLOSE):].strip()
+    if close != -1:  # opening tag was part of the prompt
+        return text[:close].strip(), text[close + len(_THINK_CLOSE):].strip()
+    return None, text.strip()
+
+
+# --------------------------------------------------------------------------- prompt building
+def _chat_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """Render messages with the tokenizer's chat template (generation prompt added)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # No template (plain LM): system text, then the user turns, separated by blank lines.
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
+def _messages(prompt: str | list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        msgs = [{"role": "user", "content": prompt}]
+    else:
+        msgs = [dict(m) for m in prompt]
+    if system_prompt is not None and not (msgs and msgs[0]["role"] == "system"):
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    return msgs
+
+
+def _encode(tokenizer: Any, prompt: str | list[dict[str, str]], system_prompt: str | None) -> list[int]:
+    text = _chat_text(tokenizer, _messages(prompt, system_prompt))
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _normalise_prompts(prompts: Sequence[tuple[str, str]] | Sequence[Record]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for p in prompts:
+        pid, text = (p.id, p.prompt) if isinstance(p, Record) else (p[0], p[1])
+        out.append((str(pid), text))
+    ids = [pid for pid, _ in out]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"duplicate prompt ids (resume needs unique ids): {dup}")
+    return out
+
+
+# --------------------------------------------------------------------------- generation core
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+                tokenizer.eos_token_id):
+        if isinstance(src, int):
+            ids.add(src)
+        elif src is not None:
+            ids.update(int(i) for i in src)
+    return ids
+
+
+def _pad_id(tokenizer: Any, stop_ids: set[int]) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    if stop_ids:
+        return min(stop_ids)
+    raise ValueError("tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+
+
+def _generate_batch(model: Any, tokenizer: Any, batch_ids: list[list[int]], *, max_new_tokens: int,
+                    do_sample: bool, temperature: float, top_p: float, seed: int | None
+                    ) -> list[tuple[list[int], str]]:
+    """Generate for one left-padded batch; returns (generated ids without the stop token, finish)."""
+    stop = _stop_ids(model, tokenizer)
+    pad = _pad_id(tokenizer, stop)
+    width = max(len(x) for x in batch_ids)
+    input_ids = torch.full((len(batch_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+    for i, ids in enumerate(batch_ids):
+        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[i, width - len(ids):] = 1
+    device = next(model.parameters()).device
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
+                              pad_token_id=pad, eos_token_id=sorted(stop) or None)
+    if do_sample:
+        kw.update(temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kw.update(temperature=None, top_p=None, top_k=None)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kw)
+    gen = out[:, width:].tolist()
+    results = []
+    for row in gen:
+        cut = next((j for j, t in enumerate(row) if t in stop), None)
+        results.append((row, FINISH_LENGTH) if cut is None else (row[:cut], FINISH_STOP))
+    return results
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    # Special tokens are kept so `<think>` tags survive on tokenizers that mark them special; the
+    # stop token and padding were already cut off.
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def _batch_seed(seed: int, key: tuple[str, int]) -> int:
+    h = hashlib.sha256(f"{seed}\x00{key[0]}\x00{key[1]}".encode()).digest()
+    return int.from_bytes(h[:8], "little") % (2**63 - 1)
+
+
+# --------------------------------------------------------------------------- JSONL resume
+def read_samples(path: str | os.PathLike, *, repair: bool = False) -> list[Sample]:
+    """Read a samples JSONL file. A truncated final line (a killed write) is dropped with a warning
+    naming the file (and removed from the file when `repair`); a bad line elsewhere raises."""
+    path = Path(path)
+    raw = path.read_text(encoding="utf-8")
+    lines = raw.split("\n")
+    ends_clean = raw.endswith("\n") or raw == ""
+    if lines and lines[-1] == "":
+        lines.pop()
+    out: list[Sample] = []
+    for i, line in enumerate(lines, 1):
+        last = i == len(lines)
+        if not line.strip():
+            continue
+        try:
+            out.append(Sample.from_dict(json.loads(line)))
+            if last and not ends_clean and repair:  # complete JSON but no newline: add it
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write("\n")
+        except (json.JSONDecodeError, TypeError) as e:
+            if not last:
+                raise ValueError(f"{path}:{i}: malformed sample line ({e}); fix or delete the file") from e
+            warnings.warn(f"{path}: dropping truncated final line {i} (interrupted write); "
+                          "it will be regenerated", stacklevel=2)
+            if repair:
+                keep = "".join(x + "\n" for x in lines[:-1])
+                tmp = path.with_suffix(path.suffix + ".tmp")
+                tmp.write_text(keep, encoding="utf-8")
+                os.replace(tmp, path)
+    return out
+
+
+def _append(path: Path, samples: list[Sample]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------- public API
+def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[tuple[str, str]] | Sequence[Record], *,
+                     num_samples: int = 1, max_new_tokens: int = 128, temperature: float = 0.7,
+                     top_p: float = 0.95, batch_size: int = 8, seed: int = 0,
+                     out_path: str | os.PathLike | None = None, system_prompt: str | None = None,
+                     model_name: str = "", progress: bool = True, do_sample: bool | None = None,
+                     reasoning_style: str = "auto",
+                     on_batch: Callable[[list[Sample]], None] | None = None) -> list[Sample]:
+    """Sample `num_samples` responses per prompt; returns them in (prompt order, sample_idx) order.
+
+    `prompts`: (prompt_id, text) pairs or `Record`s. Greedy when temperature == 0 or do_sample=False.
+    With `out_path`, finished samples found there are skipped and each batch is appended (fsync'd);
+    `on_batch` is called with each newly written batch (progress hooks, tests).
+    """
+    if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
+        raise ValueError("num_samples, batch_size and max_new_tokens must be >= 1")
+    if do_sample is None:
+        do_sample = temperature > 0
+    if do_sample and temperature <= 0:
+        raise ValueError("do_sample=True needs temperature > 0")
+    items = _normalise_prompts(prompts)
+    order = {pid: i for i, (pid, _) in enumerate(items)}
+
+    done: dict[tuple[str, int], Sample] = {}
+    path = Path(out_path) if out_path is not None else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            for s in read_samples(path, repair=True):
+                if s.seed != seed or (model_name and s.model and s.model != model_name):
+                    raise ValueError(f"{path} holds samples from model={s.model!r} seed={s.seed}, not "
+                                     f"model={model_name!r} seed={seed}; use another out_path or delete it")
+                if s.prompt_id in order and s.sample_idx < num_samples:
+                    done[s.key] = s
+
+    # The batch plan depends only on the inputs (not on what is done), so resumed batches match.
+    enc = {pid: _encode(tokenizer, text, system_prompt) for pid, text in items}
+    work = [(pid, k) for pid, _ in items for k in range(num_samples)]
+    work.sort(key=lambda w: (-len(enc[w[0]]), order[w[0]], w[1]))
+    batches = [work[i:i + batch_size] for i in range(0, len(work), batch_size)]
+    texts = dict(items)
+
+    model.eval()
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(work), initial=len(done), unit="sample", desc="sampling", disable=not progress)
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                if all(w in done for w in batch):
+                    continue
+                gens = _generate_batch(model, tokenizer, [enc[pid] for pid, _ in batch],
+                                       max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                       temperature=temperature, top_p=top_p,
+                                       seed=_batch_seed(seed, batch[0]))
+                new = []
+                for (pid, k), (ids, finish) in zip(batch, gens):
+                    if (pid, k) in done:  # partially written batch: keep the stored line
+                        continue
+                    text = _decode(tokenizer, ids)
+                    reasoning, answer = split_reasoning(text, reasoning_style)
+                    new.append(Sample(pid, k, texts[pid], text, reasoning, answer,
+                                      len(ids) + (finish == FINISH_STOP), finish, model_name, seed))
+                if path is not None:
+                    _append(path, new)
+                for s in new:
+                    done[s.key] = s
+                bar.update(len(new))
+                if on_batch is not None:
+                    on_batch(new)
+    finally:
+        bar.close()
+    return [done[w] for w in sorted(work, key=lambda w: (order[w[0]], w[1]))]
+
+
+def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[str] | Sequence[list[dict[str, str]]],
+                    max_new_tokens: int = 128, batch_size: int = 8, *, system_prompt: str | None = None,
+                    progress: bool = False) -> list[str]:
+    """Greedy responses (stop token removed) in input order. Each prompt is a user string or a list
+    of chat messages (so a system prompt can be given per prompt)."""
+    enc = [_encode(tokenizer, p, system_prompt) for p in prompts]
+    idx = sorted(range(len(enc)), key=lambda i: (-len(enc[i]), i))
+    out: list[str] = [""] * len(enc)
+    model.eval()
+    from tqdm.auto import tqdm
+    with torch.inference_mode():
+        for b in tqdm(range(0, len(idx), batch_size), desc="generating", disable=not progress):
+            chunk = idx[b:b + batch_size]
+            gens = _generate_batch(model, tokenizer, [enc[i] for i in chunk], max_new_tokens=max_new_tokens,
+                                   do_sample=False, temperature=0.0, top_p=1.0, seed=None)
+            for i, (ids, _) in zip(chunk, gens):
+                out[i] = _decode(tokenizer, ids)
+    return out
+
+
+class Sampler(Protocol):
+    """A generation backend: the kit's code depends on this, not on transformers directly."""
+
+    def sample(self, prompts: Sequence[tuple[str, str]] | Sequence[Record], **kw: Any) -> list[Sample]: ...
+
+    def generate_greedy(self, prompts: Sequence[str] | Sequence[list[dict[str, str]]],
+                        max_new_tokens: int = 128, batch_size: int = 8) -> list[str]: ...
+
+
+@dataclass
+class TransformersSampler:
+    """`Sampler` over an in-process transformers model (the default and, for now, only backend)."""
+
+    model: Any
+    tokenizer: Any
+    model_name: str = ""
+
+    def sample(self, prompts: Sequence[tuple[str, str]] | Sequence[Record], **kw: Any) -> list[Sample]:
+        kw.setdefault("model_name", self.model_name)
+        return sample_responses(self.model, self.tokenizer, prompts, **kw)
+
+    def generate_greedy(self, prompts: Sequence[str] | Sequence[list[dict[str, str]]],
+                        max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
+        return generate_greedy(self.model, self.tokenizer, prompts, max_new_tokens, batch_size)
+
+
+def make_sampler(model: Any, tokenizer: Any, backend: str = "transformers", model_name: str = "") -> Sampler:
+    """Build a `Sampler`. backend "transformers" works; "vllm" is reserved for a later addition."""
+    if backend == "transformers":
+        return TransformersSampler(model, tokenizer, model_name)
+    if backend == "vllm":
+        raise NotImplementedError(
+            "the vLLM backend is a planned later addition (GPU-only, for large-scale sampling); "
+            "use backend='transformers' for now: it writes the same Sample JSONL, so outputs stay "
+            "compatible when vLLM lands")
+    raise ValueError(f"unknown sampling backend {backend!r}; choose 'transformers' (or later 'vllm')")

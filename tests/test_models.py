@@ -1,0 +1,97 @@
+"""Model resolution and loading; the CPU 4-bit gradient trap stays closed.
+
+Run: .venv/bin/pytest -q tests/test_models.py
+"""
+
+import pytest
+import torch
+
+from sinternal_lib.models import (
+    ModelNotAvailable, guard_cpu_4bit, load_model, resolve_model_ref, save_tiny_model, tiny_model,
+)
+
+
+def test_bundled_name_resolves_to_converted_folder():
+    path = resolve_model_ref("smollm2-135m-instruct")
+    assert path.endswith("smollm2-135m-instruct")
+
+
+def test_local_folder_resolves(tmp_path):
+    folder = save_tiny_model(tmp_path / "tiny")
+    assert resolve_model_ref(str(folder)) == str(folder)
+
+
+def test_folder_without_config_is_clear_error(tmp_path):
+    with pytest.raises(ModelNotAvailable, match="config.json"):
+        resolve_model_ref(str(tmp_path))
+
+
+def test_offline_hub_id_error_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailable, match="huggingface-cli download"):
+        resolve_model_ref("some-org/not-a-cached-model-xyz")
+
+
+def test_tiny_model_shares_smollm2_tokenizer():
+    model, tok = tiny_model()
+    assert model.config.vocab_size == len(tok) == 49152
+    assert tok.padding_side == "left" and tok.pad_token is not None
+
+
+def _lora_step_after_generate(model, tok):
+    enc = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    model.eval()
+    with torch.no_grad():
+        model.generate(**enc, max_new_tokens=3, do_sample=False)
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # LoRA B starts at zero, so A only gets gradient from the second step on
+        loss = model(**enc, labels=enc["input_ids"]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(before[n], p.detach())]
+    return changed, before
+
+
+def test_4bit_lora_gets_gradients_after_generate(tmp_path):
+    folder = save_tiny_model(tmp_path / "tiny")
+    model, tok = load_model(str(folder), load_in_4bit=True, device="cpu",
+                            lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.support_avx512bf16_for_cpu is False for m in layers)
+    changed, before = _lora_step_after_generate(model, tok)
+    assert len(changed) == len(before), f"only {len(changed)}/{len(before)} LoRA tensors changed"
+
+
+def test_guard_counts_4bit_layers(tmp_path):
+    folder = save_tiny_model(tmp_path / "tiny")
+    model, _ = load_model(str(folder), load_in_4bit=True, device="cpu")
+    assert guard_cpu_4bit(model) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
+
+
+def test_adapter_save_and_load(tmp_path):
+    folder = save_tiny_model(tmp_path / "tiny")
+    model, tok = load_model(str(folder), device="cpu", lora={"r": 4, "alpha": 8})
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.01)
+    model.eval()  # LoRA dropout off
+    model.save_pretrained(tmp_path / "adapter")
+    again, _ = load_model(str(folder), device="cpu", adapter=tmp_path / "adapter")
+    enc = tok("hello", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**enc).logits, again(**enc).logits, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_real_smollm2_4bit_lora_gradients_after_generate():
+    model, tok = load_model("smollm2-135m-instruct", load_in_4bit=True, device="cpu",
+                            lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    changed, before = _lora_step_after_generate(model, tok)
+    assert len(changed) == len(before) == 30 * 2 * 2

@@ -1,0 +1,104 @@
+"""Run folders: manifests written last, stage skipping, redo after an interruption, locks.
+
+Run: .venv/bin/pytest -q tests/test_runs.py
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sinternal_lib.config import load_recipe
+from sinternal_lib.runs import RunLocked, StageIncomplete, open_run, stage_for
+
+
+@pytest.fixture
+def run(tmp_path):
+    return open_run(load_recipe("configs/tests/tiny.yaml"), "t", tmp_path)
+
+
+def _finish_build_data(run, text="a\n"):
+    st = stage_for(run, "build_data")
+    (st.dir / "samples.jsonl").write_text(text)
+    st.finish(["samples.jsonl"], summary={"examples": 1})
+    return st
+
+
+def test_env_and_recipe_written(run):
+    env = json.loads((run.path / "env.json").read_text())
+    assert "torch" in env["versions"] and env["seed"] == run.recipe.run.seed
+    assert (run.path / "recipe.yaml").is_file()
+
+
+def test_manifest_makes_stage_complete_and_metrics(run):
+    st = stage_for(run, "build_data")
+    assert not st.is_complete()
+    _finish_build_data(run)
+    assert stage_for(run, "build_data").is_complete()
+    m = json.loads((st.dir / "manifest.json").read_text())
+    assert m["output_hashes"]["samples.jsonl"] and m["versions"]["torch"]
+    assert run.read_metrics()["data"] == {"examples": 1}
+    assert "build_data" in run.read_metrics()["timings"]
+
+
+def test_config_change_makes_stage_stale(run, tmp_path):
+    _finish_build_data(run)
+    other = open_run(load_recipe("configs/tests/tiny.yaml", {"build_data.num_samples": 2}), "t", tmp_path)
+    assert "config changed" in stage_for(other, "build_data").stale_reason()
+
+
+def test_upstream_rerun_makes_downstream_stale(run):
+    _finish_build_data(run)
+    sft = stage_for(run, "sft")
+    (sft.dir / "x").write_text("1")
+    sft.finish(["x"])
+    assert stage_for(run, "sft").is_complete()
+    _finish_build_data(run, "b\n")  # redo upstream: new manifest hash
+    assert "input changed" in stage_for(run, "sft").stale_reason()
+
+
+def test_truncated_output_detected(run):
+    st = _finish_build_data(run, "a long line\n")
+    (st.dir / "samples.jsonl").write_text("a lo")
+    assert "truncated" in stage_for(run, "build_data").stale_reason()
+    with pytest.raises(StageIncomplete, match="samples.jsonl"):
+        run.require("build_data", "samples.jsonl")
+
+
+def test_interrupted_stage_is_not_complete(run):
+    # A stage killed before finish() leaves outputs but no manifest: downstream refuses to read it.
+    st = stage_for(run, "build_data")
+    (st.dir / "samples.jsonl").write_text("partial")
+    assert not st.is_complete()
+    with pytest.raises(StageIncomplete, match="02_build_verification_data|02_build_data"):
+        run.require("build_data")
+
+
+def test_corrupt_manifest_named(run):
+    st = _finish_build_data(run)
+    st.manifest_path.write_text("{not json")
+    with pytest.raises(StageIncomplete, match="manifest.json"):
+        st.is_complete()
+
+
+def test_run_lock_refuses_second_process(run):
+    run.acquire()
+    try:
+        code = (
+            "import sys; from sinternal_lib.config import load_recipe; from sinternal_lib.runs import Run, RunLocked\n"
+            f"r = Run(load_recipe('configs/tests/tiny.yaml'), 't', {str(run.path.parent)!r})\n"
+            "try:\n    r.acquire()\nexcept RunLocked as e:\n    print(e); sys.exit(3)\n"
+        )
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd())
+        assert p.returncode == 3 and "in use by another process" in p.stdout
+    finally:
+        run.release()
+    with pytest.raises(RunLocked):
+        run.acquire()
+        other = type(run)(run.recipe, "t", run.path.parent)
+        try:
+            other.acquire()  # same process, second descriptor: flock refuses too
+        finally:
+            run.release()
