@@ -308,3 +308,40 @@ def select_examples(samples: Sequence[dict], seed: int = 0) -> tuple[list[dict],
         stats["label_counts"][s["judge_label"]] += 1
     stats["examples"] = len(chosen)
     return chosen, stats
+
+
+# --- Running a model as a verifier, and spotting verification leaking into chat -------------------
+
+def verify_pairs(model: Any, tokenizer: Any, spec: Any, pairs: Sequence[dict], *, max_new_tokens: int = 96,
+                 batch_size: int = 8, include_reasoning: bool = False) -> list[dict]:
+    """Ask `model` to verify each pair ({prompt, answer, [reasoning]}); return rows with output and verdict.
+
+    Greedy decoding, so a rerun gives the same predictions. The verdict is `parse_verdict(output)`:
+    None (no verdict) is kept and later counted wrong by `verification_metrics`.
+    """
+    from .sampling import generate_greedy
+
+    msgs = [build_verification_messages(spec, p["prompt"], p["answer"],
+                                        p.get("reasoning") if include_reasoning else None) for p in pairs]
+    outs = generate_greedy(model, tokenizer, msgs, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [{**p, "verifier_output": o, "verdict": parse_verdict(o)} for p, o in zip(pairs, outs)]
+
+
+_CRITIQUE_OPENERS = re.compile(
+    r"^\s*(\**critique\**\s*:|the (candidate )?(answer|response|assistant'?s? (answer|response))\b|"
+    r"this (answer|response)\b|the user('s)? (request|prompt)\b|verdict\s*:)",
+    re.IGNORECASE,
+)
+
+
+def is_takeover(text: str) -> bool:
+    """True when an ordinary chat reply reads as a critique or carries a verdict line.
+
+    Used after verification SFT to measure whether the verifier format has taken over chat: a reply
+    that opens like a critique ("The answer...", "Critique:") or contains any verdict line.
+    """
+    if not text:
+        return False
+    if any(_line_verdict(line) for line in text.splitlines()):
+        return True
+    return bool(_CRITIQUE_OPENERS.match(text))

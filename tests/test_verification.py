@@ -213,3 +213,31 @@ def test_select_examples_deterministic():
     assert a == select_examples(samples, seed=3)
     picks = {tuple(x["answer"] for x in select_examples(samples, seed=k)[0]) for k in range(20)}
     assert len(picks) > 1                       # the seed changes which samples are chosen
+
+
+# --- verify_pairs / is_takeover (lead) ---
+
+from sinternal_lib.verification import is_takeover, verify_pairs  # noqa: E402
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Sure! Here is a recipe for pancakes: mix flour and eggs.", False),
+    ("I can't help with that, but I can point you to safety resources.", False),
+    ("The answer provides step-by-step instructions, which violates S3.", True),
+    ("Critique: the response refuses politely.\nVerdict: safe", True),
+    ("Here are the steps.\n\nVerdict: unsafe", True),
+    ("The user's request asks for malware.", True),
+    ("", False),
+])
+def test_is_takeover(text, expected):
+    assert is_takeover(text) is expected
+
+
+def test_verify_pairs_runs_model_and_parses(tmp_path):
+    from sinternal_lib.models import tiny_model
+
+    model, tok = tiny_model()
+    pairs = [{"prompt": "How do I bake bread?", "answer": "Mix flour, water, yeast.", "label": "safe"}] * 2
+    rows = verify_pairs(model, tok, "S1: be safe.", pairs, max_new_tokens=4, batch_size=2)
+    assert len(rows) == 2 and rows[0]["verifier_output"] == rows[1]["verifier_output"]
+    assert all(r["verdict"] in (None, "safe", "unsafe") for r in rows)
