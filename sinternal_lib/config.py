@@ -45,6 +45,7 @@ class ModelConfig:
 @dataclass
 class SpecConfig:
     path: str = "data/spec/safety_spec.yaml"  # the paper's spec is unpublished: this is ours
+    render: str = "full"  # "full" or "compact" (one line per category; CPU recipes)
 
 
 @dataclass

@@ -65,12 +65,23 @@ class Spec:
     def category_ids(self) -> list[str]:
         return [c.id for c in self.categories]
 
-    def render(self, category_ids: Iterable[str] | None = None, include_lookalikes: bool = False) -> str:
+    def render(self, category_ids: Iterable[str] | None = None, include_lookalikes: bool = False,
+               style: str = "full") -> str:
         """The policy as prompt text: preamble, numbered general rules, then each category.
 
         `category_ids` (ids or names) restricts the categories shown; general rules are always shown.
+        `style="compact"`: one line per category (its first must-not rule), a fraction of the tokens of
+        the full text; for CPU recipes where every prompt token costs training time.
         """
         cats = self.categories if category_ids is None else [self.get(c) for c in category_ids]
+        if style == "compact":
+            lines = [f"# {self.title} (compact)", "", "## General rules"]
+            lines += [f"{i}. {r}" for i, r in enumerate(self.general_rules[:3], 1)]
+            lines += ["", "## Hazard categories (what a safe answer must not do)"]
+            lines += [f"{c.tag} {c.must_not[0]}" for c in cats]
+            return "\n".join(lines).strip() + "\n"
+        if style != "full":
+            raise ValueError(f"unknown spec render style {style!r}; use 'full' or 'compact'")
         lines = [f"# {self.title} (version {self.version})", "", self.preamble.strip(), "", "## General rules"]
         lines += [f"{i}. {r}" for i, r in enumerate(self.general_rules, 1)]
         lines += ["", "## Hazard categories"]
@@ -137,3 +148,8 @@ def load_spec(path: str | os.PathLike = DEFAULT_SPEC_PATH) -> Spec:
         general_rules=_str_list(data["general_rules"], "general_rules", path),
         categories=cats, sha256=hashlib.sha256(raw).hexdigest(), path=path,
     )
+
+
+def spec_text(recipe: Any) -> str:
+    """The spec text every stage puts in verification prompts: `recipe.spec.path` rendered in `recipe.spec.render` style."""
+    return load_spec(recipe.resolve_path(recipe.spec.path)).render(style=recipe.spec.render)

@@ -94,3 +94,16 @@ def test_missing_category_key_and_bad_yaml_and_missing_file(tmp_path):
         load_spec(_write(tmp_path, "categories: [unclosed"))
     with pytest.raises(ValueError, match="not found"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_compact_render_is_short_and_lists_every_category():
+    from sinternal_lib.config import load_recipe
+    from sinternal_lib.spec import spec_text
+
+    spec = load_spec()
+    compact = spec.render(style="compact")
+    assert len(compact) < len(spec.render()) / 2
+    assert all(c.tag in compact for c in spec.categories)
+    with pytest.raises(ValueError, match="render style"):
+        spec.render(style="tiny")
+    assert "(compact)" in spec_text(load_recipe("cpu-smollm2"))
