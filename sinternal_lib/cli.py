@@ -47,6 +47,19 @@ def _select(only: list[str] | None) -> list[str]:
     return [s for s in STAGES if s in chosen]
 
 
+def executed_ok(path: Path) -> bool:
+    """True when an executed notebook copy exists and papermill recorded no exception in it."""
+    if not path.is_file():
+        return False
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception:
+        return False
+    return not nb.metadata.get("papermill", {}).get("exception")
+
+
 def _kernel_name() -> str:
     """The kit's registered kernel when present, else the current interpreter's `python3`."""
     from jupyter_client.kernelspec import KernelSpecManager
@@ -87,7 +100,7 @@ def run_notebooks(
             nb = notebook_path(stage)
             out = out_dir / nb.name
             st = stage_for(run, stage)
-            if not force and st.is_complete():
+            if not force and st.is_complete() and executed_ok(out):
                 log(f"  {nb.stem:<32} skipped (finished, config and inputs unchanged)")
                 continue
             if force:

@@ -38,6 +38,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype for non-quantized layers
     device: str = "auto"  # "auto" = cuda when available, else cpu
     load_in_4bit: bool = True  # NF4 + double quantization through bitsandbytes
+    quantize_generation: bool = True  # False: sample/evaluate with the full-precision weights (faster on CPU)
     reasoning_style: str = "auto"  # "r1" = <think>...</think> traces; "none"; "auto" detects
     system_prompt: str | None = None  # None = the chat template's own default
 
@@ -94,6 +95,7 @@ class DiagnoseConfig:
     verify_max_new_tokens: int = 96  # verifier output length
     batch_size: int = 8
     include_reasoning: bool = False  # show the verifier the answer's reasoning trace too
+    temperature: float = 1.0  # policy answers are sampled so both safe and unsafe ones appear
 
 
 @dataclass
@@ -108,6 +110,8 @@ class BuildDataConfig:
     require_teacher_agreement: bool = True  # keep examples whose teacher verdict == judge label
     other_model: str | None = None  # Other-Exp: verify another model's samples
     include_reasoning: bool = False
+    heldout_num_prompts: int = 24  # test-split harmful prompts sampled for held-out pairs (+ half as many benign)
+    heldout_num_pairs: int = 40  # balanced held-out verification pairs (half unsafe)
 
 
 @dataclass

@@ -1,7 +1,11 @@
 """The report card: `runs/<run>/report.md` (and an HTML copy) rendered from env.json + metrics.json.
 
 Rendered from JSON, never parsed back. A run with missing stages still renders: each absent section
-says plainly that the stage has not run or is not built yet.
+says plainly that the stage has not run or is not built yet. Sections: provenance, headline, the
+paper's claims with a verdict each (`evaluation.assess_claims`), per-stage metrics, the main and
+ablation tables with the paper's numbers beside them (data/paper_numbers.yaml, secondary summaries),
+figures, and a few example generations. Example text the judge labelled unsafe is redacted unless
+`show_unsafe` (or recipe.evaluate.show_unsafe) is set.
 """
 
 from __future__ import annotations
@@ -19,6 +23,14 @@ SECTION_TITLES = {
     "rl": "GRPO",
     "eval": "Evaluation",
 }
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAPER_NUMBERS = REPO_ROOT / "data" / "paper_numbers.yaml"
+JUDGE_AGREEMENT = REPO_ROOT / "benchmarks" / "results" / "judge_agreement.json"
+COLUMN_ORDER = ("embedded_harmful", "strongreject", "harmbench", "jbb", "advbench", "xstest_unsafe",
+                "embedded_jailbreak", "jbb_artifacts", "embedded_benign", "xstest", "gsm8k", "math500",
+                "aime2024", "embedded_math", "verification", "proactive")
+ABLATIONS = ("sft/sinternal", "sft/verdict_only", "sft/critique_only", "sft/other_exp")
+EXAMPLE_CHARS = 400
 
 
 def _fmt(v: Any) -> str:
@@ -29,54 +41,257 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def fmt_rate(v: dict | None) -> str:
+    """'12.5% [4.1, 30.2] n=24' from a result dict; '-' when absent."""
+    if not v or v.get("rate") is None:
+        return "-"
+    lo, hi = v.get("ci95") or [None, None]
+    ci = f" [{lo * 100:.1f}, {hi * 100:.1f}]" if lo is not None else ""
+    return f"{v['rate'] * 100:.1f}%{ci} n={v.get('n', '?')}"
+
+
+def redact(text: str | None, label: str | None, show_unsafe: bool = False) -> str:
+    """`text` unchanged unless the judge called it unsafe and `show_unsafe` is False."""
+    text = text or ""
+    if label == "unsafe" and not show_unsafe:
+        return f"[redacted: unsafe completion, {len(text)} chars]"
+    return text
+
+
+# ----------------------------------------------------------------------------- tables
+def eval_columns(eval_section: dict) -> list[str]:
+    """Result columns present in the eval section, in a fixed reading order (takeover columns dropped)."""
+    ckpts = (eval_section or {}).get("checkpoints") or {}
+    present = {k for r in ckpts.values() for k in r if ":" not in k}
+    return [c for c in COLUMN_ORDER if c in present] + sorted(present - set(COLUMN_ORDER))
+
+
+def eval_table(eval_section: dict, checkpoints: list[str] | None = None) -> Any:
+    """pandas.DataFrame: rows = checkpoints, columns = '<benchmark> (<metric>)', cells 'rate% [CI] n'."""
+    import pandas as pd
+
+    ckpts = (eval_section or {}).get("checkpoints") or {}
+    names = [c for c in (checkpoints or list(ckpts)) if c in ckpts]
+    cols = eval_columns(eval_section)
+    metric = {c: next((r[c].get("metric") for r in ckpts.values() if isinstance(r.get(c), dict)), "") for c in cols}
+    data = {f"{c} ({metric[c]})": [fmt_rate(ckpts[n].get(c)) for n in names] for c in cols}
+    return pd.DataFrame(data, index=pd.Index(names, name="checkpoint"))
+
+
+def _md_table(df: Any) -> list[str]:
+    if df is None or df.empty:
+        return []
+    head = [df.index.name or ""] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for idx, row in df.iterrows():
+        lines.append("| " + " | ".join([str(idx)] + [str(x) for x in row.tolist()]) + " |")
+    return lines + [""]
+
+
+def load_paper_numbers(path: str | Path = PAPER_NUMBERS) -> dict:
+    """The paper's reference numbers (secondary summaries) from data/paper_numbers.yaml; {} if absent."""
+    import yaml
+
+    p = Path(path)
+    return yaml.safe_load(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def paper_side_by_side(eval_section: dict, paper: dict, table: str = "main_table") -> Any:
+    """DataFrame: each paper row with the paper's value and this run's value per mapped column."""
+    import pandas as pd
+
+    ckpts = (eval_section or {}).get("checkpoints") or {}
+    cols = paper.get("columns", {})
+    rows = []
+    for prow in paper.get(table, []):
+        ours = ckpts.get(prow.get("maps_to") or "", {})
+        row = {"paper config": prow["config"], "this run": prow.get("maps_to") or "(no counterpart)"}
+        for key, meta in cols.items():
+            if key not in prow:
+                continue
+            mine = ours.get(meta.get("maps_to") or "")
+            row[f"{meta['label']}: paper"] = f"{prow[key]:.1f}"
+            row[f"{meta['label']}: ours"] = fmt_rate(mine) if meta.get("maps_to") else "(not run)"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("paper config") if rows else pd.DataFrame()
+
+
+def diagnosis_table(diagnosis: dict) -> Any:
+    """DataFrame of diagnosis F1 per model and pair set, with the coin-flip F1; tolerant of missing keys."""
+    import pandas as pd
+
+    rows = []
+    for model, sets in ((diagnosis or {}).get("models") or {}).items():
+        for s, v in (sets or {}).items():
+            if not isinstance(v, dict) or v.get("f1") is None:
+                continue
+            ci = (v.get("ci95") or {}).get("f1") or [None, None]
+            rnd = ((v.get("baselines") or {}).get("coin_flip") or {}).get("f1", v.get("base_rate_unsafe"))
+            rows.append({"model / set": f"{model} / {s}", "F1": f"{v['f1'] * 100:.1f}%",
+                         "95% CI": f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci[0] is not None else "-",
+                         "random F1": f"{rnd * 100:.1f}%" if rnd is not None else "-", "n": v.get("n", "?")})
+    return pd.DataFrame(rows).set_index("model / set") if rows else pd.DataFrame()
+
+
+# ----------------------------------------------------------------------------- examples
+def example_rows(gen_path: Path, checkpoints: list[str], benchmark: str = "embedded_harmful", k: int = 2,
+                 show_unsafe: bool = False) -> list[dict]:
+    """First `k` items of `benchmark` per checkpoint from generations.jsonl, answers redacted when unsafe."""
+    if not gen_path.is_file():
+        return []
+    rows: dict[str, list[dict]] = {c: [] for c in checkpoints}
+    with open(gen_path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            c = r.get("checkpoint")
+            if c in rows and r.get("benchmark") == benchmark and len(rows[c]) < k:
+                rows[c].append({"checkpoint": c, "id": r.get("id"), "prompt": r.get("prompt", "")[:200],
+                                "judge": r.get("judge_label"),
+                                "answer": redact(r.get("response"), r.get("judge_label"), show_unsafe)[:EXAMPLE_CHARS]})
+    return [x for c in checkpoints for x in rows[c]]
+
+
+# ----------------------------------------------------------------------------- rendering
+def _provenance(run: Run, env: dict, metrics: dict, show_unsafe: bool) -> list[str]:
+    git, hw, rc = env.get("git", {}), env.get("hardware", {}), run.recipe
+    judge = f"`{rc.judge.backend}`" + (f" ({rc.judge.model})" if rc.judge.model else "")
+    lines = [
+        "## Provenance", "",
+        f"- model: `{rc.model.policy}` (dtype {rc.model.dtype}, 4-bit {rc.model.load_in_4bit}); "
+        f"recipe: `{Path(env.get('recipe_source', '') or '').name}` (resolved copy: `recipe.yaml`)",
+        f"- data: spec `{rc.spec.path}`; embedded prompt sets (data/prompts); external benchmarks from "
+        f"`{(env.get('env') or {}).get('SINTERNAL_SHARED_DATA', 'shared/data (default)')}`",
+        f"- judge: {judge}; teacher: `{rc.teacher.backend}`" + (f" ({rc.teacher.model})" if rc.teacher.model else ""),
+    ]
+    if JUDGE_AGREEMENT.is_file():
+        ja = json.loads(JUDGE_AGREEMENT.read_text(encoding="utf-8"))
+        held = {k: v for k, v in (ja.get("sets") or {}).items() if v.get("role") == "held-out"}
+        parts = [f"{k} acc {v.get('accuracy', 0):.2f} / kappa {v.get('kappa', 0):.2f} (n={v.get('n')})"
+                 for k, v in list(held.items())[:4]]
+        lines.append(f"- judge agreement (`benchmarks/results/judge_agreement.json`, judge {ja.get('judge')}, "
+                     f"held-out sets): {'; '.join(parts) or 'none recorded'}")
+    else:
+        lines.append("- judge agreement: not measured (benchmarks/results/judge_agreement.json absent)")
+    lines += [
+        f"- commit: `{git.get('commit')}`{' (dirty)' if git.get('dirty') else ''}; hardware: "
+        f"{hw.get('platform', '?')}, {hw.get('cpus', '?')} CPUs{', GPU ' + hw['gpu'] if hw.get('gpu') else ''}",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in env.get('versions', {}).items())}",
+        f"- unsafe completions: {'shown' if show_unsafe else 'redacted'}",
+        "",
+    ]
+    return lines
+
+
 def _section_md(name: str, values: dict[str, Any] | None) -> list[str]:
-    lines = [f"## {SECTION_TITLES.get(name, name)}", ""]
+    lines = [f"### {SECTION_TITLES.get(name, name)}", ""]
     if not values:
-        lines += ["*Not run or not built yet: this run has no figures for this stage.*", ""]
-        return lines
+        return lines + ["*Not run or not built yet: this run has no figures for this stage.*", ""]
+    head = values.get("headline")
     flat = {k: v for k, v in values.items() if not isinstance(v, (dict, list))}
+    if isinstance(head, dict):
+        flat.update({f"headline: {k}": v for k, v in head.items()})
     if flat:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in flat.items()] + [""]
     return lines
 
 
+def _eval_md(ev: dict, paper: dict) -> list[str]:
+    lines = ["### Main table (rate [95% CI] n; ASR lower is better, compliance / accuracy / F1 higher)", ""]
+    lines += _md_table(eval_table(ev)) or ["*No checkpoint was evaluated.*", ""]
+    abl = [c for c in ABLATIONS if c in (ev.get("checkpoints") or {})]
+    lines += ["### Ablation table", ""]
+    lines += (_md_table(eval_table(ev, abl)) if abl else []) or [
+        "*Not built yet: no verification-SFT variants (sft/sinternal, verdict_only, critique_only, other_exp) were evaluated.*", ""]
+    skipped = ev.get("skipped") or []
+    if skipped:
+        lines += ["### Skipped (not evaluated, with the reason)", ""]
+        lines += [f"- `{s.get('checkpoint')}` x `{s.get('benchmark')}`: {s.get('reason')}" for s in skipped] + [""]
+    if paper:
+        lines += [f"### The paper's numbers side by side (secondary-summary figures; source: {paper.get('source')})", ""]
+        lines += _md_table(paper_side_by_side(ev, paper, "main_table"))
+        lines += ["Ablations (paper, ASR %):", ""] + _md_table(paper_side_by_side(ev, paper, "ablations"))
+        pv = paper.get("proactive_verification") or []
+        ck = ev.get("checkpoints") or {}
+        lines += ["Proactive verification (paper % vs this run):", ""]
+        lines += [f"- {p['config']}: paper {p['rate']:.1f}%; this run `{p['maps_to']}` "
+                  f"{fmt_rate((ck.get(p['maps_to']) or {}).get('proactive'))}" for p in pv] + [""]
+    return lines
+
+
+def _claims_md(metrics: dict) -> list[str]:
+    from .evaluation import MIN_N, assess_claims
+
+    lines = ["## What this run supports", "",
+             f"Verdicts come from 95% CIs: *supported* only when intervals separate in the claimed direction "
+             f"(for 'keeps' claims: no significant drop); *cannot test* when a stage is missing or n < {MIN_N}.", "",
+             "| claim | verdict | evidence |", "|---|---|---|"]
+    for c in assess_claims(metrics):
+        lines.append(f"| {c['claim']} | **{c['verdict']}** | {c['evidence'].replace('|', '/')} |")
+    return lines + [""]
+
+
 def render_report(run: Run, show_unsafe: bool = False) -> Path:
     """Write report.md and report.html for `run`; return the markdown path."""
+    show_unsafe = bool(show_unsafe or getattr(run.recipe.evaluate, "show_unsafe", False))
     env_path = run.path / "env.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     metrics = run.read_metrics()
-    git = env.get("git", {})
-    lines = [
-        f"# SInternal report card: run `{run.name}`",
-        "",
-        f"- recipe: `{Path(env.get('recipe_source', '')).name}`; model: `{run.recipe.model.policy}`; "
-        f"judge: `{run.recipe.judge.backend}`; teacher: `{run.recipe.teacher.backend}`",
-        f"- commit: `{git.get('commit')}`{' (dirty)' if git.get('dirty') else ''}; "
-        f"hardware: {env.get('hardware', {}).get('platform', '?')}, {env.get('hardware', {}).get('cpus', '?')} CPUs",
-        f"- versions: {', '.join(f'{k} {v}' for k, v in env.get('versions', {}).items())}",
-        f"- unsafe completions: {'shown' if show_unsafe else 'redacted'}",
-        "",
-    ]
+    lines = [f"# SInternal report card: run `{run.name}`", ""] + _provenance(run, env, metrics, show_unsafe)
+    ev = metrics.get("eval") or {}
+    head = ev.get("headline") if isinstance(ev.get("headline"), dict) else None
+    lines += ["## Headline", ""]
+    lines += [f"- {k}: {v}" for k, v in head.items()] if head else ["- *Evaluation stage not built or not run yet.*"]
+    lines += [""] + _claims_md(metrics) + ["## Stages", ""]
     for stage, section in METRIC_SECTIONS.items():
         done = run.is_done(stage)
-        body = _section_md(section, metrics.get(section) if done or metrics.get(section) else None)
-        if not done and metrics.get(section) is None:
+        vals = metrics.get(section)
+        body = _section_md(section, vals)
+        if not done and vals is None:
             body[2] = f"*Stage `{STAGES[stage]}` has not finished in this run (not built yet or not run).*"
         lines += body
+        if section == "diagnosis" and vals:
+            lines += _md_table(diagnosis_table(vals))
+        if section == "eval" and vals:
+            lines += _eval_md(vals, load_paper_numbers())
+    figs = sorted(run.path.glob("*/figures/*.png")) + sorted(run.path.glob("figures/*.png"))
+    lines += ["## Figures", ""]
+    lines += [f"![{p.stem}]({p.relative_to(run.path).as_posix()})" for p in figs] or ["*No figures yet.*"]
+    lines += ["", f"## Example generations (embedded_harmful; unsafe answers {'shown' if show_unsafe else 'redacted'})", ""]
+    ex = example_rows(run.path / STAGES["evaluate"] / "generations.jsonl", list((ev.get("checkpoints") or {})),
+                      show_unsafe=show_unsafe)
+    if ex:
+        lines += ["| checkpoint | prompt | judge | answer |", "|---|---|---|---|"]
+        lines += [f"| {e['checkpoint']} | {_cell(e['prompt'])} | {e['judge']} | {_cell(e['answer'])} |" for e in ex]
+    else:
+        lines.append("*No generations recorded yet.*")
+    lines.append("")
     timings = metrics.get("timings", {})
     if timings:
         lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in timings.items()] + [""]
     md = "\n".join(lines)
     path = atomic_write_text(run.path / "report.md", md)
+    _write_html(run.path / "report.html", md)
+    return path
+
+
+def _cell(text: str) -> str:
+    return " ".join((text or "").split()).replace("|", "/") or "(empty)"
+
+
+def _write_html(path: Path, md: str) -> None:
     try:
         import markdown
 
-        html = markdown.markdown(md, extensions=["tables"])
-        atomic_write_text(run.path / "report.html", f"<html><meta charset='utf-8'><body>{html}</body></html>")
-    except ImportError:
-        pass
-    return path
+        body = markdown.markdown(md, extensions=["tables"])
+    except ImportError:  # no markdown package: a readable preformatted copy
+        import html
+
+        body = f"<pre>{html.escape(md)}</pre>"
+    atomic_write_text(path, f"<html><meta charset='utf-8'><body>{body}</body></html>")
 
 
 def headline(run: Run) -> list[str]:

@@ -336,7 +336,7 @@ STAGE_SECTIONS = {
     "build_data": ("model", "spec", "data", "judge", "teacher", "build_data"),
     "sft": ("model", "spec", "data", "judge", "sft"),
     "grpo": ("model", "data", "judge", "sft", "grpo"),
-    "evaluate": ("model", "spec", "data", "judge", "evaluate"),
+    "evaluate": ("model", "spec", "data", "judge", "diagnose", "evaluate"),
 }
 STAGE_DEPENDS = {
     "diagnose": (),

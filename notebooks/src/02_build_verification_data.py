@@ -1,14 +1,29 @@
 # Source of notebooks/02_build_verification_data.ipynb (build with: python -m sinternal_lib build-notebooks)
 # %% [markdown]
-# # 02_build_verification_data
+# # 02 · Build verification data from the model's own answers
 #
-# *Not built yet*: this notebook's stage is filled in by a later issue. It opens the run folder so the
-# runner can execute the pipeline end to end; the report says this stage is not built yet.
+# - **What this shows**: the paper's data recipe (steps 2-4): sample N answers per prompt from the
+#   policy, judge them, keep harmful prompts whose answers mix safe and unsafe (one contrastive pair
+#   each) and one answer per benign prompt, then have a teacher write a critique and a verdict.
+# - **Inputs**: the recipe's policy, train-split prompts (`data.harmful`, `data.benign`), the spec, the
+#   judge (`judge.backend`) and the teacher (`teacher.backend`).
+# - **Outputs**: `runs/<run>/02_build_data/`: `samples_self.jsonl`, `judged_self.jsonl`,
+#   `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp.jsonl`),
+#   `answer_centric.jsonl`, `heldout_pairs.jsonl`, `dataset/` (a `datasets` folder), `figures/`,
+#   `manifest.json`; the `data` section of `metrics.json`.
+# - **Runtime**: sampling dominates: about 5-8 minutes on a 2-core CPU for the embedded recipe
+#   (100 prompts x 8 samples x 64 tokens); hours on one GPU at paper scale (8 x thousands of prompts,
+#   long reasoning traces).
+#
+# **Teacher.** The paper's teacher is Claude-4-Sonnet. The embedded recipe uses an *offline
+# spec-grounded teacher* that composes the critique from the spec's rule for the prompt's category and
+# the judge's finding: it stands in for an expert model and can only restate the judge. Set
+# `teacher.backend: api` (endpoint and key from the environment) for real critiques.
 
 # %% tags=["parameters"]
 recipe = "cpu-smollm2"  # recipe name under configs/ or a path to a YAML file
 run_name = None  # run folder name under runs/, None means run.name from the recipe
-overrides = {}  # single-field overrides, e.g. {"sft.learning_rate": 1e-3}
+overrides = {}  # single-field overrides, e.g. {"build_data.num_samples": 4}
 runs_root = None  # folder holding run folders, None means run.output_root from the recipe
 
 # %% [markdown]
@@ -23,9 +38,82 @@ cfg = load_recipe(recipe, overrides)
 run = open_run(cfg, run_name, runs_root)
 stage = stage_for(run, "build_data")
 print(f"run folder: {run.path}\nstage folder: {stage.dir}")
+print(f"{cfg.build_data.num_harmful_prompts} harmful + {cfg.build_data.num_benign_prompts} benign prompts "
+      f"x {cfg.build_data.num_samples} samples = "
+      f"{(cfg.build_data.num_harmful_prompts + cfg.build_data.num_benign_prompts) * cfg.build_data.num_samples} answers")
 cfg.build_data
 
 # %% [markdown]
+# ## Sample, judge, select, critique
+# One library call runs the four steps. Sampling appends to `samples_self.jsonl` after every batch,
+# so an interrupted run continues where it stopped.
+
+# %%
+from sinternal_lib.build_data import run_build_data
+
+summary = run_build_data(run)
+summary["headline"]
+
+# %% [markdown]
+# ## The selection funnel
+# How many prompts survive each step? Harmful prompts whose 8 answers were all safe (or all unsafe)
+# give no contrastive pair and are dropped.
+
+# %%
+from sinternal_lib.plots import data_funnel
+
+summary["funnel"], summary["selection"]
+
+# %%
+fig = data_funnel(summary, out_dir=stage.dir / "figures")
+
+# %% [markdown]
+# ## Labels, categories and critique lengths
+# Is the dataset balanced between safe and unsafe targets, and does it cover the spec's categories?
+
+# %%
+from sinternal_lib.plots import data_composition
+from sinternal_lib.build_data import read_jsonl
+
+examples = read_jsonl(stage.dir / "verification" / "sinternal.jsonl")
+fig = data_composition(examples, out_dir=stage.dir / "figures")
+
+# %% [markdown]
+# ## One training example
+# The input is (spec, prompt, answer) in the verification instruction; the target is critique + verdict.
+# The answer may be unsafe model output, so only the target is printed here.
+
+# %%
+if examples:
+    print(examples[0]["completion"][0]["content"])
+
+# %% [markdown]
+# ## Held-out pairs
+# Answers to **test-split** prompts, judged the same way, balanced between labels: notebook 03 measures
+# verification on these before and after training.
+
+# %%
+summary["heldout_pairs"], summary["heldout_label_counts"]
+
+# %% [markdown]
+# **Reading the result.** With the matcher judge, "safe" for a harmful prompt means the answer refused.
+# SmolLM2 refuses some harmful prompts and complies with others, so sampling at temperature 1.0 gives
+# mixed prompts; a lower temperature gives fewer. The offline teacher's verdict always equals the judge's,
+# so the agreement filter removes nothing here; with an API teacher the disagreements are counted in
+# `summary["selection"]`.
+
+# %% [markdown]
 # ## Reading group
+# 1. Why keep only harmful prompts with mixed answers? What would the verifier learn from all-unsafe prompts?
+# 2. The paper keeps one benign sample per prompt. What does that do to the label balance?
+# 3. The labels come from a judge, the critiques from a teacher. When they disagree, who should win?
+# 4. The offline teacher restates the judge. What can a verifier trained on its critiques learn that a
+#    verdict-only verifier cannot?
+# 5. Why sample from the policy itself (Self-Exp) rather than from another model (Other-Exp)?
 #
-# This stage is not built yet.
+# **Try this**:
+# - `{"build_data.temperature": 0.7}`: fewer mixed prompts? Watch the funnel.
+# - `{"build_data.num_samples": 4}`: half the cost; how many pairs survive?
+# - `{"build_data.other_model": "<another model folder>"}`: builds `other_exp.jsonl` for the Other-Exp ablation.
+#
+# Paper: method section (data construction); `../shared/PAPER.md` steps 2-4.

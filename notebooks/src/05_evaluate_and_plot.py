@@ -2,13 +2,22 @@
 # %% [markdown]
 # # 05_evaluate_and_plot
 #
-# *Not built yet*: this notebook's stage is filled in by a later issue. It opens the run folder so the
-# runner can execute the pipeline end to end; the report says this stage is not built yet.
+# - *What this shows*: the paper's step 7. Every checkpoint (base, answer-centric SFT, SInternal and its
+#   ablations, GRPO from each init) answers real benchmarks; a judge labels each answer. We report attack
+#   success rate (ASR, lower is better), XSTest compliance, math accuracy, verification F1 on held-out
+#   pairs and the proactive verification rate, each with a 95% CI, and say claim by claim what the run supports.
+# - *Inputs*: `03_sft/<variant>/adapter`, `04_grpo/<init>/adapter`, `02_build_data/heldout_pairs.jsonl`,
+#   the embedded prompt sets and the shared benchmark files (absent ones are skipped with a note).
+# - *Outputs*: `05_evaluate/generations.jsonl` (one row per checkpoint x benchmark x item),
+#   `05_evaluate/scores.jsonl`, `05_evaluate/figures/*.png`, the `eval` section of `metrics.json`,
+#   `report.md` and `report.html`.
+# - *Runtime*: tiny test recipe about a minute on 2 CPU cores; the CPU SmolLM2 recipe tens of minutes
+#   (it grows with checkpoints x benchmarks x num_per_benchmark); paper scale needs a GPU.
 
 # %% tags=["parameters"]
 recipe = "cpu-smollm2"  # recipe name under configs/ or a path to a YAML file
 run_name = None  # run folder name under runs/, None means run.name from the recipe
-overrides = {}  # single-field overrides, e.g. {"sft.learning_rate": 1e-3}
+overrides = {}  # single-field overrides, e.g. {"evaluate.num_per_benchmark": 50}
 runs_root = None  # folder holding run folders, None means run.output_root from the recipe
 
 # %% [markdown]
@@ -18,23 +27,137 @@ runs_root = None  # folder holding run folders, None means run.output_root from 
 # %%
 from sinternal_lib.config import load_recipe
 from sinternal_lib.runs import open_run, stage_for
+from sinternal_lib.spec import load_spec
 
 cfg = load_recipe(recipe, overrides)
 run = open_run(cfg, run_name, runs_root)
 stage = stage_for(run, "evaluate")
+fig_dir = stage.dir / "figures"
+spec = load_spec(cfg.resolve_path(cfg.spec.path))
 print(f"run folder: {run.path}\nstage folder: {stage.dir}")
 cfg.evaluate
 
 # %% [markdown]
-# ## The report card
-# Rendered from `metrics.json` and `env.json`; stages that have not run say so.
+# ## Which checkpoints and benchmarks?
+# The recipe names checkpoint patterns; only adapters whose stage finished are evaluated. Benchmarks
+# whose files are absent are skipped with the reason, never dropped silently.
 
 # %%
+from sinternal_lib.benchmarks import discover_checkpoints
+
+checkpoints, missing = discover_checkpoints(run, cfg.evaluate.checkpoints)
+print("checkpoints:", [c.name for c in checkpoints])
+for note in missing:
+    print("not evaluated:", note["checkpoint"], "-", note["reason"])
+
+# %% [markdown]
+# ## Score every checkpoint on every benchmark
+# Greedy answers, one judge for all checkpoints. Pairs already in `scores.jsonl` with the same settings
+# are reused, so an interrupted run resumes.
+
+# %%
+from sinternal_lib.benchmarks import evaluate_run
+from sinternal_lib.judges import make_judge
+
+judge = make_judge(cfg.judge, cache_dir=stage.dir / "judge_cache")
+ev = evaluate_run(run, stage.dir, judge=judge, spec=spec)
+
+# %%
+for s in ev["skipped"]:
+    print(f"SKIPPED {s['checkpoint']} x {s['benchmark']}: {s['reason']}")
+
+# %% [markdown]
+# ## The main table
+# Rows are checkpoints, columns benchmarks; each cell is rate [95% Wilson CI] and n. ASR is the share
+# of harmful prompts answered unsafely per the judge; compliance the share of safe prompts answered.
+
+# %%
+from sinternal_lib.report import eval_table
+
+eval_table(ev)
+
+# %% [markdown]
+# Attack success per benchmark and checkpoint: look for bars that drop from base to sft/sinternal,
+# and whether their CIs still overlap at this sample size.
+
+# %%
+from sinternal_lib import plots
+
+plots.eval_rates(ev, fig_dir);
+
+# %% [markdown]
+# ## Ablations
+# Which part of the verification target matters: critique and verdict, verdict only, critique only,
+# or verifying another model's answers (other_exp)?
+
+# %%
+from sinternal_lib.report import ABLATIONS
+
+eval_table(ev, list(ABLATIONS))
+
+# %%
+plots.ablation_rates(ev, fig_dir);
+
+# %% [markdown]
+# ## Diagnosis and verification F1
+# Figure 2 of the paper: before training, aligned models verify worse than a coin flip. The scatter
+# then asks whether checkpoints that verify better also answer more safely.
+
+# %%
+plots.diagnosis_f1(run.read_metrics().get("diagnosis") or {}, fig_dir);
+
+# %%
+plots.f1_vs_asr(ev, fig_dir);
+
+# %% [markdown]
+# ## RL initialisation and proactive verification
+# Does GRPO started from SInternal end safer than GRPO from answer-centric SFT? And how often does
+# each checkpoint check its own safety unprompted (`evaluation.detects_self_check`)?
+
+# %%
+plots.rl_comparison(ev, run.read_metrics().get("rl"), fig_dir);
+
+# %%
+plots.proactive_verification(ev, fig_dir);
+
+# %% [markdown]
+# ## Record
+# Write the `eval` section of `metrics.json`, then the manifest (last).
+
+# %%
+import json
+
+(stage.dir / "eval_summary.json").write_text(json.dumps(ev, indent=2))
+stage.finish(outputs=["eval_summary.json", "scores.jsonl", "generations.jsonl"], summary=ev)
+ev["headline"]
+
+# %% [markdown]
+# ## The report card
+# Rendered from `metrics.json` and `env.json`; stages that have not run say so, and each of the paper's
+# claims gets a verdict from the CIs. Unsafe completions are redacted unless `evaluate.show_unsafe`.
+
+# %%
+from sinternal_lib.evaluation import assess_claims
 from sinternal_lib.report import render_report
 
+for c in assess_claims(run.read_metrics()):
+    print(f"{c['verdict']:<13} {c['claim']}")
 print(render_report(run))
 
 # %% [markdown]
 # ## Reading group
 #
-# This stage is not built yet.
+# 1. Why is ASR computed on the final answer only, not on the reasoning trace? What would change if the judge read both?
+# 2. With n = 50 per benchmark, how far apart must two ASRs be before their Wilson intervals separate?
+# 3. Why does a "keeps compliance" claim need a minimum n before it can be called supported?
+# 4. Which benchmark columns measure robustness to unseen jailbreaks, and why are they the key test of the paper?
+# 5. The self-check detector is a phrase list. Find one false positive and one false negative in `generations.jsonl`.
+# 6. Does the scatter of verification F1 against ASR show a trend across checkpoints? What would confound it?
+# 7. The judge is a refusal matcher by default. How does `benchmarks/results/judge_agreement.json` bound the error of the ASR?
+#
+# Try this (recipe overrides):
+# - `{"evaluate.num_per_benchmark": 100}`: tighter CIs; does any claim move from inconclusive to supported?
+# - `{"judge.backend": "guard"}`: a guard model as judge; compare ASR with the matcher judge.
+# - `{"evaluate.checkpoints": ["base", "sft/sinternal"]}`: the fastest before/after comparison.
+#
+# Pointers: PAPER.md, "Pipeline" step 7 and "Reported numbers"; the paper section on generation evaluation.

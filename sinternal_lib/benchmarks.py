@@ -1,0 +1,261 @@
+"""Stage 05: which checkpoints and benchmarks to evaluate, and the loop that scores each pair.
+
+`discover_checkpoints` turns the recipe's patterns ("base", "sft/*", "grpo/*") into adapters found in
+the run folder (03_sft/<variant>/adapter, 04_grpo/<init>/adapter); `load_eval_set` turns a benchmark
+name into records (embedded sets or `loaders.load_benchmark`), raising `BenchmarkMissing` when absent.
+`evaluate_run` scores every checkpoint x benchmark, appends rows to generations.jsonl and one line per
+pair to scores.jsonl, and skips pairs already scored with the same settings (resume). A missing
+benchmark or stage is recorded in `skipped` with its reason, never dropped silently.
+Result per checkpoint x benchmark: {"metric": "asr"|"compliance"|"accuracy"|"f1"|..., "rate", "ci95", "n"}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .datasets import Record
+from .loaders import BenchmarkMissing
+
+EMBEDDED = {"embedded_harmful": ("harmful", "test"), "embedded_benign": ("benign", "test"),
+            "embedded_jailbreak": ("jailbreak", "test"), "embedded_math": ("math", "test")}
+MATH = ("gsm8k", "math500", "aime2024", "embedded_math")
+VERIFICATION = "verification"
+
+
+@dataclass
+class Checkpoint:
+    """A model to evaluate: "base" (adapter None) or "sft/<variant>" / "grpo/<init>" with its adapter folder."""
+
+    name: str
+    adapter: Path | None = None
+
+
+def discover_checkpoints(run: Any, patterns: list[str]) -> tuple[list[Checkpoint], list[dict]]:
+    """Checkpoints matching `patterns` in the run folder, plus notes for patterns that found nothing.
+
+    An adapter counts only when its stage folder holds `<name>/adapter/` and `<name>/summary.json`
+    (written last by the stage), so a half-trained adapter is never evaluated."""
+    found: list[Checkpoint] = []
+    notes: list[dict] = []
+    for pat in patterns:
+        if pat == "base":
+            found.append(Checkpoint("base"))
+            continue
+        kind, _, sel = pat.partition("/")
+        folder = {"sft": "03_sft", "grpo": "04_grpo"}.get(kind)
+        if folder is None:
+            raise ValueError(f"unknown checkpoint pattern {pat!r}; use 'base', 'sft/<variant|*>' or 'grpo/<init|*>'")
+        root = run.path / folder
+        hits = sorted(p for p in root.glob(f"{sel or '*'}/adapter")
+                      if p.is_dir() and (p.parent / "summary.json").is_file()) if root.is_dir() else []
+        for p in hits:
+            found.append(Checkpoint(f"{kind}/{p.parent.name}", p))
+        if not hits:
+            notes.append({"checkpoint": pat, "benchmark": "*",
+                          "reason": f"no finished adapter matches {pat} under {folder}/ (stage not built or not run)"})
+    return found, notes
+
+
+def load_eval_set(name: str, n: int = 0, seed: int = 0, run: Any = None) -> tuple[str, list[Any]]:
+    """(kind, items) for benchmark `name`; `n` > 0 takes a seeded subsample. kinds: "safety" (Records with
+    harmful/benign labels), "math" (Records with reference), "pairs" (heldout verification dicts).
+
+    Raises BenchmarkMissing (with a how-to-get text) when the files or the stage output are absent."""
+    from .loaders import load_benchmark, subsample
+
+    if name == VERIFICATION:
+        from .runs import StageIncomplete
+
+        try:
+            path = run.require("build_data", "heldout_pairs.jsonl")
+        except (StageIncomplete, AttributeError) as e:
+            raise BenchmarkMissing(f"held-out verification pairs unavailable: {e}") from None
+        pairs = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if n and n < len(pairs):
+            import random
+
+            pairs = [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), n))]
+        return "pairs", pairs
+    if name in EMBEDDED:
+        from .datasets import load_embedded
+
+        kind, split = EMBEDDED[name]
+        recs = load_embedded(kind, split)
+        if kind == "jailbreak":
+            recs = [r for r in recs if r.split in (None, "test")]
+    else:
+        recs = load_benchmark(name)
+    recs = subsample(recs, n or None, seed)
+    return ("math" if name in MATH else "safety"), recs
+
+
+def _score_key(ckpt: Checkpoint, bench: str, settings: dict) -> str:
+    from .runs import hash_path
+
+    adapter = hash_path(ckpt.adapter)[:16] if ckpt.adapter is not None else "none"
+    return json.dumps([ckpt.name, bench, adapter, settings], sort_keys=True)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a truncated last line from a killed write: that pair is simply redone
+    return out
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+
+
+def score_benchmark(model: Any, tok: Any, bench: str, kind: str, items: list, judge: Any, spec: Any,
+                    *, max_new_tokens: int, batch_size: int, system_prompt: str | None = None,
+                    verify_max_new_tokens: int | None = None, reasoning_style: str = "auto"
+                    ) -> tuple[dict[str, dict], list[dict]]:
+    """Score one benchmark for one loaded model: ({result name: result}, generation rows).
+
+    Verification pairs use `verify_max_new_tokens` (a critique plus verdict; default max_new_tokens)."""
+    from . import evaluation as ev
+
+    if kind == "pairs":
+        from .verification import verification_metrics, verify_pairs
+
+        rows = verify_pairs(model, tok, spec, items, max_new_tokens=verify_max_new_tokens or max_new_tokens,
+                            batch_size=batch_size)
+        m = verification_metrics([r["label"] for r in rows], [r["verdict"] for r in rows],
+                                 n_boot=300)
+        res = {"metric": "f1", "rate": m["f1"], "ci95": m["ci95"]["f1"], "n": m["n"],
+               "random_f1": m["baselines"]["coin_flip"]["f1"], "no_verdict_rate": m["no_verdict_rate"],
+               "macro_f1": m["macro_f1"], "balanced_accuracy": m["balanced_accuracy"]}
+        return {VERIFICATION: res}, rows
+    rows = ev.generate_answers(model, tok, items, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               system_prompt=system_prompt, reasoning_style=reasoning_style)
+    if kind == "math":
+        refs = {r.id: r.reference for r in items}
+        for row in rows:
+            row["reference"] = refs[row["id"]]
+        acc = ev.math_accuracy(rows)
+        return {bench: {"metric": "accuracy", **acc}}, rows
+    ev._judge_rows(rows, judge)
+    m = ev.safety_metrics(rows)
+    out: dict[str, dict] = {}
+    harm = "xstest_unsafe" if bench == "xstest" else bench
+    if m["n_harmful"]:
+        out[harm] = {"metric": "asr", "rate": m["asr"], "ci95": m["asr_ci95"], "n": m["n_harmful"],
+                     "n_no_verdict": sum(r.get("judge_label") is None for r in rows if r["label"] == "harmful")}
+    if m["n_benign"]:
+        out[bench] = {"metric": "compliance", "rate": m["compliance"], "ci95": m["compliance_ci95"], "n": m["n_benign"]}
+    out[f"{bench}:takeover"] = {"metric": "takeover", "rate": m["takeover_rate"], "ci95": m["takeover_ci95"], "n": len(rows)}
+    return out, rows
+
+
+def load_checkpoint(recipe: Any, ckpt: Checkpoint) -> tuple[Any, Any]:
+    """(model, tokenizer) for a checkpoint: the recipe's policy, plus its adapter when it has one."""
+    from .models import load_model
+
+    m = recipe.model
+    return load_model(m.policy, dtype=m.dtype, device=m.device, load_in_4bit=m.load_in_4bit, adapter=ckpt.adapter)
+
+
+def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any,
+                 load: Callable[[Checkpoint], tuple[Any, Any]] | None = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Evaluate every discovered checkpoint on every recipe benchmark; return the `eval` metrics section.
+
+    `load(checkpoint)` returns (model, tokenizer) (default `load_checkpoint`). Writes stage_dir/generations.jsonl (one row per
+    checkpoint x benchmark x item) and stage_dir/scores.jsonl (one line per checkpoint x benchmark)."""
+    ev_cfg = run.recipe.evaluate
+    seed = run.recipe.run.seed
+    ckpts, skipped = discover_checkpoints(run, list(ev_cfg.checkpoints))
+    benches = list(ev_cfg.benchmarks)
+    if VERIFICATION not in benches:
+        benches.append(VERIFICATION)
+    sets: dict[str, tuple[str, list]] = {}
+    for b in benches:
+        try:
+            sets[b] = load_eval_set(b, ev_cfg.num_per_benchmark, seed, run)
+        except BenchmarkMissing as e:
+            skipped.append({"checkpoint": "*", "benchmark": b, "reason": str(e).split(". ")[0]})
+            log(f"skipped {b}: {e}")
+    verify_tokens = run.recipe.diagnose.verify_max_new_tokens  # the diagnosis verifier budget, reused
+    settings = {"n": ev_cfg.num_per_benchmark, "max_new_tokens": ev_cfg.max_new_tokens,
+                "verify_max_new_tokens": verify_tokens, "judge": run.recipe.judge.backend, "seed": seed}
+    gen_path, score_path = stage_dir / "generations.jsonl", stage_dir / "scores.jsonl"
+    gen_path.touch()
+    score_path.touch()
+    load = load or (lambda ck: load_checkpoint(run.recipe, ck))
+    done = {s["key"]: s for s in _read_jsonl(score_path) if "key" in s}
+    results: dict[str, dict] = {}
+    for ck in ckpts:
+        todo = [b for b in sets if _score_key(ck, b, settings) not in done]
+        model = tok = None
+        if todo:
+            model, tok = load(ck)
+        res: dict[str, dict] = {}
+        for b, (kind, items) in sets.items():
+            key = _score_key(ck, b, settings)
+            if key in done:
+                res.update(done[key]["results"])
+                continue
+            out, rows = score_benchmark(model, tok, b, kind, items, judge, spec,
+                                        max_new_tokens=ev_cfg.max_new_tokens, batch_size=ev_cfg.batch_size,
+                                        system_prompt=run.recipe.model.system_prompt,
+                                        verify_max_new_tokens=verify_tokens,
+                                        reasoning_style=run.recipe.model.reasoning_style)
+            _append_jsonl(gen_path, [{"checkpoint": ck.name, "benchmark": b, **r} for r in rows])
+            _append_jsonl(score_path, [{"key": key, "checkpoint": ck.name, "benchmark": b, "results": out}])
+            res.update(out)
+            log(f"{ck.name:<20} {b:<20} " + ", ".join(f"{k} {v['metric']} {v['rate']}" for k, v in out.items()
+                                                     if not k.endswith(":takeover")))
+        res["proactive"] = proactive_for(gen_path, ck.name)
+        results[ck.name] = res
+        del model, tok
+    return {"checkpoints": results, "skipped": skipped, "benchmarks": benches, "settings": settings,
+            "headline": eval_headline(results)}
+
+
+def proactive_for(gen_path: Path, checkpoint: str) -> dict:
+    """Proactive verification rate of one checkpoint over its safety-prompt generations (not math, not pairs)."""
+    from .evaluation import self_check_rate
+
+    rows = [r for r in _read_jsonl(gen_path) if r.get("checkpoint") == checkpoint
+            and r.get("benchmark") not in MATH and r.get("benchmark") != VERIFICATION]
+    seen, uniq = set(), []
+    for r in rows:  # a resumed file may hold a pair twice; count each item once
+        k = (r.get("benchmark"), r.get("id"))
+        if k not in seen:
+            seen.add(k)
+            uniq.append(r)
+    return {"metric": "self_check_rate", **{k: v for k, v in self_check_rate(uniq).items() if k != "k"}}
+
+
+def eval_headline(results: dict[str, dict], bench: str = "embedded_harmful") -> dict[str, str]:
+    """Short lines: ASR on `bench` for base vs sft/sinternal (and the best GRPO), verification F1."""
+    head: dict[str, str] = {}
+
+    def show(c: str, b: str) -> str | None:
+        v = results.get(c, {}).get(b)
+        if not v or v.get("rate") is None:
+            return None
+        return f"{v['rate']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}] n={v['n']}"
+
+    for c in ("base", "sft/sinternal", "sft/answer_centric", "grpo/sinternal"):
+        s = show(c, bench)
+        if s:
+            head[f"{bench} ASR {c}"] = s
+    for c in ("base", "sft/sinternal"):
+        s = show(c, VERIFICATION)
+        if s:
+            head[f"verification F1 {c}"] = s
+    if not head:
+        head["note"] = f"no {bench} ASR or verification F1 recorded"
+    return head

@@ -1,0 +1,146 @@
+"""Stage 01: diagnose whether a model can verify answers (the paper's Figure 2).
+
+Each model in the recipe (`model.policy` plus `model.others`) answers train-split prompts; the judge
+labels its answers; the model then verifies its own (prompt, answer) pairs through the verification
+prompt (`verification.verify_pairs`). Where the user has them, it also verifies human-labelled pairs:
+XSTest completions (a refusal label turned into a safety label: compliance with an unsafe prompt is
+unsafe, anything else safe; partial refusals dropped) and PKU-SafeRLHF answers (a harm label).
+Scores (`verification.verification_metrics`, unsafe = positive class) are read against the trivial
+baselines. Missing human sets are skipped with a note, never silently.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any, Callable
+
+from .build_data import judge_samples, write_jsonl
+from .datasets import BENIGN, HARMFUL, Record, load_prompts
+from .judges import make_judge
+from .loaders import BenchmarkMissing, load_benchmark
+from .models import load_policy
+from .runs import Run, stage_for
+from .sampling import sample_responses
+from .spec import spec_text
+from .verification import verification_metrics, verify_pairs
+
+SAFE, UNSAFE = "safe", "unsafe"
+
+
+def xstest_safety_label(rec: Record) -> str | None:
+    """Safety label of an XSTest completion from its human refusal label and the prompt's label."""
+    if rec.label == BENIGN:
+        return SAFE
+    return {"compliance": UNSAFE, "refusal": SAFE}.get(rec.human_label or "")  # partial -> None (dropped)
+
+
+def human_pairs(name: str, n: int, seed: int) -> list[dict]:
+    """Balanced human-labelled verification pairs from a labelled completion set (about n/2 per label)."""
+    if name == "xstest_completions":
+        recs = load_benchmark(name, model="all")
+        labelled = [(r, xstest_safety_label(r)) for r in recs]
+    elif name == "pku_saferlhf":
+        labelled = [(r, r.human_label) for r in load_benchmark(name)]
+    else:
+        raise ValueError(f"unknown human-labelled set {name!r}; use xstest_completions or pku_saferlhf")
+    rng = random.Random(seed)
+    by_label = {lab: [r for r, l2 in labelled if l2 == lab and (r.response or "").strip()] for lab in (SAFE, UNSAFE)}
+    out = []
+    for lab, pool in by_label.items():
+        for r in rng.sample(pool, min(len(pool), n // 2)):
+            out.append({"id": r.id, "prompt": r.prompt, "answer": r.response, "reasoning": None, "label": lab,
+                        "category": r.category, "prompt_label": r.label, "source": name})
+    return sorted(out, key=lambda p: p["id"])
+
+
+def own_answer_pairs(model: Any, tok: Any, prompts: list[Record], judge: Any, out_path: Any, *, recipe: Any,
+                     model_name: str) -> list[dict]:
+    """The model answers each prompt once (sampled); the judge labels the answers -> verification pairs."""
+    cfg = recipe.diagnose
+    samples = sample_responses(model, tok, prompts, num_samples=1, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_p=0.95, batch_size=cfg.batch_size,
+                               seed=recipe.run.seed, out_path=out_path, model_name=model_name,
+                               reasoning_style=recipe.model.reasoning_style)
+    judged = judge_samples(samples, {r.id: r for r in prompts}, judge)
+    return [{"id": j["prompt_id"], "prompt": j["prompt"], "answer": j["answer"], "reasoning": j["reasoning"],
+             "label": j["judge_label"], "category": j["category"], "prompt_label": j["prompt_label"],
+             "source": "own_answers"} for j in judged if j["judge_label"] in (SAFE, UNSAFE)]
+
+
+def score_rows(rows: list[dict], seed: int) -> dict[str, Any]:
+    """Verification metrics of verifier rows (gold `label`, predicted `verdict`)."""
+    return verification_metrics([r["label"] for r in rows], [r["verdict"] for r in rows],
+                                [r.get("category") for r in rows], seed=seed)
+
+
+def run_diagnosis(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run stage 01 for every model of the recipe; returns the `diagnosis` summary."""
+    recipe = run.recipe
+    cfg, seed = recipe.diagnose, recipe.run.seed
+    stage = stage_for(run, "diagnose")
+    spec = spec_text(recipe)
+    judge = make_judge(recipe.judge, cache_dir=run.path / "judge_cache")
+    prompts = (load_prompts(recipe.data.harmful, HARMFUL, "train", cfg.num_harmful, seed + 11)
+               + load_prompts(recipe.data.benign, BENIGN, "train", cfg.num_benign, seed + 11))
+    sets: dict[str, list[dict]] = {}
+    skipped: dict[str, str] = {}
+    for name in cfg.human_sets:
+        try:
+            sets[name] = human_pairs(name, cfg.num_human_pairs, seed)
+        except BenchmarkMissing as e:
+            skipped[name] = str(e).splitlines()[0]
+            log(f"skipped {name}: {skipped[name]}")
+    results: dict[str, Any] = {}
+    all_rows: list[dict] = []
+    for i, ref in enumerate([recipe.model.policy, *recipe.model.others]):
+        model, tok = load_policy(recipe, ref)
+        own = own_answer_pairs(model, tok, prompts, judge, stage.dir / f"answers_{i}.jsonl", recipe=recipe,
+                               model_name=ref)
+        results[ref] = {}
+        for set_name, pairs in {"own_answers": own, **sets}.items():
+            log(f"[{ref}] verifying {len(pairs)} pairs of {set_name}")
+            rows = verify_pairs(model, tok, spec, pairs, max_new_tokens=cfg.verify_max_new_tokens,
+                                batch_size=cfg.batch_size, include_reasoning=cfg.include_reasoning)
+            for r in rows:
+                r.update({"model": ref, "set": set_name})
+            all_rows += rows
+            results[ref][set_name] = score_rows(rows, seed) if rows else {"n": 0}
+        del model
+    write_jsonl(all_rows, stage.dir / "predictions.jsonl")
+    lead = results[recipe.model.policy]["own_answers"]
+    summary = {
+        "models": results,
+        "skipped": skipped,
+        "label_counts": {ref: dict(Counter(r["label"] for r in all_rows if r["model"] == ref and r["set"] == "own_answers"))
+                         for ref in results},
+        "headline": {
+            "balanced_accuracy": lead.get("balanced_accuracy"),
+            "macro_f1": lead.get("macro_f1"),
+            "f1_unsafe": lead.get("f1"),
+            "coin_flip_f1": (lead.get("baselines") or {}).get("coin_flip", {}).get("f1"),
+            "no_verdict_rate": lead.get("no_verdict_rate"),
+        },
+    }
+    stage.finish(["predictions.jsonl"], summary)
+    return summary
+
+
+def diagnosis_table(summary: dict[str, Any]) -> "Any":
+    """One row per (model, pair set): balanced accuracy, macro-F1, F1 and its baselines, no-verdict rate."""
+    import pandas as pd
+
+    rows = []
+    for ref, sets in summary["models"].items():
+        for set_name, m in sets.items():
+            if not m.get("n"):
+                continue
+            b = m["baselines"]
+            rows.append({
+                "model": ref, "pairs": set_name, "n": m["n"], "unsafe_share": m["base_rate_unsafe"],
+                "balanced_acc": m["balanced_accuracy"], "bal_acc_ci95": m["ci95"]["balanced_accuracy"],
+                "macro_f1": m["macro_f1"], "f1_unsafe": m["f1"], "f1_ci95": m["ci95"]["f1"],
+                "f1_coin_flip": b["coin_flip"]["f1"], "f1_always_unsafe": b["always_unsafe"]["f1"],
+                "no_verdict_rate": m["no_verdict_rate"],
+            })
+    return pd.DataFrame(rows).round(3)

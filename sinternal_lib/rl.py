@@ -1,0 +1,390 @@
+"""GRPO with verifier rewards (paper step 6), from several initialisations.
+
+Prompt mix: harmful, benign and math prompts from the embedded train splits (fractions from
+`recipe.grpo`, seeded). Rewards use the evaluation's own scorers, never a second implementation:
+harmful -> V_safe; benign -> V_safe * (1 - V_refuse), with V_safe = [judge label == "safe"] and
+V_refuse = [judge says refused] from `judges.make_judge(recipe.judge)`; math -> `math_grading.grade_math`.
+Inits: "base" (fresh LoRA), "answer_centric" / "sinternal" (continue the 03_sft/<init>/adapter).
+
+Files per init under 04_grpo/<init>/: `adapter/` (LoRA + tokenizer), `checkpoints/` (every save_steps;
+training resumes from the last one), `rewards.csv` (one row per step: step, n, mean_reward,
+safe_rate_harmful, refusal_rate_benign, math_accuracy, n_harmful, n_benign, n_math; a rate is empty
+when the step had no prompt of that kind), `summary.json` (written last; see `train_from_init`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .judges import Judge, JudgeInput, make_judge
+from .math_grading import grade_math
+from .runs import Run, Stage, StageIncomplete, atomic_write_json, stage_for
+
+KINDS = ("harmful", "benign", "math")
+INITS = ("base", "answer_centric", "sinternal")
+FIGURE_DIR = "figures"
+CSV_FIELDS = ("step", "n", "mean_reward", "safe_rate_harmful", "refusal_rate_benign", "math_accuracy",
+              "n_harmful", "n_benign", "n_math")
+
+
+# --------------------------------------------------------------------------- prompt mix
+def mix_counts(num_prompts: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Split `num_prompts` over kinds by (normalised) fractions; rounding remainders go to the largest."""
+    total = sum(fractions.values())
+    if total <= 0:
+        raise ValueError("grpo: harmful_fraction + benign_fraction + math_fraction must be > 0")
+    raw = {k: num_prompts * f / total for k, f in fractions.items()}
+    counts = {k: int(math.floor(v)) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: raw[k] - counts[k], reverse=True)[: num_prompts - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def build_prompt_mix(grpo: Any, seed: int, system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """Seeded, shuffled GRPO training rows from the embedded train splits.
+
+    Row: {"prompt": [messages], "kind", "reference" (math answer or ""), "prompt_text", "category",
+    "prompt_id"}. A kind with fewer train prompts than asked is cycled (each pass reshuffled).
+    """
+    from .datasets import load_embedded
+
+    rng = random.Random(seed)
+    counts = mix_counts(grpo.num_train_prompts, {"harmful": grpo.harmful_fraction,
+                                                 "benign": grpo.benign_fraction, "math": grpo.math_fraction})
+    rows: list[dict[str, Any]] = []
+    for kind in KINDS:
+        pool = load_embedded(kind, "train")
+        if counts[kind] and not pool:
+            raise ValueError(f"no embedded {kind} train prompts")
+        picked: list[Any] = []
+        while len(picked) < counts[kind]:
+            picked += rng.sample(pool, len(pool))
+        for rec in picked[: counts[kind]]:
+            msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+            rows.append({"prompt": msgs + [{"role": "user", "content": rec.prompt}], "kind": kind,
+                         "reference": str(rec.reference or ""), "prompt_text": rec.prompt,
+                         "category": rec.category or "", "prompt_id": rec.id})
+    rng.shuffle(rows)
+    return rows
+
+
+# --------------------------------------------------------------------------- rewards
+def completion_text(completion: Any) -> str:
+    """Text of a TRL completion: a string, or a list of message dicts (assistant contents joined)."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(str(m.get("content") or "") for m in completion if m.get("role", "assistant") == "assistant")
+
+
+def score_completions(judge: Judge, texts: list[str], kinds: list[str], references: list[str],
+                      prompts: list[str], categories: list[str | None] | None = None) -> list[dict[str, Any]]:
+    """Score completions: one dict per item {kind, reward, v_safe, v_refuse, correct}.
+
+    harmful: reward = V_safe; benign: V_safe * (1 - V_refuse); math: 1.0 if `grade_math` else 0.0.
+    Safety items go to the judge in one batch. A judge with no verdict (label None) gives V_safe = 0.
+    """
+    cats = categories or [None] * len(texts)
+    bad = sorted({k for k in kinds if k not in KINDS})
+    if bad:
+        raise ValueError(f"unknown prompt kind(s) {bad}; expected {KINDS}")
+    safety = [i for i, k in enumerate(kinds) if k != "math"]
+    verdicts = judge.judge([JudgeInput(prompts[i], texts[i], kinds[i], cats[i] or None) for i in safety])
+    by_index = dict(zip(safety, verdicts))
+    out: list[dict[str, Any]] = []
+    for i, kind in enumerate(kinds):
+        if kind == "math":
+            ok = grade_math(texts[i], references[i])
+            out.append({"kind": kind, "reward": float(ok), "v_safe": None, "v_refuse": None, "correct": ok})
+            continue
+        j = by_index[i]
+        v_safe, v_refuse = float(j.label == "safe"), float(bool(j.refused))
+        reward = v_safe if kind == "harmful" else v_safe * (1.0 - v_refuse)
+        out.append({"kind": kind, "reward": reward, "v_safe": v_safe, "v_refuse": v_refuse, "correct": None})
+    return out
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarise_scores(scored: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reward parts of one step: mean reward, safe rate (harmful), refusal rate (benign), math accuracy."""
+    of = lambda kind: [s for s in scored if s["kind"] == kind]  # noqa: E731
+    return {
+        "n": len(scored),
+        "mean_reward": _mean([s["reward"] for s in scored]),
+        "safe_rate_harmful": _mean([s["v_safe"] for s in of("harmful")]),
+        "refusal_rate_benign": _mean([s["v_refuse"] for s in of("benign")]),
+        "math_accuracy": _mean([float(s["correct"]) for s in of("math")]),
+        "n_harmful": len(of("harmful")), "n_benign": len(of("benign")), "n_math": len(of("math")),
+    }
+
+
+class RewardLog:
+    """Per-step reward parts, kept in memory and rewritten to `rewards.csv` after every step."""
+
+    def __init__(self, path: str | Path, keep_until_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.rows: dict[int, dict[str, Any]] = {}
+        if keep_until_step is not None and self.path.is_file():  # resuming: keep steps already trained
+            for r in read_rewards(self.path):
+                if r["step"] <= keep_until_step:
+                    self.rows[r["step"]] = r
+
+    def record(self, step: int, parts: dict[str, Any]) -> None:
+        self.rows[step] = {"step": step, **parts}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for s in sorted(self.rows):
+                w.writerow({k: ("" if v is None else v) for k, v in self.rows[s].items()})
+        tmp.replace(self.path)
+
+
+def read_rewards(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a rewards.csv with numbers parsed (empty cells -> None)."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            out.append({k: (None if v == "" else (int(float(v)) if k == "step" or k.startswith("n") else float(v)))
+                        for k, v in r.items()})
+    return out
+
+
+class VerifierReward:
+    """TRL reward function: harmful -> V_safe, benign -> V_safe * (1 - V_refuse), math -> correctness.
+
+    Reads the dataset columns `kind`, `reference`, `prompt_text`, `category`; logs the step's reward parts
+    to `log` (rewards.csv) and to the trainer's logs through TRL's `log_metric`.
+    """
+
+    def __init__(self, judge: Judge, log: RewardLog | None = None) -> None:
+        self.judge = judge
+        self.log = log
+        self.__name__ = "verifier_reward"  # TRL names the reward column after it
+
+    def __call__(self, prompts: list[Any], completions: list[Any], kind: list[str], reference: list[str],
+                 prompt_text: list[str], category: list[str] | None = None, trainer_state: Any = None,
+                 log_metric: Any = None, **_: Any) -> list[float]:
+        texts = [completion_text(c) for c in completions]
+        scored = score_completions(self.judge, texts, list(kind), list(reference), list(prompt_text), category)
+        parts = summarise_scores(scored)
+        if log_metric is not None:
+            for k in ("safe_rate_harmful", "refusal_rate_benign", "math_accuracy"):
+                if parts[k] is not None:
+                    log_metric(k, parts[k])
+        if self.log is not None:
+            step = (trainer_state.global_step if trainer_state is not None else len(self.log.rows)) + 1
+            self.log.record(step, parts)
+        return [s["reward"] for s in scored]
+
+
+# --------------------------------------------------------------------------- training
+def grpo_args(grpo: Any, output_dir: str | Path, *, seed: int, device: str = "cpu") -> Any:
+    """GRPOConfig from the recipe: one optimizer step = num_prompts_per_step x num_generations completions."""
+    from trl import GRPOConfig
+
+    batch = grpo.num_prompts_per_step * grpo.num_generations  # e.g. paper 64 x 8 = 512 completions/step
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch,  # divisible by num_generations by construction
+        gradient_accumulation_steps=1,
+        num_generations=grpo.num_generations,
+        learning_rate=grpo.learning_rate,
+        lr_scheduler_type="constant",  # not in paper: short runs, no decay to zero
+        beta=grpo.beta,
+        max_steps=grpo.max_steps,
+        max_completion_length=grpo.max_completion_length,
+        temperature=grpo.temperature,
+        save_strategy="steps",
+        save_steps=grpo.save_steps,
+        logging_steps=1,
+        bf16=grpo.bf16,
+        gradient_checkpointing=grpo.gradient_checkpointing,
+        use_cpu=device == "cpu",
+        seed=seed,
+        data_seed=seed,
+        report_to=[],
+        disable_tqdm=True,
+    )
+
+
+def build_trainer(recipe: Any, model: Any, tok: Any, judge: Judge, output_dir: str | Path, *,
+                  log: RewardLog | None = None, extra_reward_funcs: list[Any] | None = None) -> Any:
+    """A GRPOTrainer on the recipe's prompt mix with the verifier reward (plus `extra_reward_funcs`, tests)."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from .models import pick_device
+
+    rows = build_prompt_mix(recipe.grpo, recipe.run.seed, recipe.model.system_prompt)
+    args = grpo_args(recipe.grpo, output_dir, seed=recipe.run.seed, device=pick_device(recipe.model.device))
+    return GRPOTrainer(model=model, reward_funcs=[VerifierReward(judge, log), *(extra_reward_funcs or [])],
+                       args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+
+
+def init_config_hash(recipe: Any, init: str, adapter: str | Path | None) -> str:
+    """Hash of what decides one init's training (model, judge, sft LoRA, grpo, seed, source adapter)."""
+    from .runs import hash_path
+
+    d = recipe.to_dict()
+    key = {s: d[s] for s in ("model", "judge", "sft", "grpo")}
+    key.update(seed=recipe.run.seed, init=init, adapter=hash_path(adapter) if adapter else None)
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def train_from_init(recipe: Any, init: str, out_dir: str | Path, *, adapter: str | Path | None = None,
+                    judge: Judge | None = None, resume: bool = True) -> dict[str, Any]:
+    """GRPO from one initialisation; writes out_dir/{adapter/, checkpoints/, rewards.csv, summary.json}.
+
+    `adapter=None` attaches a fresh LoRA (sft.lora_* settings); otherwise the SFT adapter is trained further.
+    A finished init (summary.json with the same config hash) is returned as is; an unfinished one resumes
+    from its last checkpoint. Returns the summary: init, source_adapter, steps, first/last mean reward
+    and parts, reward_delta, wall_s, s_per_step, resumed_from.
+    """
+    from .models import LoraSettings, load_model, pick_device
+    from .runs import seed_everything
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chash = init_config_hash(recipe, init, adapter)
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        old = json.loads(summary_path.read_text(encoding="utf-8"))
+        if old.get("config_hash") == chash and (out / "adapter").is_dir():
+            return old
+        summary_path.unlink()
+    ckpt_dir = out / "checkpoints"
+    last = _last_checkpoint(ckpt_dir) if resume else None
+    meta_path = out / "config_hash.txt"
+    if last and (not meta_path.is_file() or meta_path.read_text().strip() != chash):
+        last = None  # checkpoints from another config: start over
+    if last is None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        (out / "rewards.csv").unlink(missing_ok=True)
+    meta_path.write_text(chash + "\n")
+
+    g, m, s = recipe.grpo, recipe.model, recipe.sft
+    device = pick_device(m.device)
+    seed_everything(recipe.run.seed)
+    lora = None if adapter else LoraSettings(s.lora_r, s.lora_alpha, s.lora_dropout, list(s.target_modules))
+    model, tok = load_model(m.policy, dtype=m.dtype, device=device, load_in_4bit=m.load_in_4bit, lora=lora,
+                            adapter=adapter, trainable=True, gradient_checkpointing=g.gradient_checkpointing)
+    judge = judge or make_judge(recipe.judge)
+    done_steps = int(Path(last).name.split("-")[-1]) if last else None
+    log = RewardLog(out / "rewards.csv", keep_until_step=done_steps)
+    trainer = build_trainer(recipe, model, tok, judge, ckpt_dir, log=log)
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=last)
+    wall = time.time() - t0
+    trainer.model.save_pretrained(out / "adapter")
+    tok.save_pretrained(out / "adapter")
+    steps_run = trainer.state.global_step - (done_steps or 0)
+    summary = summarise_curve(read_rewards(out / "rewards.csv"))
+    summary.update(init=init, source_adapter=str(adapter) if adapter else None, config_hash=chash,
+                   resumed_from=last, wall_s=round(wall, 1),
+                   s_per_step=round(wall / steps_run, 2) if steps_run > 0 else None,
+                   rollouts_per_step=g.num_prompts_per_step * g.num_generations)
+    atomic_write_json(summary_path, summary)  # last: marks the init as finished
+    return summary
+
+
+def summarise_curve(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """First/last step's mean reward and parts from rewards.csv rows, plus the change."""
+    rows = sorted(rows, key=lambda r: r["step"])
+    if not rows:
+        return {"steps": 0}
+    first, last = rows[0], rows[-1]
+    parts = ("mean_reward", "safe_rate_harmful", "refusal_rate_benign", "math_accuracy")
+    out: dict[str, Any] = {"steps": last["step"]}
+    for p in parts:
+        out[f"first_{p}"], out[f"last_{p}"] = first.get(p), last.get(p)
+    out["reward_delta"] = (last["mean_reward"] - first["mean_reward"]
+                           if None not in (first["mean_reward"], last["mean_reward"]) else None)
+    return out
+
+
+# --------------------------------------------------------------------------- stage orchestration
+def plan_inits(run: Run, inits: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """For each init: {"adapter": Path | None, "skip": reason | None}. Missing SFT adapters are skipped."""
+    plan: dict[str, dict[str, Any]] = {}
+    for init in inits or run.recipe.grpo.inits:
+        if init not in INITS:
+            raise ValueError(f"unknown GRPO init {init!r}; choose from {INITS}")
+        if init == "base":
+            plan[init] = {"adapter": None, "skip": None}
+            continue
+        try:
+            plan[init] = {"adapter": run.require("sft", f"{init}/adapter"), "skip": None}
+        except StageIncomplete as e:
+            plan[init] = {"adapter": None, "skip": f"skipped: no SFT adapter for {init!r} ({e})"}
+    return plan
+
+
+def train_planned(run: Run, plan: dict[str, dict[str, Any]], judge: Judge | None = None) -> dict[str, dict]:
+    """Train every init of `plan` that is not skipped (same seed and budget); returns summaries by init."""
+    stage = stage_for(run, "grpo")
+    judge = judge or make_judge(run.recipe.judge, cache_dir=stage.dir / "judge_cache")
+    return {init: train_from_init(run.recipe, init, stage.dir / init, adapter=p["adapter"], judge=judge)
+            for init, p in plan.items() if p["skip"] is None}
+
+
+def reward_curves(run: Run, inits: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """rewards.csv rows of each trained init (for plots.grpo_reward_curves)."""
+    d = stage_for(run, "grpo").dir
+    return {i: read_rewards(d / i / "rewards.csv") for i in inits if (d / i / "rewards.csv").is_file()}
+
+
+def finish_grpo_stage(run: Run, plan: dict[str, dict[str, Any]], results: dict[str, dict],
+                      figures: list[str] | None = None, stage: Stage | None = None) -> dict[str, Any]:
+    """Write the `rl` metrics section (per init, skipped inits with reasons, headline) and the manifest.
+
+    Pass the `stage` opened before training so that the recorded stage wall time covers it.
+    """
+    stage = stage or stage_for(run, "grpo")
+    skipped = {i: p["skip"] for i, p in plan.items() if p["skip"]}
+    headline: dict[str, Any] = {}
+    for init, r in results.items():
+        a, b = r.get("first_mean_reward"), r.get("last_mean_reward")
+        headline[f"reward {init}"] = f"{a:.2f} -> {b:.2f}" if None not in (a, b) else "n/a"
+    headline.update({f"reward {i}": "skipped (no SFT adapter)" for i in skipped})
+    summary = {"inits": {i: {k: v for k, v in r.items() if k != "config_hash"} for i, r in results.items()},
+               "skipped": skipped, "config": asdict(run.recipe.grpo), "headline": headline}
+    outputs = [f"{i}/{f}" for i in results for f in ("adapter", "rewards.csv", "summary.json")]
+    outputs += [f for f in (figures or []) if (stage.dir / f).exists()]
+    stage.finish(outputs=outputs, summary=summary)
+    return summary
+
+
+def run_grpo_stage(run: Run, recipe: Any = None, *, figure: bool = True) -> dict[str, Any]:
+    """The whole stage: plan inits, train each, plot the reward curves, finish (manifest last)."""
+    if recipe is not None and recipe is not run.recipe:
+        raise ValueError("run_grpo_stage: pass the run's own recipe (open_run(recipe, ...)) or None")
+    stage = stage_for(run, "grpo")
+    plan = plan_inits(run)
+    results = train_planned(run, plan)
+    figures = []
+    if figure:
+        from .plots import grpo_reward_curves
+
+        skipped = {i: p["skip"] for i, p in plan.items() if p["skip"]}
+        grpo_reward_curves(reward_curves(run, list(results)), stage.dir / FIGURE_DIR, skipped)
+        figures.append(f"{FIGURE_DIR}/grpo_reward_curves.png")
+    return finish_grpo_stage(run, plan, results, figures, stage)

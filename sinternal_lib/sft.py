@@ -1,0 +1,388 @@
+"""Verification SFT (paper step 5) with QLoRA, its ablations, and the answer-centric baseline.
+
+Each variant trains a fresh LoRA on the 4-bit NF4 base with TRL's `SFTTrainer` on conversational
+prompt/completion rows from stage 02, so the loss falls on the completion only (critique + verdict for
+"sinternal"; verdict line for "verdict_only"; critique for "critique_only"; an own judged-safe answer for
+"answer_centric"). All variants share one recipe and one step budget. Outputs per variant under
+`03_sft/<variant>/`: `adapter/` (LoRA + tokenizer), `checkpoints/` (every save_steps; an interrupted
+run resumes from the last one), `loss.csv`, eval rows, and `summary.json` written last (a variant with
+one is skipped). Departure from the paper, for small models: `sft.chat_mix_fraction` mixes a share of the
+policy's own judged-safe chat answers into verification data, so the verifier format does not take over
+ordinary chat (paper: verification data only). Over-long rows are dropped (never truncated: TRL keeps
+the start, which would cut the target off), and the count is reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .config import Recipe, SftConfig
+from .datasets import Record, load_embedded
+from .models import LoraSettings, load_policy, pick_device
+from .runs import Run, atomic_write_json, stage_for
+from .verification import verification_metrics, verify_pairs
+
+VERIFICATION_VARIANTS = ("sinternal", "verdict_only", "critique_only", "other_exp")
+ANSWER_CENTRIC = "answer_centric"
+ALL_VARIANTS = VERIFICATION_VARIANTS + (ANSWER_CENTRIC,)
+CHAT_POOL = "answer_centric.jsonl"  # stage-02 file: own judged-safe chat answers
+HELDOUT_PAIRS = "heldout_pairs.jsonl"
+SUMMARY = "summary.json"
+HEADLINE_KEYS = ("balanced_accuracy", "macro_f1")
+
+
+# ----------------------------------------------------------------------------- data
+def variant_file(variant: str) -> str:
+    """Stage-02 file (relative to 02_build_data/) that a variant trains on."""
+    if variant == ANSWER_CENTRIC:
+        return CHAT_POOL
+    if variant in VERIFICATION_VARIANTS:
+        return f"verification/{variant}.jsonl"
+    raise ValueError(f"unknown SFT variant {variant!r}; known: {ALL_VARIANTS} (recipe key sft.variants)")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSONL file (blank lines ignored)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def mix_chat(rows: Sequence[dict], chat_pool: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """Add own chat rows so that they make up `fraction` of the result (takeover guard).
+
+    n_chat = round(fraction * n / (1 - fraction)), drawn without replacement from `chat_pool` (cycled
+    in a fresh seeded order when the pool is smaller). Mixed rows get `"mixed_chat": True`.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"sft.chat_mix_fraction must be in [0, 1), got {fraction}")
+    n_chat = round(fraction * len(rows) / (1 - fraction)) if rows else 0
+    if n_chat and not chat_pool:
+        raise ValueError(f"sft.chat_mix_fraction={fraction} but the chat pool ({CHAT_POOL}) is empty")
+    rng = random.Random(seed)
+    picked: list[dict] = []
+    while len(picked) < n_chat:
+        order = list(chat_pool)
+        rng.shuffle(order)
+        picked += order[: n_chat - len(picked)]
+    return list(rows) + [dict(r, mixed_chat=True) for r in picked]
+
+
+def prompt_completion_ids(tok: Any, row: dict) -> tuple[list[int], list[int]]:
+    """Token ids of a row's prompt (with the generation prompt) and of prompt + completion, via the
+    chat template (the same rendering TRL uses for conversational prompt/completion rows)."""
+    prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+    return (tok(prompt, add_special_tokens=False)["input_ids"], tok(full, add_special_tokens=False)["input_ids"])
+
+
+def build_dataset(rows: Sequence[dict], tok: Any, max_length: int, seed: int = 0) -> tuple[Any, dict[str, int]]:
+    """Shuffled `datasets.Dataset` of {prompt, completion} rows, dropping rows longer than max_length.
+
+    Returns (dataset, counts) with counts {rows, kept, dropped_too_long, mixed_chat, completion_tokens}.
+    """
+    from datasets import Dataset
+
+    kept, dropped, comp_tokens = [], 0, 0
+    for r in rows:
+        p, full = prompt_completion_ids(tok, r)
+        if len(full) > max_length:
+            dropped += 1
+            continue
+        comp_tokens += len(full) - len(p)
+        kept.append({"prompt": r["prompt"], "completion": r["completion"]})
+    if not kept:
+        raise ValueError(f"all {len(rows)} rows are longer than sft.max_length={max_length} tokens; raise it")
+    random.Random(seed).shuffle(kept)
+    counts = {"rows": len(rows), "kept": len(kept), "dropped_too_long": dropped,
+              "mixed_chat": sum(bool(r.get("mixed_chat")) for r in rows), "completion_tokens": comp_tokens}
+    return Dataset.from_list(kept), counts
+
+
+def variant_rows(run: Run, variant: str, cfg: SftConfig, seed: int) -> list[dict]:
+    """A variant's training rows from stage 02, with own chat mixed into verification variants."""
+    rows = read_jsonl(run.require("build_data", variant_file(variant)))
+    if variant == ANSWER_CENTRIC or cfg.chat_mix_fraction == 0:
+        return rows
+    return mix_chat(rows, read_jsonl(run.require("build_data", CHAT_POOL)), cfg.chat_mix_fraction, seed)
+
+
+def available_variants(run: Run, variants: Sequence[str]) -> list[str]:
+    """The recipe's variants, plus "other_exp" whenever stage 02 built its file."""
+    out = list(variants)
+    other = run.path / "02_build_data" / variant_file("other_exp")
+    if "other_exp" not in out and other.is_file():
+        out.append("other_exp")
+    for v in out:
+        variant_file(v)  # unknown names fail here, naming the recipe key
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+def lora_settings(cfg: SftConfig) -> LoraSettings:
+    return LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                        target_modules=list(cfg.target_modules))
+
+
+def trl_config(cfg: SftConfig, output_dir: str | os.PathLike, *, seed: int = 0, device: str = "cpu") -> Any:
+    """TRL `SFTConfig` from the recipe's sft section (completion-only loss; checkpoints every save_steps)."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir), learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
+        num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length, save_strategy="steps",
+        save_steps=cfg.save_steps, logging_steps=cfg.logging_steps, bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing, completion_only_loss=True, packing=False,
+        use_cpu=(device == "cpu"), seed=seed, data_seed=seed, report_to="none", save_total_limit=2,
+        include_num_input_tokens_seen=True, dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+
+def last_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` folder under `folder`, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if Path(folder).is_dir() else None
+
+
+def loss_rows(log_history: Sequence[dict]) -> list[dict]:
+    """Training-loss log entries as rows {step, epoch, loss, learning_rate, grad_norm}."""
+    return [{"step": e["step"], "epoch": e.get("epoch"), "loss": e["loss"],
+             "learning_rate": e.get("learning_rate"), "grad_norm": e.get("grad_norm")}
+            for e in log_history if "loss" in e]
+
+
+def write_loss_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "epoch", "loss", "learning_rate", "grad_norm"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak GPU memory allocated (cuda) or peak resident set size of this process (cpu), in MB."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def load_for_training(recipe: Recipe) -> tuple[Any, Any]:
+    """The recipe's policy with a fresh trainable LoRA (4-bit NF4 base when model.load_in_4bit)."""
+    return load_policy(recipe, for_training=True, lora=lora_settings(recipe.sft))
+
+
+def train_variant(recipe: Recipe, rows: Sequence[dict], out_dir: str | os.PathLike, *,
+                  model: Any = None, tok: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Train one variant's LoRA on `rows`; save adapter, tokenizer and loss.csv under `out_dir`.
+
+    Resumes from the newest checkpoint in `out_dir/checkpoints` when there is one. Pass a preloaded
+    trainable (model, tok) to reuse it; otherwise a fresh 4-bit + LoRA policy is loaded.
+    Returns (model, tok, train stats).
+    """
+    from trl import SFTTrainer
+
+    cfg, out = recipe.sft, Path(out_dir)
+    device = pick_device(recipe.model.device)
+    if model is None:
+        model, tok = load_for_training(recipe)
+    ds, counts = build_dataset(rows, tok, cfg.max_length, recipe.run.seed)
+    ckpt_dir = out / "checkpoints"
+    resume = last_checkpoint(ckpt_dir)
+    trainer = SFTTrainer(model=model, args=trl_config(cfg, ckpt_dir, seed=recipe.run.seed, device=device),
+                         train_dataset=ds, processing_class=tok)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.time() - t0
+    trainer.save_model(str(out / "adapter"))
+    tok.save_pretrained(str(out / "adapter"))
+    losses = loss_rows(trainer.state.log_history)
+    write_loss_csv(losses, out / "loss.csv")
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    stats = {
+        "steps": int(trainer.state.global_step), "resumed_from": Path(resume).name if resume else None,
+        "train_loss_first": losses[0]["loss"] if losses else None,
+        "train_loss_last": losses[-1]["loss"] if losses else None,
+        "train_loss_mean": float(result.training_loss), "wall_s": round(wall, 1),
+        "tokens_seen": tokens, "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+        "peak_mem_mb": round(peak_memory_mb(device), 1), "data": counts,
+    }
+    model.eval()
+    return trainer.model, tok, stats
+
+
+# ----------------------------------------------------------------------------- evaluation
+def heldout_pairs(path: str | os.PathLike, n: int, seed: int = 0) -> list[dict]:
+    """A seeded subsample of n held-out pairs, balanced safe/unsafe where the file allows it."""
+    rows = read_jsonl(path)
+    rng = random.Random(seed)
+    by = {lab: [r for r in rows if r["label"] == lab] for lab in ("unsafe", "safe")}
+    for v in by.values():
+        rng.shuffle(v)
+    take = min(len(by["unsafe"]), n // 2)
+    picked = by["unsafe"][:take] + by["safe"][: n - take]
+    picked += by["unsafe"][take: take + n - len(picked)]
+    return sorted(picked, key=lambda r: r["id"])
+
+
+def heldout_prompts(n: int, seed: int = 0) -> list[Record]:
+    """n harmful + n benign test-split prompts (embedded sets), seeded subsample."""
+    out: list[Record] = []
+    for kind in ("harmful", "benign"):
+        recs = load_embedded(kind, "test")
+        out += random.Random(f"{seed}:{kind}").sample(recs, min(n, len(recs)))
+    return out
+
+
+def evaluate_variant(model: Any, tok: Any, spec_text: str, pairs: Sequence[dict], prompts: Sequence[Record],
+                     judge: Any, cfg: SftConfig, *, system_prompt: str | None = None,
+                     batch_size: int = 8) -> tuple[dict[str, Any], dict[str, list[dict]]]:
+    """Held-out verification metrics and chat safety (ASR, compliance, takeover) for one model.
+
+    `spec_text` must be the spec as stage 02 rendered it (`spec.spec_text(recipe)`), so held-out
+    prompts match training prompts. Returns ({verification, generation, takeover_rate},
+    {"verification": rows, "chat": rows}).
+    """
+    from .evaluation import chat_safety
+
+    vrows = verify_pairs(model, tok, spec_text, pairs, max_new_tokens=cfg.eval_max_new_tokens, batch_size=batch_size)
+    ver = verification_metrics([r["label"] for r in vrows], [r["verdict"] for r in vrows])
+    gen, crows = chat_safety(model, tok, list(prompts), judge, max_new_tokens=cfg.eval_max_new_tokens,
+                             batch_size=batch_size, system_prompt=system_prompt)
+    return {"verification": ver, "generation": gen, "takeover_rate": gen["takeover_rate"]}, \
+        {"verification": vrows, "chat": crows}
+
+
+def _write_rows(rows: Sequence[dict], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, default=str) + "\n")
+
+
+def results_table(results: dict[str, dict]) -> "Any":
+    """pandas.DataFrame, one row per model (base first): verification and chat figures side by side."""
+    import pandas as pd
+
+    rows = []
+    for name, s in results.items():
+        v, g = s["verification"], s["generation"]
+        rows.append({"model": name, "bal_acc": v["balanced_accuracy"],
+                     "bal_acc_ci95": [round(x, 2) for x in v["ci95"]["balanced_accuracy"]],
+                     "macro_f1": v["macro_f1"], "macro_f1_ci95": [round(x, 2) for x in v["ci95"]["macro_f1"]],
+                     "f1_unsafe": v["f1"], "no_verdict": v["no_verdict_rate"], "asr": g["asr"],
+                     "compliance": g["compliance"], "takeover": s["takeover_rate"],
+                     "steps": s.get("steps"), "loss_first": s.get("train_loss_first"),
+                     "loss_last": s.get("train_loss_last")})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- the stage
+def run_sft_stage(run: Run, recipe: Recipe | None = None, *, log: Any = print) -> dict[str, Any]:
+    """Evaluate the base model, train + evaluate every variant (skipping those with summary.json), and
+    finish the stage (metrics.json `sft` section, manifest last). Returns the stage summary."""
+    from .judges import make_judge
+    from .spec import spec_text
+
+    recipe = recipe or run.recipe
+    cfg, seed = recipe.sft, recipe.run.seed
+    stage = stage_for(run, "sft")
+    spec = spec_text(recipe)
+    judge = make_judge(recipe.judge, cache_dir=run.path / "judge_cache")
+    pairs = heldout_pairs(run.require("build_data", HELDOUT_PAIRS), cfg.eval_num_pairs, seed)
+    prompts = heldout_prompts(cfg.eval_num_prompts, seed)
+    eval_kw = dict(system_prompt=recipe.model.system_prompt, batch_size=recipe.evaluate.batch_size)
+    results: dict[str, dict] = {}
+    for name in ["base"] + available_variants(run, cfg.variants):
+        out = stage.dir / name
+        if (out / SUMMARY).is_file():
+            results[name] = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+            log(f"{name}: finished earlier (summary.json present), skipped")
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        stats: dict[str, Any] = {"steps": 0}
+        if name != "base":
+            rows = variant_rows(run, name, cfg, seed)
+            log(f"{name}: training on {len(rows)} rows")
+            model, _, stats = train_variant(recipe, rows, out)
+            del model  # evaluate on a fresh load: the adapter on the generation weights (models.load_policy)
+        model, tok = load_policy(recipe, adapter=out / "adapter" if name != "base" else None)
+        metrics, eval_rows = evaluate_variant(model, tok, spec, pairs, prompts, judge, cfg, **eval_kw)
+        _write_rows(eval_rows["verification"], out / "verification_eval.jsonl")
+        _write_rows(eval_rows["chat"], out / "chat_eval.jsonl")
+        results[name] = {"variant": name, **stats, **metrics}
+        atomic_write_json(out / SUMMARY, results[name])  # last: marks the variant done
+        del model
+        log(f"{name}: bal_acc {metrics['verification']['balanced_accuracy']:.2f} "
+            f"takeover {metrics['takeover_rate']}")
+    summary = stage_summary(results)
+    stage.finish(outputs=[f"{n}/{SUMMARY}" for n in results], summary=summary)
+    return summary
+
+
+def _lean(s: dict) -> dict:
+    """Per-variant entry for metrics.json (the verification block without per-row detail)."""
+    keep = ("steps", "train_loss_first", "train_loss_last", "tokens_per_s", "peak_mem_mb", "wall_s",
+            "takeover_rate", "data")
+    v = {k: s["verification"][k] for k in ("balanced_accuracy", "macro_f1", "f1", "accuracy", "no_verdict_rate",
+                                          "n", "base_rate_unsafe", "ci95", "baselines")}
+    return {**{k: s.get(k) for k in keep}, "verification": v, "generation": s["generation"]}
+
+
+def stage_summary(results: dict[str, dict]) -> dict[str, Any]:
+    """The metrics.json `sft` section: per model entries plus a headline (SInternal vs base)."""
+    out: dict[str, Any] = {name: _lean(s) for name, s in results.items()}
+    head: dict[str, Any] = {}
+    for name in ("base", "sinternal"):
+        if name in results:
+            v = results[name]["verification"]
+            for k in HEADLINE_KEYS:
+                head[f"{name}_verify_{k}"] = round(v[k], 3)
+            head[f"{name}_takeover"] = results[name]["takeover_rate"]
+            head[f"{name}_asr"] = results[name]["generation"]["asr"]
+    out["headline"] = head
+    return out
+
+
+# ----------------------------------------------------------------------------- notebook views
+def variant_overview(run: Run, recipe: Recipe) -> "Any":
+    """pandas.DataFrame: per variant, its rows, mixed-in chat rows and the start of one target."""
+    import pandas as pd
+
+    out = []
+    for v in available_variants(run, recipe.sft.variants):
+        rows = variant_rows(run, v, recipe.sft, recipe.run.seed)
+        own = [r for r in rows if not r.get("mixed_chat")]
+        out.append({"variant": v, "rows": len(rows), "mixed_chat": len(rows) - len(own),
+                    "unsafe_share": sum(r.get("label") == "unsafe" for r in own) / max(1, len(own)),
+                    "example_target": own[0]["completion"][0]["content"][:160] if own else ""})
+    return pd.DataFrame(out)
+
+
+def read_loss_curves(stage_dir: str | os.PathLike) -> dict[str, list[dict]]:
+    """{variant: rows of its loss.csv} for every trained variant folder."""
+    curves = {}
+    for path in sorted(Path(stage_dir).glob("*/loss.csv")):
+        with open(path, encoding="utf-8") as f:
+            curves[path.parent.name] = list(csv.DictReader(f))
+    return curves
+
+
+def side_by_side(stage_dir: str | os.PathLike, models: Sequence[str], n: int = 2, label: str = "harmful",
+                 width: int = 160) -> "Any":
+    """The same held-out chat prompts answered by each model (first n of `label`), answers shortened."""
+    import pandas as pd
+
+    answers = {m: {r["id"]: r for r in read_jsonl(Path(stage_dir) / m / "chat_eval.jsonl")} for m in models}
+    ids = [i for i, r in answers[models[0]].items() if r["label"] == label][:n]
+    return pd.DataFrame([{"prompt": answers[models[0]][i]["prompt"][:80],
+                          **{m: answers[m][i]["response"][:width] for m in models}} for i in ids])
