@@ -50,7 +50,7 @@ def mix_counts(num_prompts: int, fractions: dict[str, float]) -> dict[str, int]:
 
 
 def build_prompt_mix(grpo: Any, seed: int, system_prompt: str | None = None) -> list[dict[str, Any]]:
-    """Seeded, shuffled GRPO training rows from the embedded train splits.
+    """Seeded GRPO training rows from the embedded train splits, interleaved so each step keeps the mix.
 
     Row: {"prompt": [messages], "kind", "reference" (math answer or ""), "prompt_text", "category",
     "prompt_id"}. A kind with fewer train prompts than asked is cycled (each pass reshuffled).
@@ -60,7 +60,7 @@ def build_prompt_mix(grpo: Any, seed: int, system_prompt: str | None = None) -> 
     rng = random.Random(seed)
     counts = mix_counts(grpo.num_train_prompts, {"harmful": grpo.harmful_fraction,
                                                  "benign": grpo.benign_fraction, "math": grpo.math_fraction})
-    rows: list[dict[str, Any]] = []
+    by_kind: dict[str, list[dict[str, Any]]] = {}
     for kind in KINDS:
         pool = load_embedded(kind, "train")
         if counts[kind] and not pool:
@@ -68,13 +68,29 @@ def build_prompt_mix(grpo: Any, seed: int, system_prompt: str | None = None) -> 
         picked: list[Any] = []
         while len(picked) < counts[kind]:
             picked += rng.sample(pool, len(pool))
-        for rec in picked[: counts[kind]]:
-            msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-            rows.append({"prompt": msgs + [{"role": "user", "content": rec.prompt}], "kind": kind,
-                         "reference": str(rec.reference or ""), "prompt_text": rec.prompt,
-                         "category": rec.category or "", "prompt_id": rec.id})
-    rng.shuffle(rows)
-    return rows
+        msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        by_kind[kind] = [{"prompt": msgs + [{"role": "user", "content": rec.prompt}], "kind": kind,
+                          "reference": str(rec.reference or ""), "prompt_text": rec.prompt,
+                          "category": rec.category or "", "prompt_id": rec.id} for rec in picked[: counts[kind]]]
+    return interleave(by_kind, counts)
+
+
+def interleave(by_kind: dict[str, list[Any]], counts: dict[str, int]) -> list[Any]:
+    """Merge per-kind lists so that every window of consecutive rows keeps the overall mix.
+
+    Smooth weighted round robin: at each position take the kind furthest behind its share. With the
+    dataset read in order (`shuffle_dataset=False`), every GRPO step then sees the same kind mix, so the
+    per-step mean reward is comparable across steps (a shuffled mix makes it jump with the composition).
+    """
+    total = sum(counts.values())
+    taken = {k: 0 for k in by_kind}
+    out: list[Any] = []
+    for pos in range(1, total + 1):
+        kind = max((k for k in by_kind if taken[k] < counts[k]),
+                   key=lambda k: (pos * counts[k] / total - taken[k], counts[k]))
+        out.append(by_kind[kind][taken[kind]])
+        taken[kind] += 1
+    return out
 
 
 # --------------------------------------------------------------------------- rewards
@@ -213,6 +229,7 @@ def grpo_args(grpo: Any, output_dir: str | Path, *, seed: int, device: str = "cp
         bf16=grpo.bf16,
         gradient_checkpointing=grpo.gradient_checkpointing,
         use_cpu=device == "cpu",
+        shuffle_dataset=False,  # rows are pre-shuffled and interleaved so each step keeps the kind mix
         seed=seed,
         data_seed=seed,
         report_to=[],

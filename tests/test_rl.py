@@ -91,6 +91,9 @@ def test_prompt_mix_counts_and_seed():
     math_row = next(x for x in rows if x["kind"] == "math")
     assert math_row["reference"] and math_row["prompt"][-1] == {"role": "user", "content": math_row["prompt_text"]}
     assert rl.mix_counts(7, {"harmful": 0.4, "benign": 0.2, "math": 0.4}) == {"harmful": 3, "benign": 1, "math": 3}
+    # read in order, every step of 5 prompts sees the same 2/1/2 mix, so step rewards are comparable
+    for i in range(0, 50, 5):
+        assert sorted(x["kind"] for x in rows[i:i + 5]) == ["benign", "harmful", "harmful", "math", "math"]
 
 
 def test_grpo_args_mapping(tmp_path):
@@ -103,7 +106,8 @@ def test_grpo_args_mapping(tmp_path):
 @pytest.fixture()
 def tiny_recipe(tmp_path):
     folder = save_tiny_model(tmp_path / "tiny")
-    return load_recipe("configs/tests/tiny.yaml", {"model.policy": str(folder), "grpo.max_steps": 1})
+    return load_recipe("configs/tests/tiny.yaml", {"model.policy": str(folder), "grpo.max_steps": 1,
+                                                     "grpo.gradient_checkpointing": False})
 
 
 def _lora_state(model) -> dict[str, torch.Tensor]:
@@ -133,7 +137,8 @@ def test_one_grpo_step_changes_lora_after_generate(tiny_recipe, judge, tmp_path)
 
 def test_train_from_init_resumes_from_last_checkpoint(tiny_recipe, tmp_path):
     recipe = load_recipe("configs/tests/tiny.yaml", {"model.policy": tiny_recipe.model.policy,
-                                                     "grpo.max_steps": 2, "grpo.save_steps": 1})
+                                                     "grpo.max_steps": 2, "grpo.save_steps": 1,
+                                                     "grpo.gradient_checkpointing": False})
     out = tmp_path / "base"
     s = rl.train_from_init(recipe, "base", out)
     assert s["steps"] == 2 and s["resumed_from"] is None and s["s_per_step"] > 0

@@ -1,9 +1,24 @@
 # Source of notebooks/03_verification_sft_qlora.ipynb (build with: python -m sinternal_lib build-notebooks)
 # %% [markdown]
-# # 03_verification_sft_qlora
+# # 03 Verification SFT with QLoRA
 #
-# *Not built yet*: this notebook's stage is filled in by a later issue. It opens the run folder so the
-# runner can execute the pipeline end to end; the report says this stage is not built yet.
+# **What this shows.** Paper step 5: train the policy only to *verify* its own answers (spec, prompt,
+# answer -> critique + verdict), with the loss on the critique and verdict alone, and compare it on the
+# same held-out data with the base model, the ablations (verdict only = "w/o critique", critique only =
+# "w/o verdict", Other-Exp when stage 02 built it) and answer-centric SFT (prompt -> own safe answer).
+# Two questions: does verification improve on held-out pairs, and does it leave ordinary chat alone?
+#
+# **Inputs.** `02_build_data/verification/*.jsonl`, `answer_centric.jsonl` (also the pool of own chat
+# answers mixed in as a takeover guard), `heldout_pairs.jsonl` (test split); held-out chat prompts from
+# the embedded test split.
+#
+# **Outputs.** `03_sft/<variant>/`: `adapter/` (LoRA + tokenizer), `checkpoints/`, `loss.csv`,
+# `verification_eval.jsonl`, `chat_eval.jsonl`, `summary.json` (written last); `03_sft/base/` (the base
+# model's evaluation); figures `sft_loss.png`, `sft_before_after.png`; the `sft` section of `metrics.json`.
+#
+# **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, 2 shared cores): about 3 s per
+# example-step at ~700 tokens, so each variant costs a few minutes of training plus about a minute of
+# evaluation. Tiny test recipe: about a minute. Paper scale (7B-14B, ~6,000 examples, 2 epochs) needs a GPU.
 
 # %% tags=["parameters"]
 recipe = "cpu-smollm2"  # recipe name under configs/ or a path to a YAML file
@@ -16,16 +31,128 @@ runs_root = None  # folder holding run folders, None means run.output_root from 
 # values from the parameters.
 
 # %%
+from sinternal_lib import plots, sft
 from sinternal_lib.config import load_recipe
 from sinternal_lib.runs import open_run, stage_for
 
 cfg = load_recipe(recipe, overrides)
 run = open_run(cfg, run_name, runs_root)
 stage = stage_for(run, "sft")
+figures = run.path / "figures"
+effective_batch = cfg.sft.batch_size * cfg.sft.grad_accum
 print(f"run folder: {run.path}\nstage folder: {stage.dir}")
+print(f"{cfg.sft.max_steps} steps x effective batch {effective_batch} = "
+      f"{cfg.sft.max_steps * effective_batch} examples seen per variant (same budget for every variant)")
 cfg.sft
+
+# %% [markdown]
+# ## The training data of each variant
+#
+# Every variant trains on conversational prompt/completion rows, so TRL puts the loss on the completion
+# only. The verification variants share one prompt (the verifier system message with the spec, then the
+# prompt and the candidate answer) and differ only in the target. `mixed_chat` counts the own judged-safe
+# chat answers mixed in (`sft.chat_mix_fraction`): the takeover guard discussed below.
+
+# %%
+overview = sft.variant_overview(run, cfg)
+overview
+
+# %% [markdown]
+# The targets differ as the paper's ablations do: critique then `Verdict: ...`, the verdict line alone,
+# or the critique alone; the answer-centric rows hold an own answer to the prompt instead.
+
+# %% [markdown]
+# ## Train and evaluate every variant
+#
+# One call does the stage: the base model is evaluated first, then each variant gets a fresh LoRA on the
+# 4-bit NF4 base (double quantization, gradient checkpointing, a checkpoint every `save_steps`), is
+# trained for the same number of steps, saved, and evaluated on the same held-out pairs and chat
+# prompts. A variant whose `summary.json` exists is skipped, and an interrupted one resumes from its last
+# checkpoint. The call ends by writing the `sft` section of `metrics.json` and the stage manifest (last).
+
+# %%
+summary = sft.run_sft_stage(run, cfg)
+summary["headline"]
+
+# %% [markdown]
+# ## Results on held-out data
+#
+# Verification: balanced accuracy and macro-F1 (unsafe is the positive class for F1) with bootstrap 95%
+# intervals; a missing verdict counts as wrong. Chat: attack success rate (ASR) on held-out harmful
+# prompts, compliance on held-out benign prompts, and the takeover rate (replies that read like a critique
+# or carry a verdict line).
+
+# %%
+table = sft.results_table({k: v for k, v in summary.items() if k != "headline"})
+table.round(3)
+
+# %% [markdown]
+# The trivial baselines for the same pairs (coin flip at the base rate, always unsafe, always safe):
+# a verifier is only useful above all three.
+
+# %%
+base_rates = summary["base"]["verification"]["baselines"]
+{name: {k: round(v, 3) for k, v in b.items()} for name, b in base_rates.items()}
+
+# %% [markdown]
+# The loss falls on the completion tokens only. Verdict-only targets are one short line, so their loss
+# drops fastest; critiques are longer and the offline teacher's phrasings repeat, which the model learns
+# within a few steps.
+
+# %%
+plots.sft_loss_curves(sft.read_loss_curves(stage.dir), figures)
+
+# %% [markdown]
+# Before and after, side by side on the same held-out data. Look at the left panel first: SInternal should
+# sit above the dashed line (the best trivial baseline) and above the base model. Then the right panel:
+# its takeover rate should stay near the base model's.
+
+# %%
+plots.sft_before_after({k: v for k, v in summary.items() if k != "headline"}, figures)
+
+# %% [markdown]
+# ## Does verification take over chat?
+#
+# The same held-out harmful prompts answered by the base model and by the SInternal adapter (answers
+# shortened). A taken-over reply opens like a critique ("The answer ...") or ends with a verdict line.
+
+# %%
+sft.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else ["base"], n=3)
+
+# %% [markdown]
+# **What keeps chat intact at this scale.** Measured on SmolLM2-135M in 4-bit before the recipe was set
+# (details in the kit's SFT notes; figures from one seed): training on verification rows alone at a high
+# learning rate teaches the verdict format, but the small model then starts ordinary chat replies in the
+# verifier's voice. The verifier prompt already uses a distinct system instruction; what helped further is
+# mixing in a share of the model's *own* judged-safe chat answers (`sft.chat_mix_fraction`), which costs
+# nothing in new data (they come from stage 02) and gives the adapter a reason to keep the chat format
+# when there is no verifier system message. Lower learning rates or fewer steps also reduce takeover,
+# but they reduce the verification gain with it. The CPU recipe therefore keeps the learning rate that
+# learns the verdict and relies on the chat mix. Whether ASR moves at 135M: see the table above. A
+# change in ASR within its confidence interval is no change; at this scale and budget, the paper's
+# transfer from verifying to generating safe answers is not expected to show, and this notebook does
+# not claim it.
 
 # %% [markdown]
 # ## Reading group
 #
-# This stage is not built yet.
+# 1. Why does the loss fall on the critique and verdict only, and what would full-sequence loss teach
+#    the model instead (hint: the spec text is the same in every example)?
+# 2. The verdict-only variant reaches a low loss fastest. Why is a low loss not the same as a good
+#    verifier here? Compare its balanced accuracy with the SInternal row.
+# 3. Why report balanced accuracy and macro-F1 next to F1 on the unsafe class, and why compare with
+#    "always unsafe" as well as with a coin flip?
+# 4. A missing verdict counts as wrong. Which variant is hurt by that rule, and is it fair?
+# 5. Why are the held-out pairs built from TEST-split prompts, and what would leak if they were not?
+# 6. The mixed-in chat rows are the model's own answers judged safe. Why own answers rather than answers
+#    from a stronger model (compare the paper's Self-Exp vs Other-Exp result in PAPER.md)?
+# 7. What does a takeover rate above the base model's mean for the claim that verification transfers
+#    to generation?
+#
+# Try this (as `overrides`):
+# - `{"sft.chat_mix_fraction": 0.0}`: no chat mixing; watch the takeover rate.
+# - `{"sft.learning_rate": 3e-4}`: the paper-like low rate; does the verifier still learn in this budget?
+# - `{"sft.variants": ["sinternal"], "sft.max_steps": 60}`: double the budget for the method alone.
+#
+# Paper: section on verification SFT and its ablations (w/o critique, w/o verdict, Self-Exp vs
+# Other-Exp); `/work/shared/PAPER.md` for the reference numbers (secondary summaries).

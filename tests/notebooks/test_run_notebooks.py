@@ -1,0 +1,42 @@
+"""Executes all five notebooks headless on the tiny test recipe through the runner (papermill), then
+checks the run folder: executed copies, manifests, metrics.json sections and the report.
+
+Run: .venv/bin/pytest -q tests/notebooks
+"""
+
+import json
+
+import pytest
+
+from sinternal_lib.cli import NOTEBOOKS, run_notebooks
+from sinternal_lib.runs import STAGES
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    lines: list[str] = []
+    code = run_notebooks("configs/tests/tiny.yaml", "nb-test", root=str(root), log=lines.append)
+    return code, root / "nb-test", lines
+
+
+@pytest.mark.slow
+def test_all_notebooks_execute_on_tiny_recipe(tiny_run):
+    code, path, lines = tiny_run
+    assert code == 0, "\n".join(lines)
+    for stage, nb in NOTEBOOKS.items():
+        assert (path / "notebooks" / f"{nb}.ipynb").is_file()
+        assert (path / STAGES[stage] / "manifest.json").is_file(), f"stage {stage} did not finish"
+    metrics = json.loads((path / "metrics.json").read_text())
+    for section in ("diagnosis", "data", "sft", "rl", "eval", "timings"):
+        assert section in metrics, f"metrics.json lacks '{section}'"
+    assert (path / "report.md").read_text().startswith("# SInternal report card")
+
+
+@pytest.mark.slow
+def test_second_run_skips_finished_stages(tiny_run):
+    code, path, _ = tiny_run
+    assert code == 0
+    lines: list[str] = []
+    assert run_notebooks("configs/tests/tiny.yaml", "nb-test", root=str(path.parent), log=lines.append) == 0
+    assert sum("skipped" in ln for ln in lines) == len(NOTEBOOKS)

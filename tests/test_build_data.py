@@ -1,0 +1,88 @@
+"""Stage 02 and 01 library pieces: answer-centric rows, held-out pairs, human pairs, and the tiny-model stages.
+
+Run: .venv/bin/pytest -q tests/test_build_data.py
+"""
+
+import json
+from collections import Counter
+
+import pytest
+
+from sinternal_lib.build_data import answer_centric_rows, heldout_pairs, read_jsonl, run_build_data, write_jsonl
+from sinternal_lib.config import load_recipe
+from sinternal_lib.datasets import Record
+from sinternal_lib.diagnose import diagnosis_table, human_pairs, run_diagnosis, xstest_safety_label
+from sinternal_lib.runs import open_run, stage_for
+
+
+def _row(pid, idx, plabel, jlabel, refused, answer="text"):
+    return {"prompt_id": pid, "sample_idx": idx, "prompt": f"p {pid}", "answer": answer, "reasoning": None,
+            "prompt_label": plabel, "category": "cybercrime" if plabel == "harmful" else None,
+            "judge_label": jlabel, "judge_refused": refused}
+
+
+def test_answer_centric_keeps_safe_refusals_and_helpful_benign_answers():
+    judged = [_row("h1", 0, "harmful", "unsafe", False), _row("h1", 1, "harmful", "safe", True),
+              _row("h2", 0, "harmful", "unsafe", False),
+              _row("b1", 0, "benign", "safe", True), _row("b1", 1, "benign", "safe", False),
+              _row("b2", 0, "benign", "safe", True)]
+    rows = answer_centric_rows(judged, seed=0)
+    assert {r["prompt_id"] for r in rows} == {"h1", "b1"}  # h2 never refused; b2 only over-refused
+    assert rows[0]["prompt"][0]["role"] == "user" and rows[0]["completion"][0]["role"] == "assistant"
+    assert [r["id"] for r in rows] == ["b1-1", "h1-1"]
+
+
+def test_heldout_pairs_balanced_one_per_prompt_and_label():
+    judged = [_row(f"h{i}", j, "harmful", "unsafe" if j else "safe", not j) for i in range(6) for j in range(3)]
+    judged += [_row(f"b{i}", 0, "benign", "safe", False) for i in range(4)]
+    judged += [_row("hx", 0, "harmful", None, None)]
+    pairs = heldout_pairs(judged, n=8, seed=1)
+    c = Counter(p["label"] for p in pairs)
+    assert c["unsafe"] == c["safe"] == 4
+    assert len({(p["id"].rsplit("-", 1)[0], p["label"]) for p in pairs}) == len(pairs)
+    assert all(p["label"] in ("safe", "unsafe") for p in pairs)
+    assert heldout_pairs(judged, n=8, seed=1) == pairs  # deterministic
+
+
+def test_jsonl_roundtrip_and_malformed_line(tmp_path):
+    p = write_jsonl([{"a": 1}, {"b": "ü"}], tmp_path / "x.jsonl")
+    assert read_jsonl(p) == [{"a": 1}, {"b": "ü"}]
+    p.write_text('{"a": 1}\n{"b": \n')
+    with pytest.raises(ValueError, match="x.jsonl:2"):
+        read_jsonl(p)
+
+
+@pytest.mark.parametrize("label,human,expected", [
+    ("harmful", "compliance", "unsafe"), ("harmful", "refusal", "safe"), ("harmful", "partial", None),
+    ("benign", "refusal", "safe"), ("benign", "compliance", "safe")])
+def test_xstest_safety_label(label, human, expected):
+    assert xstest_safety_label(Record("x", "p", label, human_label=human)) == expected
+
+
+def test_human_pairs_from_real_files_are_balanced(shared_data):
+    for name in ("xstest_completions", "pku_saferlhf"):
+        pairs = human_pairs(name, 20, seed=0)
+        assert Counter(p["label"] for p in pairs) == {"safe": 10, "unsafe": 10}
+        assert all(p["answer"].strip() for p in pairs)
+
+
+def test_stages_01_and_02_on_tiny_model(tmp_path):
+    run = open_run(load_recipe("configs/tests/tiny.yaml", {"diagnose.human_sets": []}), "t", tmp_path)
+    data = run_build_data(run, log=lambda s: None)
+    st = stage_for(run, "build_data")
+    assert st.is_complete()
+    for v in ("sinternal", "verdict_only", "critique_only"):
+        rows = read_jsonl(st.dir / "verification" / f"{v}.jsonl")
+        assert len(rows) == data["examples"]
+        for r in rows:
+            target = r["completion"][0]["content"]
+            assert r["prompt"][0]["role"] == "system" and "Verdict:" not in r["prompt"][1]["content"][-20:]
+            assert ("Verdict:" in target) == (v != "critique_only")
+    samples = read_jsonl(st.dir / "samples_self.jsonl")
+    cfg = run.recipe.build_data
+    assert len(samples) == (cfg.num_harmful_prompts + cfg.num_benign_prompts) * cfg.num_samples
+    assert json.loads((run.path / "metrics.json").read_text())["data"]["funnel"]["prompts_total"] == 10
+    diag = run_diagnosis(run, log=lambda s: None)
+    assert "own_answers" in diag["models"]["tiny-random-llama"]
+    assert not diagnosis_table(diag).empty or diag["models"]["tiny-random-llama"]["own_answers"]["n"] == 0
+    assert stage_for(run, "diagnose").is_complete()

@@ -1,0 +1,79 @@
+"""Notebook hygiene: committed notebooks equal their sources, carry no outputs, have one parameters
+cell of plain literals that papermill can read, and no later cell reassigns a parameter; the runner
+names the failing notebook and cell and keeps the partial copy.
+
+Run: .venv/bin/pytest -q tests/test_notebooks.py
+"""
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+from sinternal_lib.cli import NOTEBOOK_DIR, NOTEBOOKS, run_notebooks
+from sinternal_lib.notebooks import build_notebook, parameter_names, reassigned_parameters
+
+SOURCES = sorted((NOTEBOOK_DIR / "src").glob("[0-9][0-9]_*.py"))
+
+
+def test_five_notebooks_with_sources():
+    assert [s.stem for s in SOURCES] == list(NOTEBOOKS.values())
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_committed_notebook_matches_source_and_has_no_outputs(src):
+    committed = json.loads((NOTEBOOK_DIR / f"{src.stem}.ipynb").read_text())
+    built = json.loads(json.dumps(build_notebook(src)))
+    assert committed == built, f"run `python -m sinternal_lib build-notebooks` after editing {src.name}"
+    assert not any(c.get("outputs") for c in committed["cells"] if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_parameters_cell_is_plain_and_not_reassigned(src):
+    nb = nbformat.read(str(NOTEBOOK_DIR / f"{src.stem}.ipynb"), as_version=4)
+    names = parameter_names(nb)
+    assert {"recipe", "run_name", "overrides", "runs_root"} <= set(names)
+    assert reassigned_parameters(nb) == []
+    inspected = pm.inspect_notebook(str(NOTEBOOK_DIR / f"{src.stem}.ipynb"))
+    assert set(inspected) == set(names), "papermill could not parse every parameter line"
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and all(k in first.source for k in ("What this shows", "Inputs", "Outputs", "Runtime"))
+    assert "## Reading group" in nb.cells[-1].source or any("## Reading group" in c.source for c in nb.cells[-2:])
+
+
+def test_reassignment_is_detected():
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("recipe = 'x'  # r\nseed = 1  # s")
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell("seed = 2\nfor recipe in []: pass")]
+    assert reassigned_parameters(nb) == ["recipe", "seed"]
+    bad = nbformat.v4.new_code_cell("seed = 1 + 1")
+    bad.metadata["tags"] = ["parameters"]
+    nb.cells = [bad]
+    with pytest.raises(ValueError):
+        parameter_names(nb)
+
+
+def test_runner_failure_names_notebook_and_cell_and_keeps_copy(tmp_path, monkeypatch):
+    # A real notebook that fails in its third cell, run by the real runner.
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("recipe = 'x'  # r\nrun_name = None  # n\noverrides = {}  # o\nruns_root = None  # r")
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), p, nbformat.v4.new_code_cell("raise RuntimeError('boom here')")]
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                   "language_info": {"name": "python"}}
+    nbformat.write(nb, str(nbdir / "01_diagnose.ipynb"))
+    import sinternal_lib.cli as cli
+
+    monkeypatch.setattr(cli, "NOTEBOOK_DIR", nbdir)  # point the runner at the test notebook folder
+    lines: list[str] = []
+    code = run_notebooks("configs/tests/tiny.yaml", "fail", only=["01"], root=str(tmp_path / "runs"), log=lines.append)
+    assert code == 1
+    msg = "\n".join(lines)
+    assert "01_diagnose" in msg and "FAILED" in msg and "cell" in msg and "boom here" in msg
+    kept = tmp_path / "runs" / "fail" / "notebooks" / "01_diagnose.ipynb"
+    assert kept.is_file() and "boom here" in kept.read_text()
