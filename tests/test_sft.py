@@ -71,7 +71,7 @@ def write_stage02(run, n_harmful: int = 4, n_benign: int = 3, other_exp: bool = 
 def tiny_recipe():
     return apply_overrides(load_recipe("configs/tests/tiny.yaml"), {
         "sft.max_length": 1400, "sft.max_steps": 2, "sft.save_steps": 1, "sft.batch_size": 2,
-        "sft.eval_num_pairs": 4, "sft.eval_num_prompts": 2, "sft.eval_max_new_tokens": 4,
+        "sft.eval_num_pairs": 4, "sft.eval_num_prompts": 1, "sft.eval_max_new_tokens": 4,
         "sft.lora_r": 4, "sft.lora_alpha": 8, "sft.learning_rate": 1e-2})
 
 
@@ -187,11 +187,10 @@ def test_lora_still_learns_after_evaluation(run02, tiny_recipe):
 
 
 def test_run_sft_stage_end_to_end_and_skip(run02, tiny_recipe):
-    recipe = apply_overrides(tiny_recipe, {"sft.variants": ["sinternal", "answer_centric"],
-                                           "sft.chat_mix_fraction": 0.2})
+    recipe = apply_overrides(tiny_recipe, {"sft.variants": ["sinternal"], "sft.chat_mix_fraction": 0.2})
     run02.recipe = recipe
     summary = sft.run_sft_stage(run02, recipe, log=lambda *_: None)
-    assert set(summary) >= {"base", "sinternal", "answer_centric", "headline"}
+    assert set(summary) == {"base", "sinternal", "headline"}
     s = summary["sinternal"]
     for key in ("train_loss_first", "train_loss_last", "tokens_per_s", "peak_mem_mb", "steps", "wall_s",
                 "verification", "generation", "takeover_rate"):
@@ -205,5 +204,5 @@ def test_run_sft_stage_end_to_end_and_skip(run02, tiny_recipe):
     assert (run02.path / "03_sft" / "sinternal" / "loss.csv").is_file()
     seen: list[str] = []
     sft.run_sft_stage(run02, recipe, log=seen.append)  # every variant done: nothing retrains
-    assert sum("skipped" in line for line in seen) == 3
+    assert sum("skipped" in line for line in seen) == 2
     assert list(sft.results_table({"base": summary["base"], "sinternal": s})["model"]) == ["base", "sinternal"]
