@@ -21,6 +21,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -241,14 +242,17 @@ def build_trainer(recipe: Any, model: Any, tok: Any, judge: Judge, output_dir: s
                   log: RewardLog | None = None, extra_reward_funcs: list[Any] | None = None) -> Any:
     """A GRPOTrainer on the recipe's prompt mix with the verifier reward (plus `extra_reward_funcs`, tests)."""
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import GRPOTrainer
 
     from .models import pick_device
 
     rows = build_prompt_mix(recipe.grpo, recipe.run.seed, recipe.model.system_prompt)
     args = grpo_args(recipe.grpo, output_dir, seed=recipe.run.seed, device=pick_device(recipe.model.device))
-    return GRPOTrainer(model=model, reward_funcs=[VerifierReward(judge, log), *(extra_reward_funcs or [])],
-                       args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer = GRPOTrainer(model=model, reward_funcs=[VerifierReward(judge, log), *(extra_reward_funcs or [])],
+                          args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer.remove_callback(PrinterCallback)  # per-step logs go to rewards.csv and trainer.state.log_history
+    return trainer
 
 
 def init_config_hash(recipe: Any, init: str, adapter: str | Path | None) -> str:
@@ -309,7 +313,9 @@ def train_from_init(recipe: Any, init: str, out_dir: str | Path, *, adapter: str
     log = RewardLog(out / "rewards.csv", keep_until_step=done_steps)
     trainer = build_trainer(recipe, model, tok, judge, ckpt_dir, log=log)
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=last)
+    with warnings.catch_warnings():  # transformers 5 renames gradient checkpointing: one warning per step
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+        trainer.train(resume_from_checkpoint=last)
     wall = time.time() - t0
     trainer.model.save_pretrained(out / "adapter")
     tok.save_pretrained(out / "adapter")

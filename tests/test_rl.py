@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -83,7 +82,8 @@ def test_unknown_kind_is_an_error(judge):
 
 
 def test_prompt_mix_counts_and_seed():
-    r = load_recipe("configs/tests/tiny.yaml", {"grpo.num_train_prompts": 50})
+    r = load_recipe("configs/tests/tiny.yaml", {"grpo.num_train_prompts": 50, "grpo.harmful_fraction": 0.4,
+                                                "grpo.benign_fraction": 0.2, "grpo.math_fraction": 0.4})
     rows = rl.build_prompt_mix(r.grpo, seed=0)
     assert [sum(x["kind"] == k for x in rows) for k in rl.KINDS] == [20, 10, 20]
     assert rows == rl.build_prompt_mix(r.grpo, seed=0)
@@ -172,8 +172,8 @@ def test_missing_sft_adapters_are_skipped_with_a_note(tmp_path):
 def test_reward_curves_figure(tmp_path):
     from sinternal_lib.plots import grpo_reward_curves
 
-    rows = [{"step": 1, "mean_reward": 0.2, "safe_rate_harmful": 0.5, "refusal_rate_benign": None, "math_accuracy": 0.0},
-            {"step": 2, "mean_reward": 0.6, "safe_rate_harmful": 1.0, "refusal_rate_benign": 0.0, "math_accuracy": None}]
+    keys = ("step", "mean_reward", "safe_rate_harmful", "refusal_rate_benign", "math_accuracy")
+    rows = [dict(zip(keys, (1, 0.2, 0.5, None, 0.0))), dict(zip(keys, (2, 0.6, 1.0, 0.0, None)))]
     grpo_reward_curves({"base": rows, "sinternal": rows[:1]}, tmp_path, {"answer_centric": "no adapter"})
     assert (tmp_path / "grpo_reward_curves.png").stat().st_size > 0
     grpo_reward_curves({}, tmp_path / "empty")

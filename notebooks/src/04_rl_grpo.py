@@ -11,9 +11,10 @@
 # - *Outputs*: `04_grpo/<init>/adapter/`, `04_grpo/<init>/rewards.csv` (reward parts per step),
 #   `04_grpo/<init>/checkpoints/`, `04_grpo/<init>/summary.json`, `04_grpo/figures/grpo_reward_curves.png`,
 #   the `rl` section of `metrics.json`.
-# - *Runtime*: tiny test recipe about 10 s per init on 2 CPU cores; the CPU SmolLM2 recipe (8 steps of
-#   4 prompts x 4 rollouts) about 15-25 s per step, so roughly 2-3 min per init on 2 cores; paper scale
-#   (64 prompts x 8 rollouts, 4096 tokens) needs a GPU.
+# - *Runtime*: tiny test recipe 8-12 s per step, 20-25 s per init (2 CPU cores shared with other jobs).
+#   CPU SmolLM2 recipe (6 steps of 4 prompts x 4 rollouts, 32 tokens): measured 200-420 s per step on 2
+#   cores under a load of 5-9 (other jobs running), so budget up to ~30 min per init on a busy laptop and
+#   much less on free cores. Paper scale (64 prompts x 8 rollouts, long traces) needs a GPU.
 
 # %% tags=["parameters"]
 recipe = "cpu-smollm2"  # recipe name under configs/ or a path to a YAML file
