@@ -50,6 +50,11 @@ bench: setup
 	$(PY) benchmarks/bench_judge_agreement.py
 	$(PY) benchmarks/bench_sampling.py
 
+# Reliability suite (kills, corrupted artifacts, hostile input, failing APIs, secrets, determinism) with a
+# summary table; writes benchmarks/results/reliability.json. ~2-3 min on the 2-core CPU.
+reliability: setup
+	$(PY) benchmarks/reliability_summary.py
+
 # Re-render the report of an existing run: make report RUN=cpu-smollm2
 report: setup
 	$(PY) -m sinternal_lib report --run-name $(RUN)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .config import REPO_ROOT, RecipeError, load_recipe, parse_override_strings
-from .runs import STAGES, Run, RunLocked, open_run
+from .runs import STAGES, Run, RunLocked, StageIncomplete
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL = "sinternal"
@@ -84,12 +84,13 @@ def run_notebooks(
     from .runs import stage_for
 
     recipe = load_recipe(recipe_ref, overrides)
-    run = open_run(recipe, run_name, root)
+    run = Run(recipe, run_name, root)
     try:
-        run.acquire()
+        run.acquire()  # before writing anything: a refused runner must not touch a run in progress
     except RunLocked as e:
         log(f"error: {e}")
         return 2
+    run.write_env()
     out_dir = run.path / "notebooks"
     out_dir.mkdir(exist_ok=True)
     kernel = _kernel_name()
@@ -100,7 +101,13 @@ def run_notebooks(
             nb = notebook_path(stage)
             out = out_dir / nb.name
             st = stage_for(run, stage)
-            if not force and st.is_complete() and executed_ok(out):
+            try:
+                complete = st.is_complete()
+            except StageIncomplete as e:  # corrupt manifest: say so, drop it and redo the stage
+                log(f"  {nb.stem:<32} {e}; redoing the stage")
+                st.invalidate()
+                complete = False
+            if not force and complete and executed_ok(out):
                 log(f"  {nb.stem:<32} skipped (finished, config and inputs unchanged)")
                 continue
             if force:

@@ -65,6 +65,8 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[Row]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path} line {i}: malformed JSON ({e})") from e
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path} line {i}: expected a JSON object, got {type(obj).__name__}")
             keys.update(dict.fromkeys(obj))
             rows.append((len(rows) + 1, f"{path} row {len(rows) + 1} (line {i})", obj))
     return list(keys), rows
@@ -80,8 +82,12 @@ def _read_json(path: Path) -> tuple[list[str], list[Row], dict[str, Any]]:
         data = data.get("jailbreaks")
         if data is None:
             raise ValueError(f"{path}: expected a list or a {{parameters, jailbreaks}} object")
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of objects, got {type(data).__name__}")
     keys: dict[str, None] = {}
-    for obj in data:
+    for i, obj in enumerate(data, 1):
+        if obj is not None and not isinstance(obj, dict):
+            raise ValueError(f"{path} row {i}: expected a JSON object, got {type(obj).__name__}")
         keys.update(dict.fromkeys(obj or {}))
     return list(keys), [(i, f"{path} row {i}", obj or {}) for i, obj in enumerate(data, 1)], params
 
@@ -388,6 +394,15 @@ def _is_blank(v: Any) -> bool:
 
 
 def _file_rows(path: Path, spec: BenchmarkSpec) -> tuple[list[Row], dict[str, Any]]:
+    try:
+        return _file_rows_unchecked(path, spec)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 ({e}); re-save the file as UTF-8") from e
+    except (csv.Error, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+
+
+def _file_rows_unchecked(path: Path, spec: BenchmarkSpec) -> tuple[list[Row], dict[str, Any]]:
     if path.suffix == ".csv":
         header, rows = _read_csv(path)
         params: dict[str, Any] = {}
@@ -472,7 +487,11 @@ def _convert(name: str, spec: BenchmarkSpec, sources: list[tuple[list[Row], dict
                     continue
                 raise ValueError(f"{where}: empty prompt (column {spec.prompt_col!r}); "
                                  f"fix the row or pass skip_invalid=True")
-            rec = spec.convert(r, i - 1, ctx)
+            try:
+                rec = spec.convert(r, i - 1, ctx)
+            except (KeyError, TypeError, AttributeError, IndexError) as e:  # missing field or wrong type
+                raise ValueError(f"{where}: malformed row ({type(e).__name__}: {e}); "
+                                 f"expected fields {list(spec.required)}") from e
             if rec is None:
                 dropped += 1
                 continue

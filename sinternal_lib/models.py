@@ -189,6 +189,8 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+    if adapter is not None:
+        check_adapter_folder(adapter)  # fail before loading the base model
     device = pick_device(device)
     torch_dtype = getattr(torch, dtype)
     path = resolve_model_ref(ref)
@@ -219,12 +221,35 @@ def load_model(
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+        except Exception as e:  # noqa: BLE001 - e.g. truncated weights: name the folder, say what to do
+            raise ModelNotAvailable(f"could not load the adapter in {adapter} ({type(e).__name__}: {e}); "
+                                    f"delete the folder and rerun the stage that wrote it (03_sft / 04_grpo)") from e
     elif lora is not None:
         model = attach_lora(model, lora)
     if not trainable and lora is None:
         model.eval()
     return model, tok
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_adapter_folder(folder: str | os.PathLike) -> Path:
+    """Raise ModelNotAvailable (naming the folder and what to do) unless `folder` holds a saved adapter:
+    adapter_config.json and adapter weights. A killed save or a deleted checkpoint fails here."""
+    p = Path(folder)
+    redo = "rerun the stage that writes it (03_sft / 04_grpo)"
+    if not p.is_dir():
+        raise ModelNotAvailable(f"adapter folder {p} does not exist: the stage that writes it did not finish; {redo}")
+    missing = [n for n in ("adapter_config.json",) if not (p / n).is_file()]
+    if not any((p / w).is_file() for w in ADAPTER_WEIGHTS):
+        missing.append(" or ".join(ADAPTER_WEIGHTS))
+    if missing:
+        raise ModelNotAvailable(f"adapter folder {p} is incomplete (missing {', '.join(missing)}): it was half "
+                                f"written or files were deleted; delete the folder and {redo}")
+    return p
 
 
 def attach_lora(model: Any, lora: LoraSettings | dict) -> Any:

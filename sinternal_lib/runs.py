@@ -266,7 +266,11 @@ class Run:
     def read_metrics(self) -> dict[str, Any]:
         if not self.metrics_path.is_file():
             return {}
-        return json.loads(self.metrics_path.read_text(encoding="utf-8"))
+        try:
+            return json.loads(self.metrics_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.metrics_path} is corrupt ({e}); fix it or delete it and rerun the "
+                             "stages with --force (each stage writes its own section)") from e
 
     def update_metrics(self, section: str, values: dict[str, Any]) -> dict[str, Any]:
         """Merge `values` into one section of metrics.json (under a file lock, written atomically)."""
