@@ -55,6 +55,10 @@ def judge_samples(samples: list[Sample], records: dict[str, Record], judge: Any)
     """Attach the judge's verdict to each sample: rows for `select_examples` and the JSONL dump."""
     items = [JudgeInput(s.prompt, s.text, records[s.prompt_id].label, records[s.prompt_id].category) for s in samples]
     verdicts = judge.judge(items)
+    if verdicts and all(v.label is None for v in verdicts):
+        raise RuntimeError(
+            f"the judge gave no verdict for any of {len(verdicts)} answers (first reason: {verdicts[0].rationale}; "
+            f"stats: {dict(getattr(judge, 'stats', {}))}); check the recipe's judge section and its environment variables")
     rows = []
     for s, v in zip(samples, verdicts):
         r = records[s.prompt_id]
@@ -166,7 +170,8 @@ def run_build_data(run: Run, log: Callable[[str], None] = print) -> dict[str, An
     models = {"self": recipe.model.policy}
     if cfg.other_model:
         models["other_exp"] = cfg.other_model
-    summary: dict[str, Any] = {"teacher_backend": recipe.teacher.backend, "judge_backend": recipe.judge.backend}
+    summary: dict[str, Any] = {"teacher_backend": recipe.teacher.backend, "judge_backend": recipe.judge.backend,
+                               "judge_stats": judge.stats}
     outputs: list[str] = []
     for tag, ref in models.items():
         model, tok = load_policy(recipe, ref)

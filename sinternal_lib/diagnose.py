@@ -112,6 +112,7 @@ def run_diagnosis(run: Run, log: Callable[[str], None] = print) -> dict[str, Any
     summary = {
         "models": results,
         "skipped": skipped,
+        "judge_stats": dict(judge.stats),
         "label_counts": {ref: dict(Counter(r["label"] for r in all_rows if r["model"] == ref and r["set"] == "own_answers"))
                          for ref in results},
         "headline": {

@@ -86,3 +86,19 @@ def test_stages_01_and_02_on_tiny_model(tmp_path):
     assert "own_answers" in diag["models"]["tiny-random-llama"]
     assert not diagnosis_table(diag).empty or diag["models"]["tiny-random-llama"]["own_answers"]["n"] == 0
     assert stage_for(run, "diagnose").is_complete()
+
+
+def test_judge_that_labels_nothing_stops_the_stage(monkeypatch):
+    # An API judge whose endpoint refuses connections (nothing listens on 127.0.0.1:9): every verdict is None.
+    from sinternal_lib.build_data import judge_samples
+    from sinternal_lib.config import JudgeConfig
+    from sinternal_lib.judges import make_judge
+    from sinternal_lib.sampling import Sample
+
+    monkeypatch.setenv("SINTERNAL_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("SINTERNAL_JUDGE_API_KEY", "k")
+    judge = make_judge(JudgeConfig(backend="api", api_model="m", max_retries=0, timeout_s=2, cache=False))
+    rec = Record("h1", "do harm", "harmful", "cybercrime")
+    samples = [Sample("h1", 0, "do harm", "ok here", None, "ok here", 3, "stop", "m", 0)]
+    with pytest.raises(RuntimeError, match="no verdict for any of 1 answers"):
+        judge_samples(samples, {"h1": rec}, judge)
