@@ -28,7 +28,7 @@ from typing import Any
 
 from .judges import Judge, JudgeInput, make_judge
 from .math_grading import grade_math
-from .runs import Run, Stage, StageIncomplete, atomic_write_json, stage_for
+from .runs import Run, Stage, StageIncomplete, atomic_write_json, last_complete_checkpoint, stage_for
 
 KINDS = ("harmful", "benign", "math")
 INITS = ("base", "answer_centric", "sinternal")
@@ -265,12 +265,6 @@ def init_config_hash(recipe: Any, init: str, adapter: str | Path | None) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
-
 def train_from_init(recipe: Any, init: str, out_dir: str | Path, *, adapter: str | Path | None = None,
                     judge: Judge | None = None, resume: bool = True) -> dict[str, Any]:
     """GRPO from one initialisation; writes out_dir/{adapter/, checkpoints/, rewards.csv, summary.json}.
@@ -293,7 +287,7 @@ def train_from_init(recipe: Any, init: str, out_dir: str | Path, *, adapter: str
             return old
         summary_path.unlink()
     ckpt_dir = out / "checkpoints"
-    last = _last_checkpoint(ckpt_dir) if resume else None
+    last = last_complete_checkpoint(ckpt_dir) if resume else None
     meta_path = out / "config_hash.txt"
     if last and (not meta_path.is_file() or meta_path.read_text().strip() != chash):
         last = None  # checkpoints from another config: start over

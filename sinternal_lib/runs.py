@@ -357,3 +357,14 @@ def stage_for(run: Run, name: str) -> Stage:
     if "spec" in STAGE_SECTIONS[name]:
         inputs["spec_file"] = run.recipe.resolve_path(run.recipe.spec.path)
     return run.stage(name, STAGE_SECTIONS[name], inputs)
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` folder that a Trainer finished saving (it holds trainer_state.json,
+    which the Trainer writes after the weights and optimizer), or None. A checkpoint half-written by a
+    killed run is skipped, so resume never starts from it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
