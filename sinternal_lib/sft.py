@@ -19,6 +19,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ import torch
 from .config import Recipe, SftConfig
 from .datasets import Record, load_embedded
 from .models import LoraSettings, load_policy, pick_device
-from .runs import Run, atomic_write_json, stage_for
+from .runs import STAGE_SECTIONS, STAGES, Run, atomic_write_json, hash_path, stage_for, last_complete_checkpoint
 from .verification import verification_metrics, verify_pairs
 
 VERIFICATION_VARIANTS = ("sinternal", "verdict_only", "critique_only", "other_exp")
@@ -37,6 +38,7 @@ ALL_VARIANTS = VERIFICATION_VARIANTS + (ANSWER_CENTRIC,)
 CHAT_POOL = "answer_centric.jsonl"  # stage-02 file: own judged-safe chat answers
 HELDOUT_PAIRS = "heldout_pairs.jsonl"
 SUMMARY = "summary.json"
+CONFIG_KEY = "config_key.txt"  # per variant folder: checkpoints and summary belong to this config
 HEADLINE_KEYS = ("balanced_accuracy", "macro_f1")
 
 
@@ -148,10 +150,8 @@ def trl_config(cfg: SftConfig, output_dir: str | os.PathLike, *, seed: int = 0, 
 
 
 def last_checkpoint(folder: str | os.PathLike) -> str | None:
-    """The newest `checkpoint-N` folder under `folder`, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if Path(folder).is_dir() else None
+    """The newest `checkpoint-N` folder under `folder` that was saved completely, or None."""
+    return last_complete_checkpoint(folder)
 
 
 def loss_rows(log_history: Sequence[dict]) -> list[dict]:
@@ -301,14 +301,19 @@ def run_sft_stage(run: Run, recipe: Recipe | None = None, *, log: Any = print) -
     pairs = heldout_pairs(run.require("build_data", HELDOUT_PAIRS), cfg.eval_num_pairs, seed)
     prompts = heldout_prompts(cfg.eval_num_prompts, seed)
     eval_kw = dict(system_prompt=recipe.model.system_prompt, batch_size=recipe.evaluate.batch_size)
+    key = config_key(run, recipe)
     results: dict[str, dict] = {}
     for name in ["base"] + available_variants(run, cfg.variants):
         out = stage.dir / name
+        if (out / CONFIG_KEY).is_file() and (out / CONFIG_KEY).read_text().strip() != key:
+            log(f"{name}: recipe or stage-02 data changed since it ran; redoing it from scratch")
+            shutil.rmtree(out)
         if (out / SUMMARY).is_file():
             results[name] = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
             log(f"{name}: finished earlier (summary.json present), skipped")
             continue
         out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_KEY).write_text(key + "\n")
         stats: dict[str, Any] = {"steps": 0}
         if name != "base":
             rows = variant_rows(run, name, cfg, seed)
@@ -327,6 +332,13 @@ def run_sft_stage(run: Run, recipe: Recipe | None = None, *, log: Any = print) -
     summary = stage_summary(results)
     stage.finish(outputs=[f"{n}/{SUMMARY}" for n in results], summary=summary)
     return summary
+
+
+def config_key(run: Run, recipe: Recipe) -> str:
+    """What a variant's checkpoints and summary depend on: the stage's recipe sections, the seed and
+    stage 02's manifest. A variant folder with another key is redone, never resumed or reused."""
+    upstream = hash_path(run.path / STAGES["build_data"] / "manifest.json")[:16]
+    return f"{recipe.section_hash(*STAGE_SECTIONS['sft'])}-{recipe.run.seed}-{upstream}"
 
 
 def _lean(s: dict) -> dict:

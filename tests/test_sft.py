@@ -205,4 +205,9 @@ def test_run_sft_stage_end_to_end_and_skip(run02, tiny_recipe):
     seen: list[str] = []
     sft.run_sft_stage(run02, recipe, log=seen.append)  # every variant done: nothing retrains
     assert sum("skipped" in line for line in seen) == 2
+    (run02.path / "03_sft" / "base" / "config_key.txt").write_text("another recipe\n")
+    seen.clear()
+    sft.run_sft_stage(run02, recipe, log=seen.append)  # a folder from another config is redone, not reused
+    assert any(line.startswith("base: recipe or stage-02 data changed") for line in seen)
+    assert sum("skipped" in line for line in seen) == 1
     assert list(sft.results_table({"base": summary["base"], "sinternal": s})["model"]) == ["base", "sinternal"]

@@ -16,9 +16,11 @@
 # `verification_eval.jsonl`, `chat_eval.jsonl`, `summary.json` (written last); `03_sft/base/` (the base
 # model's evaluation); figures `sft_loss.png`, `sft_before_after.png`; the `sft` section of `metrics.json`.
 #
-# **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, 2 shared cores): about 3 s per
-# example-step at ~700 tokens, so each variant costs a few minutes of training plus about a minute of
-# evaluation. Tiny test recipe: about a minute. Paper scale (7B-14B, ~6,000 examples, 2 epochs) needs a GPU.
+# **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base): verification examples are ~700 tokens
+# (spec prompt ~550), and one step of 4 examples took ~175 s in fp32 on 2 cores shared by three jobs
+# (15 tokens/s); bf16 autocast is ~1.5x faster, an idle machine ~3x. Plan on several minutes per
+# variant plus a few minutes of evaluation. Tiny test recipe: about 4 minutes for all variants.
+# Paper scale (7B-14B, ~6,000 examples, 2 epochs) needs a GPU.
 
 # %% tags=["parameters"]
 recipe = "cpu-smollm2"  # recipe name under configs/ or a path to a YAML file
@@ -81,6 +83,10 @@ summary["headline"]
 # intervals; a missing verdict counts as wrong. Chat: attack success rate (ASR) on held-out harmful
 # prompts, compliance on held-out benign prompts, and the takeover rate (replies that read like a critique
 # or carry a verdict line).
+#
+# A critique cut off by the token limit has no verdict and counts as wrong, so `sft.eval_max_new_tokens`
+# must exceed the longest training target (critique + verdict). On SmolLM2 with 48 new tokens every
+# trained verifier output was cut off before its verdict line (measured: no-verdict rate 1.0).
 
 # %%
 table = sft.results_table({k: v for k, v in summary.items() if k != "headline"})
@@ -120,18 +126,21 @@ plots.sft_before_after({k: v for k, v in summary.items() if k != "headline"}, fi
 sft.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else ["base"], n=3)
 
 # %% [markdown]
-# **What keeps chat intact at this scale.** Measured on SmolLM2-135M in 4-bit before the recipe was set
-# (details in the kit's SFT notes; figures from one seed): training on verification rows alone at a high
-# learning rate teaches the verdict format, but the small model then starts ordinary chat replies in the
-# verifier's voice. The verifier prompt already uses a distinct system instruction; what helped further is
-# mixing in a share of the model's *own* judged-safe chat answers (`sft.chat_mix_fraction`), which costs
-# nothing in new data (they come from stage 02) and gives the adapter a reason to keep the chat format
-# when there is no verifier system message. Lower learning rates or fewer steps also reduce takeover,
-# but they reduce the verification gain with it. The CPU recipe therefore keeps the learning rate that
-# learns the verdict and relies on the chat mix. Whether ASR moves at 135M: see the table above. A
-# change in ASR within its confidence interval is no change; at this scale and budget, the paper's
-# transfer from verifying to generating safe answers is not expected to show, and this notebook does
-# not claim it.
+# **What keeps chat intact at this scale.** Measured before this kit existed, on SmolLM2-135M in 4-bit:
+# 75 steps of verification SFT at learning rate 1e-3 on about 300 examples lifted held-out verification
+# accuracy from 0.05 to 0.66, but afterwards chat replies to harmful prompts began "The answer..." and
+# some ended with a verdict line: the small model had learned the verifier's voice, not just the verifier
+# task. The verification prompt already carries its own system instruction, so chat (with the chat
+# template's default system message) differs from verification in its first tokens; at 135M that alone
+# is not enough. The recipe therefore mixes a share of the model's own judged-safe chat answers into the
+# verification data (`sft.chat_mix_fraction`, rows from stage 02 at no extra cost) and keeps the step
+# budget short (`sft.max_steps`). Both are meant to lower takeover; in a short 6-step check neither
+# setting showed any takeover, so the size of the mix's effect is still to be measured at full budget.
+# The right-hand panel above is the check for this run; the first "try this" below removes the mix.
+#
+# **Does generation get safer?** At 135M and this budget, the paper's transfer from verifying to
+# generating safe answers is not expected to show: compare the ASR bars with their intervals. Overlapping
+# intervals mean no measured change, and this notebook does not claim one.
 
 # %% [markdown]
 # ## Reading group
