@@ -11,9 +11,9 @@
 #   `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp.jsonl`),
 #   `answer_centric.jsonl`, `heldout_pairs.jsonl`, `dataset/` (a `datasets` folder), `figures/`,
 #   `manifest.json`; the `data` section of `metrics.json`.
-# - **Runtime**: sampling dominates: about 5-8 minutes on a 2-core CPU for the embedded recipe
-#   (100 prompts x 8 samples x 64 tokens); hours on one GPU at paper scale (8 x thousands of prompts,
-#   long reasoning traces).
+# - **Runtime**: sampling dominates: 202 s measured on a 2-core CPU for the embedded recipe
+#   ((32 + 16) prompts x 8 samples x 40 tokens, plus held-out answers); hours on one GPU at paper
+#   scale (8 x thousands of prompts, long reasoning traces).
 #
 # **Teacher.** The paper's teacher is Claude-4-Sonnet. The embedded recipe uses an *offline
 # spec-grounded teacher* that composes the critique from the spec's rule for the prompt's category and

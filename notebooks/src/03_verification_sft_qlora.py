@@ -16,10 +16,10 @@
 # `verification_eval.jsonl`, `chat_eval.jsonl`, `summary.json` (written last); `03_sft/base/` (the base
 # model's evaluation); figures `sft_loss.png`, `sft_before_after.png`; the `sft` section of `metrics.json`.
 #
-# **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base): verification examples are ~700 tokens
-# (spec prompt ~550), and one step of 4 examples took ~175 s in fp32 on 2 cores shared by three jobs
-# (15 tokens/s); bf16 autocast is ~1.5x faster, an idle machine ~3x. Plan on several minutes per
-# variant plus a few minutes of evaluation. Tiny test recipe: about 4 minutes for all variants.
+# **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, bf16 autocast): the whole stage took
+# 977 s on a 2-core CPU (measured): 12 steps of 4 examples per variant at ~110 training tokens/s (about
+# 250 s per variant) plus the held-out evaluation of the base model and of every variant. Tiny test
+# recipe: under a minute.
 # Paper scale (7B-14B, ~6,000 examples, 2 epochs) needs a GPU.
 
 # %% tags=["parameters"]
@@ -117,6 +117,19 @@ plots.sft_loss_curves(sft.read_loss_curves(stage.dir), figures)
 plots.sft_before_after({k: v for k, v in summary.items() if k != "headline"}, figures)
 
 # %% [markdown]
+# **What the embedded default showed (measured 2026-11-27, `cpu-smollm2`, 12 steps per variant, 16
+# held-out pairs, 8 + 8 held-out chat prompts): no verification gain.** The base model wrote no verdict at
+# all (no-verdict rate 1.0, balanced accuracy 0). After 12 steps SInternal still gave no verdict on 14 of
+# 16 pairs (balanced accuracy 0.06, CI 0.00-0.20), below every trivial baseline; verdict-only learned the
+# format (no-verdict rate 0) but answered one label throughout (balanced accuracy 0.50, macro-F1 0.33), which
+# is exactly the always-one-label baseline. Training loss fell in every variant (SInternal 3.71 -> 1.27),
+# so the model is learning the critique text, not yet the decision. Stage 02 kept only 4 contrastive pairs
+# (SmolLM2 refused 4 of 256 harmful samples), so the data hold 4 unsafe and 20 safe targets. ASR on 8
+# harmful prompts: base 0.75, SInternal 0.88, answer-centric 0.38, all with overlapping intervals.
+# Takeover: 0 for every variant at this budget. At this scale the kit reproduces the method's mechanics,
+# not its result; see the "try this" list for what to change first.
+
+# %% [markdown]
 # ## Does verification take over chat?
 #
 # The same held-out harmful prompts answered by the base model and by the SInternal adapter (answers
@@ -161,7 +174,8 @@ sft.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else
 # Try this (as `overrides`):
 # - `{"sft.chat_mix_fraction": 0.0}`: no chat mixing; watch the takeover rate.
 # - `{"sft.learning_rate": 3e-4}`: the paper-like low rate; does the verifier still learn in this budget?
-# - `{"sft.variants": ["sinternal"], "sft.max_steps": 60}`: double the budget for the method alone.
+# - `{"sft.variants": ["sinternal"], "sft.max_steps": 60}`: five times the budget for the method alone.
+# - `{"build_data.num_harmful_prompts": 128}`: more harmful prompts give more contrastive pairs (SmolLM2 rarely refuses).
 #
 # Paper: section on verification SFT and its ablations (w/o critique, w/o verdict, Self-Exp vs
-# Other-Exp); `/work/shared/PAPER.md` for the reference numbers (secondary summaries).
+# Other-Exp); `data/paper_numbers.yaml` for the reference numbers (secondary summaries).

@@ -11,10 +11,9 @@
 # - *Outputs*: `04_grpo/<init>/adapter/`, `04_grpo/<init>/rewards.csv` (reward parts per step),
 #   `04_grpo/<init>/checkpoints/`, `04_grpo/<init>/summary.json`, `04_grpo/figures/grpo_reward_curves.png`,
 #   the `rl` section of `metrics.json`.
-# - *Runtime*: tiny test recipe 8-12 s per step, 20-25 s per init (2 CPU cores shared with other jobs).
-#   CPU SmolLM2 recipe (6 steps of 4 prompts x 4 rollouts, 32 tokens): measured 200-420 s per step on 2
-#   cores under a load of 5-9 (other jobs running), so budget up to ~30 min per init on a busy laptop and
-#   much less on free cores. Paper scale (64 prompts x 8 rollouts, long traces) needs a GPU.
+# - *Runtime*: CPU SmolLM2 recipe (3 steps of 4 prompts x 4 rollouts, 32 tokens, three inits): 238 s
+#   measured for the whole stage on 2 free CPU cores. Tiny test recipe: about 10 s. Paper scale
+#   (64 prompts x 8 rollouts, long traces) needs a GPU.
 
 # %% tags=["parameters"]
 recipe = "cpu-smollm2"  # recipe name under configs/ or a path to a YAML file
@@ -141,5 +140,5 @@ summary["headline"]
 # - `overrides = {"grpo.benign_fraction": 0.0}`: no over-refusal pressure; does the benign refusal rate
 #   (notebook 05, XSTest) rise?
 #
-# Pointers: the paper's step 6 and Table 3 (STAR-1 + GRPO vs SInternal + GRPO); `/work/shared/PAPER.md`
-# "Reported numbers".
+# Pointers: the paper's step 6 and Table 3 (STAR-1 + GRPO vs SInternal + GRPO); `data/paper_numbers.yaml`
+# (the reported numbers).
