@@ -159,11 +159,12 @@ def score_benchmark(model: Any, tok: Any, bench: str, kind: str, items: list, ju
 
 
 def load_checkpoint(recipe: Any, ckpt: Checkpoint) -> tuple[Any, Any]:
-    """(model, tokenizer) for a checkpoint: the recipe's policy, plus its adapter when it has one."""
-    from .models import load_model
+    """(model, tokenizer) for a checkpoint: the recipe's policy, plus its adapter when it has one.
 
-    m = recipe.model
-    return load_model(m.policy, dtype=m.dtype, device=m.device, load_in_4bit=m.load_in_4bit, adapter=ckpt.adapter)
+    Quantized only when the recipe generates in 4-bit (`model.quantize_generation`), like every other stage."""
+    from .models import load_policy
+
+    return load_policy(recipe, adapter=ckpt.adapter)
 
 
 def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any,
