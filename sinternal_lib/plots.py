@@ -79,6 +79,23 @@ def _grouped_bars(ax: Any, table: dict[str, dict[str, dict]], groups: Sequence[s
     ax.set_ylim(0, 105)
 
 
+def _asr_bars(ckpts: dict, series: Sequence[str], title: str, out_dir: str | Path | None, stage: str,
+              finding: str, empty_note: str | None = None) -> Any:
+    """Grouped ASR bars (one group per harmful benchmark, one bar per checkpoint in `series`)."""
+    table = {c: {b: v for b, v in ckpts[c].items() if isinstance(v, dict) and v.get("metric") == "asr"}
+             for c in series}
+    benches = [b for b in ASR_BENCHES if any(b in t for t in table.values())]
+    if not benches and empty_note:
+        return empty_figure(empty_note, out_dir, stage, finding)
+    fig, ax = new_figure(max(5.0, 1.1 * len(benches) + 2), 3.6)
+    _grouped_bars(ax, table, benches, series)
+    ax.set_ylabel("ASR (%)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    save_figure(fig, out_dir, stage, finding)
+    return fig
+
+
 def eval_rates(eval_section: dict, out_dir: str | Path | None = None, metric: str = "asr",
                finding: str = "asr_by_checkpoint") -> Any:
     """Grouped bars: one rate (default ASR) per benchmark (x) and checkpoint (colour), with 95% CIs."""
@@ -138,18 +155,8 @@ def rl_comparison(eval_section: dict, rl: dict | None = None, out_dir: str | Pat
             note += f"; rl headline: {rl['headline']}"
         return empty_figure(note, out_dir, "grpo", "init_comparison")
     series = names + [c for c in ckpts if c in ("base", "sft/sinternal", "sft/answer_centric")]
-    table = {c: {b: v for b, v in ckpts[c].items() if isinstance(v, dict) and v.get("metric") == "asr"}
-             for c in series}
-    benches = [b for b in ASR_BENCHES if any(b in t for t in table.values())]
-    if not benches:
-        return empty_figure("GRPO checkpoints have no ASR results", out_dir, "grpo", "init_comparison")
-    fig, ax = new_figure(max(5.0, 1.1 * len(benches) + 2), 3.6)
-    _grouped_bars(ax, table, benches, series)
-    ax.set_ylabel("ASR (%)")
-    ax.set_title("GRPO initialisation: ASR after RL (lower is better, 95% CI)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    save_figure(fig, out_dir, "grpo", "init_comparison")
-    return fig
+    return _asr_bars(ckpts, series, "GRPO initialisation: ASR after RL (lower is better, 95% CI)",
+                     out_dir, "grpo", "init_comparison", empty_note="GRPO checkpoints have no ASR results")
 
 
 def f1_vs_asr(eval_section: dict, out_dir: str | Path | None = None, asr_bench: str = "embedded_harmful") -> Any:
@@ -201,15 +208,8 @@ def ablation_rates(eval_section: dict, out_dir: str | Path | None = None,
     if not series:
         return empty_figure("no verification-SFT variants evaluated (stage 03 not built or not run)",
                             out_dir, "evaluate", "ablation_asr")
-    table = {c: {b: v for b, v in ckpts[c].items() if isinstance(v, dict) and v.get("metric") == "asr"} for c in series}
-    benches = [b for b in ASR_BENCHES if any(b in t for t in table.values())]
-    fig, ax = new_figure(max(5.0, 1.1 * len(benches) + 2), 3.6)
-    _grouped_bars(ax, table, benches, series)
-    ax.set_ylabel("ASR (%)")
-    ax.set_title("Ablations: which part of the verification target matters? (95% CI)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    save_figure(fig, out_dir, "evaluate", "ablation_asr")
-    return fig
+    return _asr_bars(ckpts, series, "Ablations: which part of the verification target matters? (95% CI)",
+                     out_dir, "evaluate", "ablation_asr")
 
 
 # --- grpo --- (owner: GRPO helper; reward curves of stage 04)

@@ -150,13 +150,13 @@ def test_kill_at_three_points_then_resume_equals_uninterrupted(reference_02, tmp
 # ----------------------------------------------------------------------------- SFT kill and resume
 SFT_OVERRIDES = {"sft.max_steps": 2, "sft.save_steps": 1, "sft.logging_steps": 1, "sft.max_length": 1024,
                  "model.load_in_4bit": False}
-SFT_CHILD = r"""
+# Child-process preamble shared by the SFT and GRPO kill tests: the Trainer kills its own process
+# with SIGKILL right after checkpoint-1 is completely saved.
+KILL_AFTER_CHECKPOINT_1 = r"""
 import json, os, signal, sys
 import transformers
 from sinternal_lib.config import load_recipe
-from sinternal_lib.sft import read_jsonl, train_variant
 
-recipe, overrides, rows, out = sys.argv[1:5]
 orig = transformers.Trainer._save_checkpoint
 
 def save_then_die(self, *a, **kw):                     # SIGKILL right after checkpoint-1 is complete
@@ -165,6 +165,12 @@ def save_then_die(self, *a, **kw):                     # SIGKILL right after che
         os.kill(os.getpid(), signal.SIGKILL)
 
 transformers.Trainer._save_checkpoint = save_then_die
+"""
+
+SFT_CHILD = KILL_AFTER_CHECKPOINT_1 + r"""
+from sinternal_lib.sft import read_jsonl, train_variant
+
+recipe, overrides, rows, out = sys.argv[1:5]
 train_variant(load_recipe(recipe, json.loads(overrides)), read_jsonl(rows), out)
 print("FINISHED", flush=True)
 """
@@ -197,21 +203,10 @@ def test_sft_killed_after_checkpoint_resumes_to_same_steps_and_loss(reference_02
 
 # ----------------------------------------------------------------------------- GRPO kill and resume
 GRPO_OVERRIDES = {"grpo.max_steps": 2, "grpo.save_steps": 1, "model.load_in_4bit": False}
-GRPO_CHILD = r"""
-import json, os, signal, sys
-import transformers
-from sinternal_lib.config import load_recipe
+GRPO_CHILD = KILL_AFTER_CHECKPOINT_1 + r"""
 from sinternal_lib.rl import train_from_init
 
 recipe, overrides, out = sys.argv[1:4]
-orig = transformers.Trainer._save_checkpoint
-
-def save_then_die(self, *a, **kw):                     # SIGKILL right after checkpoint-1 is complete
-    orig(self, *a, **kw)
-    if self.state.global_step == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-transformers.Trainer._save_checkpoint = save_then_die
 train_from_init(load_recipe(recipe, json.loads(overrides)), "base", out)
 print("FINISHED", flush=True)
 """
