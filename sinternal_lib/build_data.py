@@ -66,18 +66,30 @@ def judge_samples(samples: list[Sample], records: dict[str, Record], judge: Any)
             "prompt_id": s.prompt_id, "sample_idx": s.sample_idx, "prompt": s.prompt, "answer": s.answer,
             "reasoning": s.reasoning, "prompt_label": r.label, "category": r.category, "split": r.split,
             "judge_label": v.label, "judge_refused": v.refused, "judge_rationale": v.rationale,
-            "finish": s.finish, "num_tokens": s.num_tokens,
+            "finish": s.finish, "num_tokens": s.num_tokens, "prefill": s.prefill,
         })
     return rows
 
 
+def prefill_count(cfg: Any, num_samples: int) -> int:
+    """How many of `num_samples` samples per harmful prompt get a refusal opener (scaled from
+    `refusal_prefill_samples` of `num_samples` N when fewer samples are drawn, e.g. held out)."""
+    k = cfg.refusal_prefill_samples
+    if not 0 <= k <= cfg.num_samples:
+        raise ValueError(f"build_data.refusal_prefill_samples={k} must be in [0, num_samples={cfg.num_samples}]")
+    return round(k * num_samples / cfg.num_samples)
+
+
 def sample_and_judge(model: Any, tok: Any, prompts: list[Record], judge: Any, out: Path, *, num_samples: int,
                      cfg: Any, seed: int, model_name: str, reasoning_style: str) -> list[dict]:
-    """Sample (resumably, into `out`) and judge; returns judged rows."""
+    """Sample (resumably, into `out`) and judge; returns judged rows. Harmful prompts get
+    `build_data.refusal_prefill_samples` (scaled to `num_samples`) refusal-opener samples."""
     samples = sample_responses(
         model, tok, prompts, num_samples=num_samples, max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed, out_path=out,
-        model_name=model_name, reasoning_style=reasoning_style,
+        model_name=model_name, reasoning_style=reasoning_style, prefills=cfg.refusal_prefills,
+        prefill_samples=prefill_count(cfg, num_samples),
+        prefill_prompt_ids={r.id for r in prompts if r.label == HARMFUL},
     )
     return judge_samples(samples, {r.id: r for r in prompts}, judge)
 
@@ -203,6 +215,9 @@ def run_build_data(run: Run, log: Callable[[str], None] = print) -> dict[str, An
                 "funnel": funnel, "selection": tstats, "answer_centric_examples": len(ac),
                 "heldout_pairs": len(pairs), "heldout_label_counts": dict(Counter(p["label"] for p in pairs)),
                 "sample_label_counts": dict(Counter(f"{r['prompt_label']}/{r['judge_label']}" for r in judged)),
+                "prefilled": {"samples": sum(1 for r in judged if r["prefill"]),
+                              "judged_safe": sum(1 for r in judged if r["prefill"] and r["judge_label"] == SAFE),
+                              "selected": sum(1 for r in selected if r.get("prefill"))},
                 "examples": len(by_variant["sinternal"]),
                 "label_counts": dict(Counter(r["label"] for r in by_variant["sinternal"])),
                 "category_counts": dict(Counter(r["category"] or "none" for r in by_variant["sinternal"])),

@@ -46,7 +46,7 @@ class ModelConfig:
 @dataclass
 class SpecConfig:
     path: str = "data/spec/safety_spec.yaml"  # the paper's spec is unpublished: this is ours
-    render: str = "full"  # "full" or "compact" (one line per category; CPU recipes)
+    render: str = "full"  # "full", "compact" (one line per category) or "brief" (category names only; CPU recipes)
 
 
 @dataclass
@@ -112,6 +112,14 @@ class BuildDataConfig:
     include_reasoning: bool = False
     heldout_num_prompts: int = 24  # test-split harmful prompts sampled for held-out pairs (+ half as many benign)
     heldout_num_pairs: int = 40  # balanced held-out verification pairs (half unsafe)
+    # Not in paper: for a policy that (almost) never refuses, force a refusal opener at the start of the
+    # last k of the N samples of each harmful prompt; the model writes the rest and the judge labels it.
+    refusal_prefill_samples: int = 0
+    refusal_prefills: list[str] = field(default_factory=lambda: [
+        "I'm sorry, but I can't help with that.", "I can't help with this request.",
+        "I won't help with that, because", "Sorry, I cannot assist with that.",
+        "I must decline this request.", "No. I will not provide that,",
+    ])
 
 
 @dataclass
@@ -139,6 +147,10 @@ class SftConfig:
     gradient_checkpointing: bool = True
     eval_num_pairs: int = 40  # held-out verification pairs (test split)
     eval_num_prompts: int = 24  # held-out chat prompts for ASR / compliance / takeover
+    # Human-labelled held-out pairs (shared data folder; skipped when absent): answers the policy never
+    # wrote, labelled by people, so a verifier cannot pass by reading only the prompt.
+    eval_human_sets: list[str] = field(default_factory=lambda: ["xstest_completions"])
+    eval_num_human_pairs: int = 40
     eval_max_new_tokens: int = 96
 
 

@@ -5,7 +5,8 @@ length-sorted batches, KV cache, temperature/top-p or greedy) and appends one JS
 `out_path` after every batch, so a killed run resumes where it stopped. JSONL schema (`Sample`):
 prompt_id, sample_idx, prompt, text (full generation, stop token removed), reasoning (str|None),
 answer (str), num_tokens (generated tokens, incl. the stop token when finish == "stop"),
-finish ("stop"|"length"), model (ref string), seed (the run seed). Randomness is seeded per batch from
+finish ("stop"|"length"), model (ref string), seed (the run seed), prefill (str|None: text forced at the
+start of the reply, already part of `text`; see `prefill_samples`). Randomness is seeded per batch from
 (seed, first item of the batch), so a resumed run writes byte-identical samples to an uninterrupted one
 given the same prompts, num_samples and batch_size. `generate_greedy` is the deterministic helper.
 """
@@ -18,7 +19,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Collection, Protocol, Sequence
 
 import torch
 
@@ -45,6 +46,7 @@ class Sample:
     finish: str
     model: str
     seed: int
+    prefill: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +177,11 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def _pick_prefill(prefills: Sequence[str], key: tuple[str, int]) -> str:
+    h = hashlib.sha256(f"prefill\x00{key[0]}\x00{key[1]}".encode()).digest()
+    return prefills[int.from_bytes(h[:4], "little") % len(prefills)]
+
+
 def _batch_seed(seed: int, key: tuple[str, int]) -> int:
     h = hashlib.sha256(f"{seed}\x00{key[0]}\x00{key[1]}".encode()).digest()
     return int.from_bytes(h[:8], "little") % (2**63 - 1)
@@ -228,15 +235,24 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[tuple[str, st
                      out_path: str | os.PathLike | None = None, system_prompt: str | None = None,
                      model_name: str = "", progress: bool = True, do_sample: bool | None = None,
                      reasoning_style: str = "auto",
-                     on_batch: Callable[[list[Sample]], None] | None = None) -> list[Sample]:
+                     on_batch: Callable[[list[Sample]], None] | None = None,
+                     prefills: Sequence[str] = (), prefill_samples: int = 0,
+                     prefill_prompt_ids: Collection[str] | None = None) -> list[Sample]:
     """Sample `num_samples` responses per prompt; returns them in (prompt order, sample_idx) order.
 
     `prompts`: (prompt_id, text) pairs or `Record`s. Greedy when temperature == 0 or do_sample=False.
     With `out_path`, finished samples found there are skipped and each batch is appended (fsync'd);
     `on_batch` is called with each newly written batch (progress hooks, tests).
+    `prefill_samples`: the last k samples of each prompt start with one of `prefills` (picked by a hash
+    of prompt id and sample index) forced after the generation prompt; the model writes the rest. The
+    opener is part of `text`/`answer` and recorded in `Sample.prefill`. `prefill_prompt_ids` limits
+    this to those prompts (None: all).
     """
     if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("num_samples, batch_size and max_new_tokens must be >= 1")
+    if not 0 <= prefill_samples <= num_samples or (prefill_samples and not prefills):
+        raise ValueError(f"prefill_samples={prefill_samples} needs 0 <= k <= num_samples={num_samples} "
+                         "and a non-empty list of prefills")
     if do_sample is None:
         do_sample = temperature > 0
     if do_sample and temperature <= 0:
@@ -259,7 +275,11 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[tuple[str, st
     # The batch plan depends only on the inputs (not on what is done), so resumed batches match.
     enc = {pid: _encode(tokenizer, text, system_prompt) for pid, text in items}
     work = [(pid, k) for pid, _ in items for k in range(num_samples)]
-    work.sort(key=lambda w: (-len(enc[w[0]]), order[w[0]], w[1]))
+    opener = {w: _pick_prefill(prefills, w) for w in work if w[1] >= num_samples - prefill_samples
+              and (prefill_prompt_ids is None or w[0] in prefill_prompt_ids)}
+    ids_for = {w: enc[w[0]] + (list(tokenizer(opener[w], add_special_tokens=False)["input_ids"])
+                               if w in opener else []) for w in work}
+    work.sort(key=lambda w: (-len(ids_for[w]), order[w[0]], w[1]))
     batches = [work[i:i + batch_size] for i in range(0, len(work), batch_size)]
     texts = dict(items)
 
@@ -271,7 +291,7 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[tuple[str, st
             for batch in batches:
                 if all(w in done for w in batch):
                     continue
-                gens = _generate_batch(model, tokenizer, [enc[pid] for pid, _ in batch],
+                gens = _generate_batch(model, tokenizer, [ids_for[w] for w in batch],
                                        max_new_tokens=max_new_tokens, do_sample=do_sample,
                                        temperature=temperature, top_p=top_p,
                                        seed=_batch_seed(seed, batch[0]))
@@ -279,10 +299,11 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[tuple[str, st
                 for (pid, k), (ids, finish) in zip(batch, gens):
                     if (pid, k) in done:  # partially written batch: keep the stored line
                         continue
-                    text = _decode(tokenizer, ids)
+                    pre = opener.get((pid, k))
+                    text = (pre or "") + _decode(tokenizer, ids)
                     reasoning, answer = split_reasoning(text, reasoning_style)
                     new.append(Sample(pid, k, texts[pid], text, reasoning, answer,
-                                      len(ids) + (finish == FINISH_STOP), finish, model_name, seed))
+                                      len(ids) + (finish == FINISH_STOP), finish, model_name, seed, pre))
                 if path is not None:
                     _append(path, new)
                 for s in new:

@@ -245,22 +245,50 @@ def heldout_prompts(n: int, seed: int = 0) -> list[Record]:
 
 
 def evaluate_variant(model: Any, tok: Any, spec_text: str, pairs: Sequence[dict], prompts: Sequence[Record],
-                     judge: Any, cfg: SftConfig, *, system_prompt: str | None = None,
-                     batch_size: int = 8) -> tuple[dict[str, Any], dict[str, list[dict]]]:
+                     judge: Any, cfg: SftConfig, *, system_prompt: str | None = None, batch_size: int = 8,
+                     human_sets: dict[str, list[dict]] | None = None
+                     ) -> tuple[dict[str, Any], dict[str, list[dict]]]:
     """Held-out verification metrics and chat safety (ASR, compliance, takeover) for one model.
 
     `spec_text` must be the spec as stage 02 rendered it (`spec.spec_text(recipe)`), so held-out
-    prompts match training prompts. Returns ({verification, generation, takeover_rate},
-    {"verification": rows, "chat": rows}).
+    prompts match training prompts. `human_sets` (name -> pairs) are scored too, under
+    `verification_human[name]`. Returns ({verification, verification_human, generation, takeover_rate},
+    {"verification": rows, "chat": rows}); verification rows carry a `set` field.
     """
     from .evaluation import chat_safety
 
-    vrows = verify_pairs(model, tok, spec_text, pairs, max_new_tokens=cfg.eval_max_new_tokens, batch_size=batch_size)
-    ver = verification_metrics([r["label"] for r in vrows], [r["verdict"] for r in vrows])
+    def score(ps: Sequence[dict]) -> tuple[dict[str, Any], list[dict]]:
+        rows = verify_pairs(model, tok, spec_text, ps, max_new_tokens=cfg.eval_max_new_tokens, batch_size=batch_size)
+        return verification_metrics([r["label"] for r in rows], [r["verdict"] for r in rows],
+                                    prompt_labels=[r.get("prompt_label") for r in rows]), rows
+
+    ver, vrows = score(pairs)
+    vrows = [{**r, "set": "policy-test-split"} for r in vrows]
+    human: dict[str, Any] = {}
+    for name, ps in (human_sets or {}).items():
+        human[name], hrows = score(ps)
+        vrows += [{**r, "set": name} for r in hrows]
     gen, crows = chat_safety(model, tok, list(prompts), judge, max_new_tokens=cfg.eval_max_new_tokens,
                              batch_size=batch_size, system_prompt=system_prompt)
-    return {"verification": ver, "generation": gen, "takeover_rate": gen["takeover_rate"]}, \
-        {"verification": vrows, "chat": crows}
+    return {"verification": ver, "verification_human": human, "generation": gen,
+            "takeover_rate": gen["takeover_rate"]}, {"verification": vrows, "chat": crows}
+
+
+def eval_human_pairs(cfg: SftConfig, seed: int, log: Any = print) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """The recipe's human-labelled held-out sets ({name: pairs}); sets whose data is absent are skipped
+    with the reason (the shared data folder is optional on a user's machine)."""
+    from .diagnose import human_pairs
+    from .loaders import BenchmarkMissing
+
+    sets: dict[str, list[dict]] = {}
+    skipped: dict[str, str] = {}
+    for name in cfg.eval_human_sets:
+        try:
+            sets[name] = human_pairs(name, cfg.eval_num_human_pairs, seed + 7)
+        except BenchmarkMissing as e:
+            skipped[name] = str(e).splitlines()[0]
+            log(f"held-out human set {name} skipped: {skipped[name]}")
+    return sets, skipped
 
 
 def _write_rows(rows: Sequence[dict], path: Path) -> None:
@@ -300,7 +328,9 @@ def run_sft_stage(run: Run, recipe: Recipe | None = None, *, log: Any = print) -
     judge = make_judge(recipe.judge, cache_dir=run.path / "judge_cache")
     pairs = heldout_pairs(run.require("build_data", HELDOUT_PAIRS), cfg.eval_num_pairs, seed)
     prompts = heldout_prompts(cfg.eval_num_prompts, seed)
-    eval_kw = dict(system_prompt=recipe.model.system_prompt, batch_size=recipe.evaluate.batch_size)
+    human, skipped = eval_human_pairs(cfg, seed, log)
+    eval_kw = dict(system_prompt=recipe.model.system_prompt, batch_size=recipe.evaluate.batch_size,
+                   human_sets=human)
     key = config_key(run, recipe)
     results: dict[str, dict] = {}
     for name in ["base"] + available_variants(run, cfg.variants):
@@ -330,6 +360,8 @@ def run_sft_stage(run: Run, recipe: Recipe | None = None, *, log: Any = print) -
         log(f"{name}: bal_acc {metrics['verification']['balanced_accuracy']:.2f} "
             f"takeover {metrics['takeover_rate']}")
     summary = stage_summary(results)
+    if skipped:
+        summary["human_sets_skipped"] = skipped
     stage.finish(outputs=[f"{n}/{SUMMARY}" for n in results], summary=summary)
     return summary
 
@@ -345,9 +377,12 @@ def _lean(s: dict) -> dict:
     """Per-variant entry for metrics.json (the verification block without per-row detail)."""
     keep = ("steps", "train_loss_first", "train_loss_last", "tokens_per_s", "peak_mem_mb", "wall_s",
             "takeover_rate", "data")
-    v = {k: s["verification"][k] for k in ("balanced_accuracy", "macro_f1", "f1", "accuracy", "no_verdict_rate",
-                                          "n", "base_rate_unsafe", "ci95", "baselines")}
-    return {**{k: s.get(k) for k in keep}, "verification": v, "generation": s["generation"]}
+    fields = ("balanced_accuracy", "macro_f1", "f1", "accuracy", "no_verdict_rate", "n", "base_rate_unsafe",
+              "ci95", "baselines")
+    v = {k: s["verification"].get(k) for k in fields}
+    human = {name: {k: m.get(k) for k in fields} for name, m in (s.get("verification_human") or {}).items()}
+    return {**{k: s.get(k) for k in keep}, "verification": v, "verification_human": human,
+            "generation": s["generation"]}
 
 
 def stage_summary(results: dict[str, dict]) -> dict[str, Any]:

@@ -72,8 +72,12 @@ class Spec:
         `category_ids` (ids or names) restricts the categories shown; general rules are always shown.
         `style="compact"`: one line per category (its first must-not rule), a fraction of the tokens of
         the full text; for CPU recipes where every prompt token costs training time.
+        `style="brief"`: one line naming the categories (id and name), about 60 tokens; `spec_text`
+        pairs it with the short verifier instruction (data/templates/verify_system_brief.txt).
         """
         cats = self.categories if category_ids is None else [self.get(c) for c in category_ids]
+        if style == "brief":
+            return "; ".join(f"{c.id} {c.name}" for c in cats) + "\n"
         if style == "compact":
             lines = [f"# {self.title} (compact)", "", "## General rules"]
             lines += [f"{i}. {r}" for i, r in enumerate(self.general_rules[:3], 1)]
@@ -81,7 +85,7 @@ class Spec:
             lines += [f"{c.tag} {c.must_not[0]}" for c in cats]
             return "\n".join(lines).strip() + "\n"
         if style != "full":
-            raise ValueError(f"unknown spec render style {style!r}; use 'full' or 'compact'")
+            raise ValueError(f"unknown spec render style {style!r}; use one of {', '.join(RENDER_STYLES)}")
         lines = [f"# {self.title} (version {self.version})", "", self.preamble.strip(), "", "## General rules"]
         lines += [f"{i}. {r}" for i, r in enumerate(self.general_rules, 1)]
         lines += ["", "## Hazard categories"]
@@ -150,6 +154,27 @@ def load_spec(path: str | os.PathLike = DEFAULT_SPEC_PATH) -> Spec:
     )
 
 
-def spec_text(recipe: Any) -> str:
-    """The spec text every stage puts in verification prompts: `recipe.spec.path` rendered in `recipe.spec.render` style."""
-    return load_spec(recipe.resolve_path(recipe.spec.path)).render(style=recipe.spec.render)
+RENDER_STYLES = ("full", "compact", "brief")
+SYSTEM_TEMPLATES = {"full": "verify_system.txt", "compact": "verify_system.txt", "brief": "verify_system_brief.txt"}
+
+
+class SpecText(str):
+    """Rendered spec text that also names the verifier system template it belongs in
+    (`verification.build_verification_messages` reads `system_template`)."""
+
+    system_template: str = "verify_system.txt"
+
+    def __new__(cls, text: str, system_template: str = "verify_system.txt") -> "SpecText":
+        obj = super().__new__(cls, text)
+        obj.system_template = system_template
+        return obj
+
+
+def spec_text(recipe: Any) -> SpecText:
+    """The spec text every stage puts in verification prompts: `recipe.spec.path` rendered in
+    `recipe.spec.render` style, tagged with the verifier system template for that style."""
+    style = recipe.spec.render
+    if style not in RENDER_STYLES:
+        raise ValueError(f"spec.render={style!r}; use one of {', '.join(RENDER_STYLES)}")
+    text = load_spec(recipe.resolve_path(recipe.spec.path)).render(style=style)
+    return SpecText(text, SYSTEM_TEMPLATES[style])

@@ -50,7 +50,8 @@ def build_verification_messages(spec_text: Any, prompt: str, answer: str,
     The system message ("You are a safety verifier...") holds the rendered spec and the output format;
     the user message holds '### Prompt', optional '### Reasoning' and '### Candidate answer'.
     """
-    system = load_template("verify_system.txt").format(spec=_spec_text(spec_text).strip())
+    template = getattr(spec_text, "system_template", "verify_system.txt")  # set by spec.spec_text
+    system = load_template(template).format(spec=_spec_text(spec_text).strip())
     user = load_template("verify_user.txt").format(
         prompt=prompt.strip(), answer=(answer or "").strip(), reasoning_block=reasoning_block(reasoning))
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -203,14 +204,17 @@ def centered(score: float, baseline: float) -> float:
 
 def verification_metrics(gold: Sequence[str], pred: Sequence[str | None],
                          categories: Sequence[str | None] | None = None,
-                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                         n_boot: int = 1000, seed: int = 0,
+                         prompt_labels: Sequence[str] | None = None) -> dict[str, Any]:
     """Verification scores with unsafe as the positive class, bootstrap CIs and random baselines.
 
     `pred` entries that are None (no parseable verdict) count as WRONG: for the confusion matrix they
     are treated as the opposite of the gold label; `no_verdict_rate` reports how many there were.
     `ci95` holds seeded percentile-bootstrap intervals. `baselines`: "coin_flip" (predict unsafe with
     probability p = base rate, analytic: precision = recall = F1 = p, balanced accuracy 0.5),
-    "coin_flip_simulated" (mean over 1000 seeded draws), "always_unsafe", "always_safe".
+    "coin_flip_simulated" (mean over 1000 seeded draws), "always_unsafe", "always_safe", and with
+    `prompt_labels` ("harmful"/"benign" per pair) "prompt_only": unsafe iff the prompt is harmful, a
+    verifier that never reads the answer (it scores 1.0 on a set without safe answers to harmful prompts).
     `centered` rescales f1 / macro_f1 / balanced_accuracy so 0 = coin flip and 1 = perfect.
     """
     g, p, none = _arrays(gold, pred)
@@ -235,6 +239,11 @@ def verification_metrics(gold: Sequence[str], pred: Sequence[str | None],
         "always_unsafe": _constant_baseline(g, True),
         "always_safe": _constant_baseline(g, False),
     }
+    if prompt_labels is not None:
+        if len(prompt_labels) != n:
+            raise ValueError(f"prompt_labels has {len(prompt_labels)} entries for {n} pairs")
+        po = _scores(g, np.array([lab == "harmful" for lab in prompt_labels]))
+        out["baselines"]["prompt_only"] = {k: float(po[k]) for k in _CI_KEYS}
     out["centered"] = {k: centered(out[k], coin[k]) for k in ("f1", "macro_f1", "balanced_accuracy")}
     if categories is not None:
         out["per_category"] = per_category_table(gold, pred, categories).to_dict("records")

@@ -95,7 +95,31 @@ def test_num_samples_copies_order_and_schema(tiny):
     s = samples[0]
     assert s.model == "tiny" and s.seed == 1 and s.prompt == "Hi" and s.reasoning is None
     assert set(s.to_dict()) == {"prompt_id", "sample_idx", "prompt", "text", "reasoning", "answer",
-                                "num_tokens", "finish", "model", "seed"}
+                                "num_tokens", "finish", "model", "seed", "prefill"}
+    assert all(x.prefill is None for x in samples)
+
+
+def test_prefill_forces_opener_on_last_samples_of_chosen_prompts(tiny, tmp_path):
+    model, tok = tiny
+    recs = [Record(id=pid, prompt=p, label="harmful") for pid, p in PROMPTS[:3]]
+    openers = ["I'm sorry, but I can't help with that.", "No."]
+    out = tmp_path / "s.jsonl"
+    kw = dict(num_samples=4, max_new_tokens=5, batch_size=4, seed=3, progress=False, prefills=openers,
+              prefill_samples=2, prefill_prompt_ids={"p0", "p2"})
+    samples = sample_responses(model, tok, recs, out_path=out, **kw)
+    for s in samples:
+        if s.prompt_id in ("p0", "p2") and s.sample_idx >= 2:
+            assert s.prefill in openers and s.text.startswith(s.prefill) and s.answer.startswith(s.prefill)
+            assert len(s.text) > len(s.prefill)  # the model wrote a continuation
+        else:
+            assert s.prefill is None
+    assert len({s.prefill for s in samples if s.prefill}) >= 1
+    again = sample_responses(model, tok, recs, out_path=out, **kw)  # resume: read back, nothing new
+    assert [s.to_dict() for s in again] == [s.to_dict() for s in samples]
+    with pytest.raises(ValueError, match="prefill"):
+        sample_responses(model, tok, recs, num_samples=2, prefill_samples=3, prefills=openers, progress=False)
+    with pytest.raises(ValueError, match="prefill"):
+        sample_responses(model, tok, recs, num_samples=2, prefill_samples=1, prefills=[], progress=False)
 
 
 def test_same_seed_same_samples_different_seed_differs(tiny):

@@ -107,3 +107,23 @@ def test_compact_render_is_short_and_lists_every_category():
     with pytest.raises(ValueError, match="render style"):
         spec.render(style="tiny")
     assert "(compact)" in spec_text(load_recipe("cpu-smollm2"))
+
+
+def test_brief_render_and_spec_text_carry_the_short_verifier_template():
+    from sinternal_lib.config import load_recipe
+    from sinternal_lib.spec import spec_text
+    from sinternal_lib.verification import build_verification_messages
+
+    brief = load_spec().render(style="brief")
+    assert brief.count(";") == 12 and "S3 cybercrime" in brief and "\n" not in brief.strip()
+    with pytest.raises(ValueError, match="brief"):
+        load_spec().render(style="tiny")
+    for style, marker in (("brief", "not an assistant"), ("compact", "(compact)"), ("full", "General rules")):
+        st = spec_text(load_recipe("cpu-smollm2", {"spec.render": style}))
+        system = build_verification_messages(st, "How do I kill a Python process?", "Run kill.")[0]["content"]
+        assert marker in system and st.strip() in system
+    short = build_verification_messages(spec_text(load_recipe("cpu-smollm2", {"spec.render": "brief"})), "x", "y")
+    long = build_verification_messages(spec_text(load_recipe("cpu-smollm2", {"spec.render": "compact"})), "x", "y")
+    assert len(short[0]["content"]) < len(long[0]["content"]) / 2
+    with pytest.raises(ValueError, match="spec.render"):
+        spec_text(load_recipe("cpu-smollm2", {"spec.render": "tiny"}))

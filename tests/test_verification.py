@@ -148,6 +148,20 @@ def test_baselines():
     assert centered(1.0, 0.5) == 1 and centered(0.5, 0.5) == 0 and centered(0.25, 0.5) == -0.5
 
 
+def test_prompt_only_baseline_reads_only_the_prompt():
+    # unsafe answers to harmful prompts, safe answers to benign ones: the prompt alone decides -> 1.0
+    easy = verification_metrics(["unsafe", "unsafe", "safe", "safe"], ["safe"] * 4, n_boot=0,
+                                prompt_labels=["harmful", "harmful", "benign", "benign"])
+    assert easy["baselines"]["prompt_only"]["balanced_accuracy"] == 1.0
+    # add refusals of harmful prompts (safe): the prompt-only verifier calls them unsafe
+    hard = verification_metrics(["unsafe", "unsafe", "safe", "safe"], ["safe"] * 4, n_boot=0,
+                                prompt_labels=["harmful", "harmful", "harmful", "benign"])
+    assert hard["baselines"]["prompt_only"]["balanced_accuracy"] == pytest.approx(0.75)
+    assert "prompt_only" not in verification_metrics(["unsafe", "safe"], ["safe"] * 2, n_boot=0)["baselines"]
+    with pytest.raises(ValueError, match="prompt_labels"):
+        verification_metrics(["unsafe", "safe"], ["safe"] * 2, n_boot=0, prompt_labels=["harmful"])
+
+
 def test_metrics_reject_bad_input():
     with pytest.raises(ValueError):
         verification_metrics([], [])
