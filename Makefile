@@ -45,10 +45,12 @@ test: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
-# Speed and memory benchmarks (printed tables + benchmarks/results/*.json). Not part of `make test`.
+# Speed and memory benchmarks: SFT and GRPO against default TRL configurations, 4-bit QLoRA vs bf16 LoRA
+# memory, per-stage reproduce time, sampling, judge agreement; ends with benchmarks/results/summary.md
+# (every ratio). Results: benchmarks/results/*.json and *.md. Not part of `make test` (see
+# benchmarks/README.md for durations); `make bench ARGS=--quick` is the 1-2 minute smoke run on the tiny model.
 bench: setup
-	$(PY) benchmarks/bench_judge_agreement.py
-	$(PY) benchmarks/bench_sampling.py
+	$(PY) benchmarks/bench_all.py $(ARGS)
 
 # Reliability suite (kills, corrupted artifacts, hostile input, failing APIs, secrets, determinism) with a
 # summary table; writes benchmarks/results/reliability.json. ~2-3 min on the 2-core CPU.

@@ -1,0 +1,84 @@
+"""`make bench`: run every benchmark script, then one combined table of every ratio (summary.md/.json).
+
+Full mode runs bench_sft, bench_grpo, bench_memory, bench_e2e (in this process; each runs its arms in
+child processes), then bench_sampling and bench_judge_agreement (own processes). --quick runs the four
+new scripts on the tiny random model (the fast test); --only picks scripts.
+Run:  .venv/bin/python benchmarks/bench_all.py [--quick] [--only sft grpo] [--out-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import benchlib as bl
+
+IN_PROCESS = ("sft", "grpo", "memory", "e2e")
+OWN_PROCESS = {"sampling": "bench_sampling.py", "judge_agreement": "bench_judge_agreement.py"}
+
+
+def sampling_ratios(out_dir: Path) -> list[dict]:
+    """Ratios of bench_sampling.py's JSON (kit sampler vs per-prompt generate loop)."""
+    path = out_dir / "sampling.json"
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text()).get("rows", [])
+    return [{"what": f"sampling tokens/s, kit sampler batch {r['batch_size']} vs per-prompt generate loop",
+             "ratio": r["speedup"], "goal": None, "met": None} for r in rows if r.get("batch_size", 1) > 1]
+
+
+def summary(out_dir: Path, names: list[str]) -> list[dict]:
+    """Every ratio of the scripts' JSON files in `out_dir`, with its source file and when it was written."""
+    rows = []
+    for name in names:
+        path = out_dir / f"{name}.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+        for r in (sampling_ratios(out_dir) if name == "sampling" else d.get("ratios", [])):
+            met = {True: "yes", False: "NO", None: "-"}[r.get("met")]
+            rows.append({"benchmark": name, "what": r["what"], "ratio": r.get("ratio"), "goal": r.get("goal"),
+                         "met": met, "quick": d.get("quick", False), "written": when})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", nargs="+", choices=[*IN_PROCESS, *OWN_PROCESS])
+    ap.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: a temp folder)")
+    a = ap.parse_args(argv)
+    a.out_dir = str(bl.out_dir(a.out_dir, a.quick))
+    out = Path(a.out_dir)
+    names = a.only or (list(IN_PROCESS) if a.quick else [*IN_PROCESS, *OWN_PROCESS])
+    failed = []
+    for name in names:
+        print(f"\n=== {name} ===", flush=True)
+        t0 = time.perf_counter()
+        try:
+            if name in IN_PROCESS:
+                mod = __import__(f"bench_{name}")
+                mod.main(["--out-dir", str(out)] + (["--quick"] if a.quick else []))
+            else:
+                extra = ["--out", str(out / "sampling.json")] if name == "sampling" else []
+                subprocess.run([sys.executable, str(Path(__file__).parent / OWN_PROCESS[name]), *extra], check=True)
+        except Exception as e:  # noqa: BLE001 - one failing script must not hide the others' results
+            failed.append(name)
+            print(f"{name} failed: {type(e).__name__}: {e}", flush=True)
+        print(f"=== {name}: {time.perf_counter() - t0:.0f} s ===", flush=True)
+    rows = summary(out, [*IN_PROCESS, *OWN_PROCESS])
+    print("\n=== summary ===")
+    cols = ["benchmark", "what", "ratio", "goal", "met", "quick", "written"]
+    result = {"benchmark": "summary of every ratio", "machine": bl.machine(), "rows": rows, "failed": failed}
+    bl.write_results("summary", result, rows, cols, out,
+                     ["figures come from each script's JSON in this folder; 'written' says when it was measured"])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Benchmark: the kit's GRPO (rl.grpo_args on the 4-bit QLoRA policy) vs a default TRL GRPOConfig on the
+same model, prompt mix (rl.build_prompt_mix) and verifier reward (rl.VerifierReward, offline matcher).
+
+The default arm passes only what GRPO needs to be comparable: output_dir, use_cpu, report_to, the same
+num_generations, max_completion_length, max_steps and completions per step (per_device_train_batch_size),
+and the same seed. Each arm runs in its own child process. Reports seconds per step (all steps, and steps
+2..N without the warm-up) and generated completion tokens per second (lengths from TRL's completion_ids,
+stop token included, padding not).
+Run:  .venv/bin/python benchmarks/bench_grpo.py [--steps 3] [--arms default kit kit-bf16] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+import warnings
+from typing import Any
+
+import benchlib as bl
+
+ARMS: dict[str, dict[str, Any]] = {  # "config": which GRPOConfig; "grpo": recipe.grpo changes
+    "default": {"config": "default"},
+    "kit": {"config": "kit"},
+    "kit-bf16": {"config": "kit", "grpo": {"bf16": True}},
+    "kit-no-gc": {"config": "kit", "grpo": {"gradient_checkpointing": False}},
+}
+QUICK_ARMS = ["default", "kit"]
+
+
+class CountingReward:
+    """The kit's reward, unchanged, that also records the generated tokens of each call (one per step)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.tokens, self.__name__ = inner, [], inner.__name__
+
+    def __call__(self, *args: Any, completion_ids: list | None = None, **kw: Any) -> list[float]:
+        self.tokens.append(sum(len(c) for c in completion_ids or []))
+        return self.inner(*args, **kw)
+
+
+def _grpo_args(spec: dict, g: Any, out: str, steps: int, seed: int, device: str) -> Any:
+    from trl import GRPOConfig
+
+    from sinternal_lib.rl import grpo_args
+
+    if spec["config"] == "kit":
+        return grpo_args(dataclasses.replace(g, max_steps=steps), out, seed=seed, device=device)
+    return GRPOConfig(output_dir=out, use_cpu=device == "cpu", report_to="none", num_generations=g.num_generations,
+                      max_completion_length=g.max_completion_length, max_steps=steps, seed=seed,
+                      per_device_train_batch_size=g.num_prompts_per_step * g.num_generations, disable_tqdm=True)
+
+
+def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
+    """One arm, in its own process: load the policy as rl.train_from_init does, train `steps` GRPO steps."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import GRPOTrainer
+
+    from sinternal_lib.judges import make_judge
+    from sinternal_lib.models import LoraSettings, load_model
+    from sinternal_lib.rl import VerifierReward, build_prompt_mix
+    from sinternal_lib.runs import seed_everything
+
+    spec = ARMS[name]
+    g, m, s = dataclasses.replace(recipe.grpo, **spec.get("grpo", {})), recipe.model, recipe.sft
+    seed_everything(recipe.run.seed)
+    t0 = time.perf_counter()
+    model, tok = load_model(m.policy, dtype=m.dtype, device=device, load_in_4bit=m.load_in_4bit, trainable=True,
+                            lora=LoraSettings(s.lora_r, s.lora_alpha, s.lora_dropout, list(s.target_modules)),
+                            gradient_checkpointing=g.gradient_checkpointing)
+    load_s = time.perf_counter() - t0
+    rows = build_prompt_mix(g, recipe.run.seed, m.system_prompt)
+    reward = CountingReward(VerifierReward(make_judge(recipe.judge)))
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            marks.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = GRPOTrainer(model=model, reward_funcs=[reward], train_dataset=Dataset.from_list(rows),
+                              args=_grpo_args(spec, g, out, steps, recipe.run.seed, device), processing_class=tok,
+                              callbacks=[Clock()])
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    n = len(marks) - 1
+    wall = marks[-1] - marks[0]
+    steady = marks[-1] - marks[1] if n > 1 else wall
+    tok_steady = sum(reward.tokens[1:n]) if n > 1 else sum(reward.tokens)
+    return {"arm": name, "steps": n, "wall_s": round(wall, 1), "load_s": round(load_s, 1),
+            "s_per_step": round(wall / max(1, n), 2), "s_per_step_steady": round(steady / max(1, n - 1), 2),
+            "completions_per_step": g.num_prompts_per_step * g.num_generations, "gen_tokens": sum(reward.tokens[:n]),
+            "gen_tokens_per_s": round(tok_steady / steady, 1), "bf16": True if spec["config"] == "default" else g.bf16,
+            "gradient_checkpointing": g.gradient_checkpointing}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="cpu-smollm2")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--arms", nargs="+", default=None, choices=list(ARMS))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny random model, 2 steps, default vs kit (tests)")
+    ap.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: a temp folder)")
+    a = ap.parse_args(argv)
+    a.out_dir = str(bl.out_dir(a.out_dir, a.quick))
+    from sinternal_lib.config import load_recipe
+
+    quick = {"grpo.save_steps": 100} if a.quick else {}  # tiny recipe: no checkpoint writes in the 2 steps
+    recipe = load_recipe("configs/tests/tiny.yaml" if a.quick else a.recipe, {"model.device": a.device, **quick})
+    steps, arms = (2, a.arms or QUICK_ARMS) if a.quick else (a.steps, a.arms or list(ARMS))
+    results = []
+    for name in arms:
+        print(f"arm {name} ...", flush=True)
+        r = bl.run_in_child(run_arm, name, recipe, steps, a.device, device=a.device)
+        results.append({"arm": name, **r})
+        print(f"  {r.get('error') or str(r.get('s_per_step')) + ' s/step'}", flush=True)
+    base = next((r for r in results if r["arm"] == "default" and "error" not in r), None)
+    for r in results:
+        # time ratio as a speed-up: default seconds per step / arm seconds per step (> 1 = faster)
+        r["step_speedup"] = bl.ratio(base and base["s_per_step_steady"], r.get("s_per_step_steady"))
+        r["tokens_ratio"] = bl.ratio(r.get("gen_tokens_per_s"), base and base["gen_tokens_per_s"])
+        r["mem_ratio"] = bl.ratio(r.get("peak_mem_mb"), base and base["peak_mem_mb"])
+    kit = next((r for r in results if r["arm"] == "kit"), {})
+    ratios = [{"what": "GRPO step speed-up, kit vs default GRPOConfig (default s/step / kit s/step)",
+               "ratio": kit.get("step_speedup"), "goal": None, "met": None},
+              {"what": "GRPO generated tokens/s, kit vs default GRPOConfig", "ratio": kit.get("tokens_ratio"),
+               "goal": None, "met": None}]
+    g = recipe.grpo
+    result = {"benchmark": "GRPO speed: kit vs default TRL GRPOConfig", "model": recipe.model.policy,
+              "quick": a.quick, "steps": steps, "num_generations": g.num_generations,
+              "prompts_per_step": g.num_prompts_per_step, "max_completion_length": g.max_completion_length,
+              "machine": bl.machine(), "arms": results, "ratios": ratios}
+    cols = ["arm", "steps", "s_per_step", "s_per_step_steady", "step_speedup", "gen_tokens", "gen_tokens_per_s",
+            "tokens_ratio", "peak_mem_mb", "mem_ratio", "error"]
+    notes = [f"{g.num_prompts_per_step} prompts x {g.num_generations} completions per step, at most "
+             f"{g.max_completion_length} new tokens; steady figures exclude step 1",
+             "completion lengths differ between arms (sampling), so compare tokens/s as well as s/step",
+             f"the kit arm writes a checkpoint every {g.save_steps} steps (recipe grpo.save_steps), the default "
+             "every 500: its step times include that I/O"]
+    bl.write_results("grpo", result, results, cols, a.out_dir, notes)
+    return result
+
+
+if __name__ == "__main__":
+    main()

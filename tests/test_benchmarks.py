@@ -1,0 +1,53 @@
+"""The benchmark scripts really run (--quick: tiny random model, 2 steps, each arm in its own process) and
+write JSON with their ratio fields; the GPU check runs on CPU in its --quick --device cpu mode.
+
+Run: HF_HUB_OFFLINE=1 .venv/bin/pytest -q tests/test_benchmarks.py   (2 min 46 s measured on the 2-core
+CPU while another training job used it; expected well under that on an idle machine)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RATIO_KEYS = {"what", "ratio", "goal", "met"}
+
+
+def _run(args: list[str], timeout: int = 600) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                       env=env)
+    assert r.returncode == 0, f"{args} failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+
+
+def test_bench_all_quick(tmp_path):
+    _run(["benchmarks/bench_all.py", "--quick", "--out-dir", str(tmp_path)])
+    res = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("sft", "grpo", "memory", "e2e")}
+    for name, d in res.items():
+        assert d["ratios"] and all(RATIO_KEYS <= set(r) for r in d["ratios"]), name
+        assert (tmp_path / f"{name}.md").read_text().count("|") > 10, name
+        assert all("error" not in arm for arm in d.get("arms", [])), (name, d.get("arms"))
+    for name in ("sft", "grpo", "memory"):  # every measured arm produced its ratio
+        assert all(r["ratio"] is not None for r in res[name]["ratios"]), (name, res[name]["ratios"])
+    sft = {a["arm"]: a for a in res["sft"]["arms"]}
+    # padding-free + compact LM head + no GC change the speed, not the maths: same first-batch loss
+    assert abs(sft["kit"]["loss_step1"] - sft["kit-pf-compact-nogc"]["loss_step1"]) < 0.05
+    assert abs(sft["kit"]["loss_step1"] - sft["default"]["loss_step1"]) < 0.05
+    assert sft["kit-pf-compact-nogc"]["pad_share"] == 0 and sft["kit"]["nonpad_tokens"] > 0
+    assert all(a["peak_mem_mb"] > 0 for a in sft.values())
+    summary = (tmp_path / "summary.md").read_text()
+    for name in res:
+        assert f"| {name} |" in summary
+
+
+def test_gpu_check_quick_on_cpu(tmp_path):
+    _run(["benchmarks/gpu_check.py", "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    d = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert d["packed_check"]["packed_vs_padded"] < 1e-3 < d["packed_check"]["no_position_ids_vs_padded"]
+    assert all(r["speed_ratio"] > 0 for r in d["sft"].values())
+    assert d["memory"]["bfloat16"]["peak_ratio_vs_bf16"] == 1.0
+    assert d["sampling"]["speedup"] > 0 and d["grpo_rollout"]
