@@ -1,0 +1,289 @@
+"""GPU check: the SFT / GRPO / memory / sampling comparisons of the CPU benchmarks on one CUDA GPU, with a
+model built from a config with random weights (no hub, no tokenizer needed), in under 6 minutes.
+
+Needs torch, transformers and peft only. Rows are random token ids with the lengths of the CPU recipe's
+stage-02 data (verification ~495 prompt + ~75 completion tokens, 30% chat rows of 42 + 42). Arms whose
+package is missing are skipped with the reason (4-bit: bitsandbytes). Plain code throughout: a padded
+batch through the model's own loss is the baseline; each optimisation is one switch on top of it.
+Run:  python benchmarks/gpu_check.py --out DIR [--model smollm2-135m|qwen2-1.5b] [--quick --device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import platform
+import time
+from typing import Any
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+import benchlib as bl  # also sets HF_HUB_OFFLINE=1
+
+SIZES = {  # real sizes of the architectures, random weights
+    "smollm2-135m": ("LlamaConfig", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                         rope_theta=100000.0, tie_word_embeddings=True)),
+    "qwen2-1.5b": ("Qwen2Config", dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                                       num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                                       rope_theta=1000000.0, tie_word_embeddings=True)),
+    "tiny": ("LlamaConfig", dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
+}
+SFT_ARMS = {  # name: (order, layout, loss, autocast bf16, gradient checkpointing)
+    "plain (padded, random order, full logits, bf16 autocast, GC)": ("random", "padded", "full", True, True),
+    "fp32 (no autocast)": ("random", "padded", "full", False, True),
+    "GC off": ("random", "padded", "full", True, False),
+    "length-sorted batches": ("sorted", "padded", "full", True, True),
+    "padding-free (packed rows, position_ids)": ("random", "packed", "full", True, True),
+    "compact LM head (completion positions only)": ("random", "padded", "compact", True, True),
+    "all kept: packed + compact + GC off": ("random", "packed", "compact", True, False),
+}
+
+
+def config(name: str) -> Any:
+    import transformers
+
+    cls, kw = SIZES[name]
+    return getattr(transformers, cls)(max_position_embeddings=4096, **kw)
+
+
+def build(name: str, device: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config(name), dtype=dtype, attn_implementation="sdpa")
+
+
+def lora(model: Any, gc: bool) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    if gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    tm = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=tm,
+                                            task_type="CAUSAL_LM"))
+
+
+def make_rows(n: int, vocab: int, scale: float, seed: int = 0) -> list[tuple[torch.Tensor, int]]:
+    """(ids, prompt length): the recipe's length profile, random ids."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        p, c = (42, 42) if i % 10 in (2, 5, 8) else (495, 75)
+        p, c = max(4, int(p * scale) + i % 7), max(2, int(c * scale) + i % 5)
+        rows.append((torch.randint(10, vocab, (p + c,), generator=g), p))
+    return rows
+
+
+def batches(rows: list, bs: int, order: str, seed: int = 0) -> list[list]:
+    idx = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    if order == "sorted":  # sort by length, then shuffle the batches
+        idx = sorted(idx, key=lambda i: len(rows[i][0]))
+        groups = [idx[i:i + bs] for i in range(0, len(idx), bs)]
+        return [[rows[i] for i in groups[j]] for j in torch.randperm(len(groups), generator=torch.Generator(
+        ).manual_seed(seed)).tolist()]
+    return [[rows[i] for i in idx[k:k + bs]] for k in range(0, len(idx), bs)]
+
+
+def collate(batch: list, layout: str, device: str) -> tuple[dict, int]:
+    """Model inputs with labels (-100 on prompt and padding), and the non-padding token count."""
+    labels = [torch.cat([torch.full((p,), -100), ids[p:]]) for ids, p in batch]
+    n = sum(len(ids) for ids, _ in batch)
+    if layout == "packed":
+        x = {"input_ids": torch.cat([ids for ids, _ in batch])[None], "labels": torch.cat(labels)[None],
+             "position_ids": torch.cat([torch.arange(len(ids)) for ids, _ in batch])[None]}
+    else:
+        L = max(len(ids) for ids, _ in batch)
+        pad = lambda t, v: torch.cat([t, torch.full((L - len(t),), v, dtype=t.dtype)])  # noqa: E731
+        x = {"input_ids": torch.stack([pad(ids, 0) for ids, _ in batch]),
+             "attention_mask": torch.stack([pad(torch.ones(len(ids), dtype=torch.long), 0) for ids, _ in batch]),
+             "labels": torch.stack([pad(lab, -100) for lab in labels])}
+    return {k: v.to(device) for k, v in x.items()}, n
+
+
+def loss_of(model: Any, x: dict, how: str) -> torch.Tensor:
+    if how == "full":
+        return model(**x, use_cache=False).loss
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    h = base.model(**{k: v for k, v in x.items() if k != "labels"}, use_cache=False).last_hidden_state
+    lab = x["labels"][:, 1:]
+    mask = lab != -100
+    logits = base.lm_head(h[:, :-1][mask]).float()
+    return torch.nn.functional.cross_entropy(logits, lab[mask])
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: str) -> None:
+    """Arms run in this process: exact on CUDA; on CPU, memory freed by earlier arms may still count."""
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        bl.reset_peak_rss()
+
+
+def sft_arm(a: Any, spec: tuple, rows: list, weights: str = "float32") -> dict:
+    """Train LoRA for a.steps steps (first 3 are warm-up); non-padding tokens/s, peak memory, loss."""
+    order, layout, how, bf16, gc = spec
+    reset_peak(a.device)
+    model = build_4bit(a) if weights == "4bit" else build(a.model, a.device, getattr(torch, weights))
+    weights_mb = round(torch.cuda.memory_allocated() / 2**20, 1) if a.device.startswith("cuda") else None
+    model = lora(model, gc)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ac = torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    todo = (batches(rows, a.batch_size, order) * (a.steps // max(1, len(rows) // a.batch_size) + 2))[:a.steps]
+    tokens, t0, losses = 0, 0.0, []
+    for i, b in enumerate(todo):
+        if i == 3:  # steps 1-3: warm-up
+            sync(a.device)
+            t0, tokens = time.perf_counter(), 0
+        x, n = collate(b, layout, a.device)
+        with ac:
+            loss = loss_of(model, x, how)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += n
+        losses.append(round(loss.item(), 4))
+    sync(a.device)
+    dt = time.perf_counter() - t0
+    out = {"tokens_per_s": round(tokens / dt, 1), "peak_mem_mb": round(bl.peak_mb(a.device), 1),
+           "weights_mb": weights_mb, "loss_step1": losses[0], "bf16": bf16}
+    del model, opt
+    return out
+
+
+def build_4bit(a: Any) -> Any:
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    with tempfile.TemporaryDirectory() as d:
+        build(a.model, "cpu").save_pretrained(d)
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+        return AutoModelForCausalLM.from_pretrained(d, quantization_config=q, device_map={"": a.device})
+
+
+def packed_check(a: Any, rows: list) -> dict:
+    """Max |log-prob difference| at completion tokens: packed (position_ids) vs padded, fp32. A packed
+    batch without position_ids (rows attend across boundaries) shows how large a wrong mask makes it."""
+    model, b = build(a.model, a.device).eval(), rows[:3]
+
+    def logps(x: dict) -> torch.Tensor:
+        with torch.no_grad():
+            lg = model(**{k: v for k, v in x.items() if k != "labels"}, use_cache=False).logits[:, :-1].float()
+        lab = x["labels"][:, 1:]
+        return lg.log_softmax(-1).gather(-1, lab.clamp(min=0)[..., None])[..., 0][lab != -100]
+
+    ref, packed = logps(collate(b, "padded", a.device)[0]), collate(b, "packed", a.device)[0]
+    wrong = logps({k: v for k, v in packed.items() if k != "position_ids"})
+    return {"packed_vs_padded": float((logps(packed) - ref).abs().max()),
+            "no_position_ids_vs_padded": float((wrong - ref).abs().max())}
+
+
+def gen_tokens_per_s(model: Any, prompts: list[torch.Tensor], new: int, bs: int, device: str,
+                     sample: bool = False) -> tuple[float, float]:
+    """(seconds, generated tokens/s), left-padded batches of `bs`, exactly `new` tokens each."""
+    sync(device)
+    t0 = time.perf_counter()
+    for k in range(0, len(prompts), bs):
+        chunk = prompts[k:k + bs]
+        ids = pad_sequence(chunk, batch_first=True, padding_side="left").to(device)
+        mask = pad_sequence([torch.ones_like(p) for p in chunk], batch_first=True, padding_side="left").to(device)
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                           do_sample=sample, pad_token_id=0, eos_token_id=None)
+    sync(device)
+    dt = time.perf_counter() - t0
+    return round(dt, 2), round(len(prompts) * new / dt, 1)
+
+
+def rollouts(a: Any, model: Any, prompts: list) -> dict:
+    """The rollout phase of a GRPO step (it dominates the step): prompts x generations sampled completions
+    of a fixed length, fp32 vs bf16 weights, and bf16 with the cuDNN attention backend off (its per-shape
+    set-up cost made bf16 decoding slower than fp32 on the H200 with torch 2.11)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out, fp32 = {}, build(a.model, a.device).eval()
+    no_cudnn = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    shapes = {"2x2x4": (2, 2, 4)} if a.quick else {"4x4x32 (CPU recipe)": (4, 4, 32), "16x8x256": (16, 8, 256)}
+    for shape, (P, G, M) in shapes.items():
+        rep = [p for p in (prompts * P)[:P] for _ in range(G)]
+        for arm, m, ctx in (("fp32", fp32, contextlib.nullcontext()), ("bf16", model, contextlib.nullcontext()),
+                            ("bf16, cuDNN attention off", model, sdpa_kernel(no_cudnn))):
+            with ctx:
+                out[f"{shape} {arm}"] = gen_tokens_per_s(m, rep, M, P * G, a.device, sample=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
+    ap.add_argument("--model", default="smollm2-135m", choices=list(SIZES))
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--steps", type=int, default=30, help="SFT steps per arm (the first 3 are warm-up)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--quick", action="store_true", help="tiny config, short rows, 5 steps (CPU test)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.model, a.steps, a.batch_size = "tiny", 5, 2
+    pk = {p: importlib.util.find_spec(p) is not None for p in ("transformers", "peft", "trl", "bitsandbytes")}
+    peak = bl._matmul_peak(256 if a.quick else 8192, 5, ("float32", "bfloat16"), a.device)["gflops"]
+    res: dict[str, Any] = {"benchmark": "GPU check (random weights, real architecture sizes)", "model": a.model,
+                           "quick": a.quick, "device": a.device, "steps": a.steps, "batch_size": a.batch_size,
+                           "machine": {**bl.machine(), "gpu": torch.cuda.get_device_name(0) if a.device.startswith(
+                               "cuda") else platform.processor()}, "packages": pk, "matmul_peak_gflops": peak}
+    cfg = config(a.model)
+    N, vocab = bl.model_flops_params(cfg), cfg.vocab_size  # N of 6*N*T: linear weights incl. LM head
+    rows = make_rows(8 if a.quick else 96, vocab, 0.1 if a.quick else 1.0)
+    res["packed_check"] = packed_check(a, rows)
+    print(f"packed check: {res['packed_check']}", flush=True)
+    names = [*SFT_ARMS][::len(SFT_ARMS) - 1] if a.quick else list(SFT_ARMS)  # quick: first and last arm
+    if not a.quick:  # one throw-away arm: CUDA context, kernels and allocator warm before the first measurement
+        sft_arm(a, SFT_ARMS[names[0]], rows)
+    sft = {}
+    for name in names:
+        r = sft[name] = {"arm": name, **sft_arm(a, SFT_ARMS[name], rows)}
+        r["mfu_pct"] = round(100 * 6 * N * r["tokens_per_s"] / 1e9 / peak["bfloat16" if r["bf16"] else "float32"], 2)
+        print(f"sft {r}", flush=True)
+    for r in sft.values():
+        r["speed_ratio"] = bl.ratio(r["tokens_per_s"], sft[names[0]]["tokens_per_s"])
+        r["mem_ratio"] = bl.ratio(r["peak_mem_mb"], sft[names[0]]["peak_mem_mb"])
+    res["sft"] = sft
+    mem = {w: sft_arm(a, SFT_ARMS[names[0]], rows, w) for w in ("float32", "bfloat16")}
+    mem["4bit"] = sft_arm(a, SFT_ARMS[names[0]], rows, "4bit") if pk["bitsandbytes"] else \
+        {"skipped": "bitsandbytes not installed"}
+    for r in mem.values():
+        r["peak_ratio_vs_bf16"] = bl.ratio(r.get("peak_mem_mb"), mem["bfloat16"]["peak_mem_mb"])
+    res["memory"] = mem
+    print(f"memory: {mem}", flush=True)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(10, vocab, (20 + (i * 7) % 40,), generator=g) for i in range(4 if a.quick else 16)]
+    new, model = 8 if a.quick else 64, build(a.model, a.device, torch.bfloat16).eval()
+    loop, batched = (gen_tokens_per_s(model, prompts, new, bs, a.device) for bs in (1, 16))
+    res["sampling"] = {"per_prompt_loop": loop, "batched_16": batched, "speedup": bl.ratio(batched[1], loop[1])}
+    print(f"sampling (s, tokens/s): {res['sampling']}", flush=True)
+    res["grpo_rollout"] = rollouts(a, model, prompts)
+    print(f"grpo rollouts (s, tokens/s): {res['grpo_rollout']}", flush=True)
+    res["trl_arms"] = "not run here: bench_sft.py / bench_grpo.py run the TRL trainers" + (
+        "" if pk["trl"] else " (and trl is not installed)")
+    notes = [f"matmul peak GFLOP/s: {peak}; MFU = 6*N*T/s over the peak of the arm's compute dtype",
+             f"packed check (max |log-prob diff|): {res['packed_check']}", f"memory: {mem}",
+             f"sampling (s, tokens/s): {res['sampling']}", f"GRPO rollouts (s, tokens/s): {res['grpo_rollout']}"]
+    bl.write_results("gpu_check", res, list(sft.values()), ["arm", "tokens_per_s", "speed_ratio", "peak_mem_mb",
+                                                             "mem_ratio", "mfu_pct", "loss_step1"], a.out, notes)
+    return res
+
+
+if __name__ == "__main__":
+    main()
