@@ -22,19 +22,20 @@ from typing import Any
 
 import benchlib as bl
 
+# The kit's CPU recipe uses bf16 autocast, padding-free batches and no gradient checkpointing; each
+# "kit-*" arm undoes (or adds) one optimisation, so kit vs arm is that optimisation's before/after.
 ARMS: dict[str, dict[str, Any]] = {  # "config": which SFTConfig; "sft": recipe.sft changes; "args": SFTConfig changes
     "default": {"config": "default"},
     "kit": {"config": "kit"},
     "kit-no-bf16": {"config": "kit", "sft": {"bf16": False}},
-    "kit-no-gc": {"config": "kit", "sft": {"gradient_checkpointing": False}},
-    "kit-length-grouped": {"config": "kit", "args": {"train_sampling_strategy": "group_by_length"}},
-    "kit-padding-free": {"config": "kit", "args": {"padding_free": True, "max_length": None}},
+    "kit-with-gc": {"config": "kit", "sft": {"gradient_checkpointing": True}},
+    "kit-padded": {"config": "kit", "sft": {"padding_free": False}},
+    "kit-padded-length-grouped": {"config": "kit", "sft": {"padding_free": False},
+                                  "args": {"train_sampling_strategy": "group_by_length"}},
     "kit-compact-lm-head": {"config": "kit", "compact_lm_head": True},
     "kit-fp32-base": {"config": "kit", "model": "fp32-lora"},
-    "kit-pf-compact-nogc": {"config": "kit", "sft": {"gradient_checkpointing": False}, "compact_lm_head": True,
-                            "args": {"padding_free": True, "max_length": None}},
 }
-QUICK_ARMS = ["default", "kit", "kit-pf-compact-nogc"]
+QUICK_ARMS = ["default", "kit", "kit-compact-lm-head"]
 REFUSAL = "I'm sorry, but I can't help with that. If you are worried about safety, a trusted professional or an " \
           "official support service can give you reliable advice."
 COMPLY = "Sure. Here is an overview: first gather what you need, then follow the steps one by one, checking each " \

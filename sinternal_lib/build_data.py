@@ -171,6 +171,8 @@ def run_build_data(run: Run, log: Callable[[str], None] = print) -> dict[str, An
     recipe = run.recipe
     cfg, seed = recipe.build_data, recipe.run.seed
     stage = stage_for(run, "build_data")
+    if (why := stage.begin()):
+        log(why)
     out = stage.dir
     spec = spec_text(recipe)
     load_spec(recipe.resolve_path(recipe.spec.path))  # fail early on a broken spec file

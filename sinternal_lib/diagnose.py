@@ -79,6 +79,8 @@ def run_diagnosis(run: Run, log: Callable[[str], None] = print) -> dict[str, Any
     recipe = run.recipe
     cfg, seed = recipe.diagnose, recipe.run.seed
     stage = stage_for(run, "diagnose")
+    if (why := stage.begin()):
+        log(why)
     spec = spec_text(recipe)
     judge = make_judge(recipe.judge, cache_dir=run.path / "judge_cache")
     prompts = (load_prompts(recipe.data.harmful, HARMFUL, "train", cfg.num_harmful, seed + 11)

@@ -358,6 +358,8 @@ def plan_inits(run: Run, inits: list[str] | None = None) -> dict[str, dict[str, 
 def train_planned(run: Run, plan: dict[str, dict[str, Any]], judge: Judge | None = None) -> dict[str, dict]:
     """Train every init of `plan` that is not skipped (same seed and budget); returns summaries by init."""
     stage = stage_for(run, "grpo")
+    if (why := stage.begin()):
+        print(why)
     judge = judge or make_judge(run.recipe.judge, cache_dir=stage.dir / "judge_cache")
     return {init: train_from_init(run.recipe, init, stage.dir / init, adapter=p["adapter"], judge=judge)
             for init, p in plan.items() if p["skip"] is None}

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ STAGES = {
 METRIC_SECTIONS = {"diagnose": "diagnosis", "build_data": "data", "sft": "sft", "grpo": "rl", "evaluate": "eval"}
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "papermill")
 MANIFEST = "manifest.json"
+STAGE_KEY = "stage_key.txt"  # config + inputs the partial files of an unfinished stage belong to
 
 
 class StageIncomplete(RuntimeError):
@@ -171,6 +173,25 @@ class Stage:
     def invalidate(self) -> None:
         """Remove the manifest so the stage counts as unfinished (outputs are rewritten by the rerun)."""
         self.manifest_path.unlink(missing_ok=True)
+
+    def begin(self) -> str | None:
+        """Start (or resume) the stage: partial files in its folder are kept for resuming only when they
+        came from this same config and inputs. Otherwise (another recipe, new upstream data) the folder is
+        emptied first, so no sample or checkpoint of another configuration is reused; returns the reason
+        then, else None. The key lives in `stage_key.txt`."""
+        key_file = self.dir / STAGE_KEY
+        key = f"{self._config_hash()}-{hashlib.sha256(json.dumps(self._input_hashes(), sort_keys=True).encode()).hexdigest()[:16]}"
+        reason = None
+        if self.dir.is_dir() and any(p.name != STAGE_KEY for p in self.dir.iterdir()):
+            old = key_file.read_text().strip() if key_file.is_file() else None
+            if old != key:
+                reason = (f"{self.dir}: its files came from another config or inputs" if old else
+                          f"{self.dir}: its files carry no stage key (an older kit)") + "; starting the stage afresh"
+                for p in self.dir.iterdir():
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(key_file, key + "\n")
+        return reason
 
     def finish(self, outputs: list[str], summary: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict:
         """Write the manifest (last, atomically) and the stage's section of metrics.json.

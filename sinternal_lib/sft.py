@@ -141,11 +141,13 @@ def trl_config(cfg: SftConfig, output_dir: str | os.PathLike, *, seed: int = 0, 
     return SFTConfig(
         output_dir=str(output_dir), learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
         num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, max_length=cfg.max_length, save_strategy="steps",
+        # padding-free needs max_length None in TRL; build_dataset already drops rows over cfg.max_length
+        gradient_accumulation_steps=cfg.grad_accum, max_length=None if cfg.padding_free else cfg.max_length, save_strategy="steps",
         save_steps=cfg.save_steps, logging_steps=cfg.logging_steps, bf16=cfg.bf16,
         gradient_checkpointing=cfg.gradient_checkpointing, completion_only_loss=True, packing=False,
-        use_cpu=(device == "cpu"), seed=seed, data_seed=seed, report_to="none", save_total_limit=2,
-        include_num_input_tokens_seen=True, dataloader_num_workers=0, disable_tqdm=True,
+        padding_free=cfg.padding_free, use_cpu=(device == "cpu"), seed=seed, data_seed=seed, report_to="none",
+        save_total_limit=2, include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+        disable_tqdm=True,
     )
 
 
@@ -311,6 +313,22 @@ def results_table(results: dict[str, dict]) -> "Any":
                      "compliance": g["compliance"], "takeover": s["takeover_rate"],
                      "steps": s.get("steps"), "loss_first": s.get("train_loss_first"),
                      "loss_last": s.get("train_loss_last")})
+        for hname, h in (s.get("verification_human") or {}).items():
+            rows[-1][f"bal_acc_{hname}"] = h["balanced_accuracy"]
+            rows[-1][f"bal_acc_{hname}_ci95"] = [round(x, 2) for x in h["ci95"]["balanced_accuracy"]]
+    return pd.DataFrame(rows)
+
+
+def baselines_table(results: dict[str, dict]) -> "Any":
+    """pandas.DataFrame of the trivial verifiers on each held-out set (they do not depend on the model):
+    balanced accuracy and macro-F1 of coin flip, always unsafe, always safe and prompt only."""
+    import pandas as pd
+
+    first = next(iter(results.values()))
+    sets = {"policy-test-split": first["verification"], **(first.get("verification_human") or {})}
+    rows = [{"set": name, "baseline": b, "bal_acc": m["baselines"][b]["balanced_accuracy"],
+             "macro_f1": m["baselines"][b]["macro_f1"], "n": m["n"]}
+            for name, m in sets.items() for b in m["baselines"] if b != "coin_flip_simulated"]
     return pd.DataFrame(rows)
 
 
@@ -324,6 +342,8 @@ def run_sft_stage(run: Run, recipe: Recipe | None = None, *, log: Any = print) -
     recipe = recipe or run.recipe
     cfg, seed = recipe.sft, recipe.run.seed
     stage = stage_for(run, "sft")
+    if (why := stage.begin()):
+        log(why)
     spec = spec_text(recipe)
     judge = make_judge(recipe.judge, cache_dir=run.path / "judge_cache")
     pairs = heldout_pairs(run.require("build_data", HELDOUT_PAIRS), cfg.eval_num_pairs, seed)
@@ -396,6 +416,12 @@ def stage_summary(results: dict[str, dict]) -> dict[str, Any]:
                 head[f"{name}_verify_{k}"] = round(v[k], 3)
             head[f"{name}_takeover"] = results[name]["takeover_rate"]
             head[f"{name}_asr"] = results[name]["generation"]["asr"]
+            for hname, h in (results[name].get("verification_human") or {}).items():
+                head[f"{name}_verify_{hname}_balanced_accuracy"] = round(h["balanced_accuracy"], 3)
+    if results:
+        po = next(iter(results.values()))["verification"]["baselines"].get("prompt_only")
+        if po:
+            head["prompt_only_verify_balanced_accuracy"] = round(po["balanced_accuracy"], 3)
     out["headline"] = head
     return out
 

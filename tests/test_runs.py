@@ -49,6 +49,20 @@ def test_config_change_makes_stage_stale(run, tmp_path):
     assert "config changed" in stage_for(other, "build_data").stale_reason()
 
 
+def test_begin_keeps_partial_files_of_the_same_config_only(run, tmp_path):
+    st = stage_for(run, "build_data")
+    assert st.begin() is None
+    (st.dir / "samples_self.jsonl").write_text("partial\n")  # an interrupted run's samples
+    assert stage_for(run, "build_data").begin() is None  # same config: resume from them
+    assert (st.dir / "samples_self.jsonl").read_text() == "partial\n"
+    other = open_run(load_recipe("configs/tests/tiny.yaml", {"build_data.refusal_prefill_samples": 2}), "t", tmp_path)
+    why = stage_for(other, "build_data").begin()  # another config: never reuse those samples
+    assert "another config" in why and not (st.dir / "samples_self.jsonl").exists()
+    (st.dir / "stage_key.txt").unlink()
+    (st.dir / "old.jsonl").write_text("x\n")  # files without a key (older kit) are not trusted either
+    assert "no stage key" in stage_for(other, "build_data").begin() and not (st.dir / "old.jsonl").exists()
+
+
 def test_upstream_rerun_makes_downstream_stale(run):
     _finish_build_data(run)
     sft = stage_for(run, "sft")

@@ -18,6 +18,7 @@ import torch
 from sinternal_lib import sft
 from sinternal_lib.config import apply_overrides, load_recipe
 from sinternal_lib.datasets import load_embedded
+from sinternal_lib.loaders import shared_data_dir
 from sinternal_lib.runs import open_run, stage_for
 from sinternal_lib.spec import load_spec, spec_text
 from sinternal_lib.teachers import OfflineTeacher, TeacherInput
@@ -72,6 +73,7 @@ def tiny_recipe():
     return apply_overrides(load_recipe("configs/tests/tiny.yaml"), {
         "sft.max_length": 1400, "sft.max_steps": 2, "sft.save_steps": 1, "sft.batch_size": 2,
         "sft.eval_num_pairs": 4, "sft.eval_num_prompts": 1, "sft.eval_max_new_tokens": 4,
+        "sft.eval_num_human_pairs": 4,
         "sft.lora_r": 4, "sft.lora_alpha": 8, "sft.learning_rate": 1e-2})
 
 
@@ -196,7 +198,15 @@ def test_run_sft_stage_end_to_end_and_skip(run02, tiny_recipe):
                 "verification", "generation", "takeover_rate"):
         assert key in s, key
     assert s["steps"] == 2 and s["data"]["mixed_chat"] > 0
-    assert set(s["verification"]["baselines"]) >= {"coin_flip", "always_unsafe"} and "ci95" in s["verification"]
+    assert set(s["verification"]["baselines"]) >= {"coin_flip", "always_unsafe", "prompt_only"}
+    assert "ci95" in s["verification"]
+    if shared_data_dir() is not None:  # held-out human-labelled pairs are scored too
+        human = s["verification_human"]["xstest_completions"]
+        assert human["n"] == 4 and "prompt_only" in human["baselines"]
+        rows = [json.loads(x) for x in (run02.path / "03_sft" / "sinternal" / "verification_eval.jsonl").open()]
+        assert {r["set"] for r in rows} == {"policy-test-split", "xstest_completions"}
+    else:
+        assert "xstest_completions" in summary["human_sets_skipped"]
     assert "base_verify_balanced_accuracy" in summary["headline"]
     metrics = json.loads((run02.path / "metrics.json").read_text())
     assert metrics["sft"]["headline"] == summary["headline"]

@@ -55,6 +55,24 @@ def test_offline_teacher_matches_judge_and_cites_category(spec):
     assert target.endswith("\nVerdict: unsafe")
 
 
+def test_offline_teacher_brief_style_puts_the_finding_first(spec):
+    t = make_teacher(TeacherConfig(backend="offline", style="brief"), spec)
+    full = make_teacher(TeacherConfig(backend="offline"), spec)
+    items = [_item(), _item(answer="Sure, first scan for ...", judge="unsafe", refused=False),
+             _item(prompt="How do I bake bread?", answer="Mix flour...", label="benign", cat=None, judge="safe",
+                   refused=False), _item(judge=None, refused=None)]
+    out = t.critique(items)
+    assert [c.verdict for c in out] == ["safe", "unsafe", "safe", None]
+    assert out[0].text.startswith("The answer") and "[S3 cybercrime]" in out[0].text
+    assert "refuses" in out[0].text or "declines" in out[0].text
+    assert "complies" in out[1].text or "goes along" in out[1].text
+    assert "harmless" in out[2].text and "the spec" not in out[2].text.split("harmless")[0]
+    assert all(len(c.text) < len(f.text) / 2 for c, f in zip(out[:3], full.critique(items[:3])))
+    assert out[1].raw.endswith("Verdict: unsafe") and "Verdict" not in out[1].text
+    with pytest.raises(ValueError, match="brief"):
+        make_teacher(TeacherConfig(backend="offline", style="short"), spec)
+
+
 def test_offline_teacher_varies_phrasing_and_handles_missing_labels(spec):
     t = make_teacher(TeacherConfig(backend="offline"), spec)
     outs = t.critique([_item(prompt=f"request number {i}", judge="unsafe", refused=False) for i in range(12)])

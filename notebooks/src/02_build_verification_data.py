@@ -11,9 +11,19 @@
 #   `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp.jsonl`),
 #   `answer_centric.jsonl`, `heldout_pairs.jsonl`, `dataset/` (a `datasets` folder), `figures/`,
 #   `manifest.json`; the `data` section of `metrics.json`.
-# - **Runtime**: sampling dominates: 202 s measured on a 2-core CPU for the embedded recipe
-#   ((32 + 16) prompts x 8 samples x 40 tokens, plus held-out answers); hours on one GPU at paper
+# - **Runtime**: sampling dominates: RUNTIME_02 measured on a 2-core CPU for the embedded recipe
+#   ((48 + 48) prompts x 8 samples x 40 tokens, plus held-out answers); hours on one GPU at paper
 #   scale (8 x thousands of prompts, long reasoning traces).
+#
+# **A departure for a policy that never refuses.** The paper's selection needs harmful prompts whose
+# 8 answers mix safe and unsafe. SmolLM2-135M almost never refuses (measured: 4 of 256 harmful samples,
+# and still 7 of 64 when a system prompt told it to refuse), so almost no prompt gives a pair. The CPU
+# recipe therefore starts 3 of the 8 samples of each harmful prompt with a refusal opener
+# (`build_data.refusal_prefill_samples`, openers in `build_data.refusal_prefills`) and lets the model
+# write the rest; the judge labels the result like any other answer, and each sample records its
+# opener in `prefill`. The held-out answers are sampled the same way, so the held-out pairs contain safe
+# answers to harmful prompts too. A policy that refuses on its own (any aligned reasoning model, the
+# GPU recipe) keeps the paper's setting, 0.
 #
 # **Teacher.** The paper's teacher is Claude-4-Sonnet. The embedded recipe uses an *offline
 # spec-grounded teacher* that composes the critique from the spec's rule for the prompt's category and
@@ -97,10 +107,16 @@ summary["heldout_pairs"], summary["heldout_label_counts"]
 
 # %% [markdown]
 # **Reading the result.** With the matcher judge, "safe" for a harmful prompt means the answer refused.
-# SmolLM2 refuses some harmful prompts and complies with others, so sampling at temperature 1.0 gives
-# mixed prompts; a lower temperature gives fewer. The offline teacher's verdict always equals the judge's,
-# so the agreement filter removes nothing here; with an API teacher the disagreements are counted in
-# `summary["selection"]`.
+# On its own SmolLM2 hardly ever refuses; the refusal openers (above) make most harmful prompts mixed,
+# so almost every contrastive pair's safe side is an opener the model continued. How many of the
+# selected samples carry an opener, and how many of those the judge still called safe:
+
+# %%
+summary["prefilled"]
+
+# %% [markdown]
+# The offline teacher's verdict always equals the judge's, so the agreement filter removes nothing here;
+# with an API teacher the disagreements are counted in `summary["selection"]`.
 
 # %% [markdown]
 # ## Reading group
@@ -110,10 +126,13 @@ summary["heldout_pairs"], summary["heldout_label_counts"]
 # 4. The offline teacher restates the judge. What can a verifier trained on its critiques learn that a
 #    verdict-only verifier cannot?
 # 5. Why sample from the policy itself (Self-Exp) rather than from another model (Other-Exp)?
+# 6. A refusal opener is forced, the rest is the model's own. Is a verifier trained on such pairs still
+#    learning from its own answers? What could it learn to look for instead of the content?
 #
 # **Try this**:
 # - `{"build_data.temperature": 0.7}`: fewer mixed prompts? Watch the funnel.
 # - `{"build_data.num_samples": 4}`: half the cost; how many pairs survive?
+# - `{"build_data.refusal_prefill_samples": 0}`: the paper's setting; count the pairs SmolLM2 gives alone.
 # - `{"build_data.other_model": "<another model folder>"}`: builds `other_exp.jsonl` for the Other-Exp ablation.
 #
 # Paper: method section (data construction); `../shared/PAPER.md` steps 2-4.

@@ -16,10 +16,10 @@
 # `verification_eval.jsonl`, `chat_eval.jsonl`, `summary.json` (written last); `03_sft/base/` (the base
 # model's evaluation); figures `sft_loss.png`, `sft_before_after.png`; the `sft` section of `metrics.json`.
 #
-# **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, bf16 autocast): the whole stage took
-# 977 s on a 2-core CPU (measured): 12 steps of 4 examples per variant at ~110 training tokens/s (about
-# 250 s per variant) plus the held-out evaluation of the base model and of every variant. Tiny test
-# recipe: under a minute.
+# **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, bf16 autocast, padding-free batches):
+# RUNTIME_03 on a 2-core CPU (measured): 80 steps of 4 examples per variant (about 9 minutes each at
+# ~130 non-padding training tokens/s) plus the held-out evaluation of the base model and of every
+# variant. Tiny test recipe: under a minute.
 # Paper scale (7B-14B, ~6,000 examples, 2 epochs) needs a GPU.
 
 # %% tags=["parameters"]
@@ -80,7 +80,10 @@ summary["headline"]
 # ## Results on held-out data
 #
 # Verification: balanced accuracy and macro-F1 (unsafe is the positive class for F1) with bootstrap 95%
-# intervals; a missing verdict counts as wrong. Chat: attack success rate (ASR) on held-out harmful
+# intervals; a missing verdict counts as wrong. Two held-out sets: pairs built in notebook 02 from the
+# policy's own answers to TEST-split prompts, and, when the shared data folder is present, human-labelled
+# XSTest completions (answers written by other models, labels by people; the `bal_acc_xstest_completions`
+# columns). Chat: attack success rate (ASR) on held-out harmful
 # prompts, compliance on held-out benign prompts, and the takeover rate (replies that read like a critique
 # or carry a verdict line).
 #
@@ -89,16 +92,18 @@ summary["headline"]
 # trained verifier output was cut off before its verdict line (measured: no-verdict rate 1.0).
 
 # %%
-table = sft.results_table({k: v for k, v in summary.items() if k != "headline"})
+variants = {k: v for k, v in summary.items() if k not in ("headline", "human_sets_skipped")}
+table = sft.results_table(variants)
 table.round(3)
 
 # %% [markdown]
-# The trivial baselines for the same pairs (coin flip at the base rate, always unsafe, always safe):
-# a verifier is only useful above all three.
+# The trivial verifiers on the same pairs: coin flip at the base rate, always unsafe, always safe, and
+# *prompt only* (unsafe exactly when the prompt is harmful, never reading the answer). A verifier is
+# useful only above all of them. The prompt-only row is the hard one: on a set without safe answers to
+# harmful prompts it scores 1.0, which is why notebook 02 samples refusals for the held-out pairs too.
 
 # %%
-base_rates = summary["base"]["verification"]["baselines"]
-{name: {k: round(v, 3) for k, v in b.items()} for name, b in base_rates.items()}
+sft.baselines_table({k: v for k, v in summary.items() if k not in ("headline", "human_sets_skipped")}).round(3)
 
 # %% [markdown]
 # The loss falls on the completion tokens only. Verdict-only targets are one short line, so their loss
@@ -114,7 +119,7 @@ plots.sft_loss_curves(sft.read_loss_curves(stage.dir), figures)
 # its takeover rate should stay near the base model's.
 
 # %%
-plots.sft_before_after({k: v for k, v in summary.items() if k != "headline"}, figures)
+plots.sft_before_after(variants, figures)
 
 # %% [markdown]
 # **What the embedded default showed (measured 2026-11-27, `cpu-smollm2`, 12 steps per variant, 16

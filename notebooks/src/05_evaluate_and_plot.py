@@ -33,6 +33,7 @@ from sinternal_lib.spec import load_spec
 cfg = load_recipe(recipe, overrides)
 run = open_run(cfg, run_name, runs_root)
 stage = stage_for(run, "evaluate")
+stage.begin()  # empties the folder first if its files came from another config
 fig_dir = stage.dir / "figures"
 spec = load_spec(cfg.resolve_path(cfg.spec.path))
 print(f"run folder: {run.path}\nstage folder: {stage.dir}")
