@@ -178,7 +178,9 @@ class Stage:
         """Start (or resume) the stage: partial files in its folder are kept for resuming only when they
         came from this same config and inputs. Otherwise (another recipe, new upstream data) the folder is
         emptied first, so no sample or checkpoint of another configuration is reused; returns the reason
-        then, else None. The key lives in `stage_key.txt`."""
+        then, else None. A finished stage of another config is not deleted but moved to
+        `<stage folder>.previous` (replacing an older one), so a failed rerun loses nothing. The key lives
+        in `stage_key.txt`."""
         key_file = self.dir / STAGE_KEY
         key = f"{self._config_hash()}-{hashlib.sha256(json.dumps(self._input_hashes(), sort_keys=True).encode()).hexdigest()[:16]}"
         reason = None
@@ -187,8 +189,14 @@ class Stage:
             if old != key:
                 reason = (f"{self.dir}: its files came from another config or inputs" if old else
                           f"{self.dir}: its files carry no stage key (an older kit)") + "; starting the stage afresh"
-                for p in self.dir.iterdir():
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                if self.manifest_path.is_file():
+                    keep = self.dir.with_name(self.dir.name + ".previous")
+                    shutil.rmtree(keep, ignore_errors=True)
+                    self.dir.rename(keep)
+                    reason += f" (the finished outputs of the other config are kept in {keep})"
+                else:
+                    for p in self.dir.iterdir():
+                        shutil.rmtree(p) if p.is_dir() else p.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(key_file, key + "\n")
         return reason

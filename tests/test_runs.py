@@ -61,6 +61,10 @@ def test_begin_keeps_partial_files_of_the_same_config_only(run, tmp_path):
     (st.dir / "stage_key.txt").unlink()
     (st.dir / "old.jsonl").write_text("x\n")  # files without a key (older kit) are not trusted either
     assert "no stage key" in stage_for(other, "build_data").begin() and not (st.dir / "old.jsonl").exists()
+    _finish_build_data(other)  # a finished stage of another config is moved aside, not deleted
+    why = stage_for(run, "build_data").begin()
+    assert "kept in" in why and (st.dir.parent / "02_build_data.previous" / "manifest.json").is_file()
+    assert not (st.dir / "manifest.json").exists() and (st.dir / "stage_key.txt").is_file()
 
 
 def test_upstream_rerun_makes_downstream_stale(run):

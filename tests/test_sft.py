@@ -144,9 +144,14 @@ def test_collated_labels_mask_prompt_tokens(run02, tiny_recipe, tmp_path):
     model, tok = tiny_model()
     rows = sft.read_jsonl(run02.require("build_data", sft.variant_file("sinternal")))[:2]
     ds, _ = sft.build_dataset(rows, tok, tiny_recipe.sft.max_length)
-    trainer = SFTTrainer(model=model, args=sft.trl_config(tiny_recipe.sft, tmp_path / "c"), train_dataset=ds,
-                         processing_class=tok)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(ds))])
+
+    def collate(padding_free: bool) -> dict:
+        cfg = apply_overrides(tiny_recipe, {"sft.padding_free": padding_free}).sft
+        trainer = SFTTrainer(model=model, args=sft.trl_config(cfg, tmp_path / f"c{padding_free}"), train_dataset=ds,
+                             processing_class=tok)
+        return trainer.data_collator([trainer.train_dataset[i] for i in range(len(ds))])
+
+    batch = collate(False)
     for i in range(len(ds)):
         prompt_ids, full_ids = sft.prompt_completion_ids(tok, ds[i])
         ids, labels = batch["input_ids"][i].tolist(), batch["labels"][i].tolist()
@@ -154,6 +159,17 @@ def test_collated_labels_mask_prompt_tokens(run02, tiny_recipe, tmp_path):
         assert all(x == -100 for x in labels[: len(prompt_ids)]), "prompt tokens must carry no loss"
         assert labels[len(prompt_ids): len(full_ids)] == full_ids[len(prompt_ids):]
         assert all(x == -100 for x in labels[len(full_ids):])  # padding
+    flat = collate(True)  # padding-free: the rows back to back in one row, positions restart per row
+    ids, labels, pos = (flat[k][0].tolist() for k in ("input_ids", "labels", "position_ids"))
+    start = 0
+    for i in range(len(ds)):
+        prompt_ids, full_ids = sft.prompt_completion_ids(tok, ds[i])
+        end = start + len(full_ids)
+        assert ids[start:end] == full_ids and pos[start:end] == list(range(len(full_ids)))
+        assert all(x == -100 for x in labels[start:start + len(prompt_ids)]), "prompt tokens must carry no loss"
+        assert labels[start + len(prompt_ids):end] == full_ids[len(prompt_ids):]
+        start = end
+    assert start == len(ids)  # no padding at all
 
 
 def test_resume_from_checkpoint(run02, tiny_recipe, tmp_path):

@@ -106,7 +106,7 @@ def test_compact_render_is_short_and_lists_every_category():
     assert all(c.tag in compact for c in spec.categories)
     with pytest.raises(ValueError, match="render style"):
         spec.render(style="tiny")
-    assert "(compact)" in spec_text(load_recipe("cpu-smollm2"))
+    assert "(compact)" in spec_text(load_recipe("cpu-smollm2", {"spec.render": "compact"}))
 
 
 def test_brief_render_and_spec_text_carry_the_short_verifier_template():

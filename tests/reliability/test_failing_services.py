@@ -151,6 +151,7 @@ def test_teacher_auth_error_stops_stage_02_clearly(ref_copy, monkeypatch, tally)
         tally.fault(srv.total("teacher"))
     assert e.value.status == 401 and "HTTP 401" in str(e.value) and SECRET not in str(e.value)
     st = stage_for(run, "build_data")
-    assert not st.is_complete()  # the old (offline) manifest was not replaced by the failed attempt
-    assert json.loads(st.manifest_path.read_text())["config"]["teacher"]["backend"] == "offline"
+    assert not st.is_complete() and not st.manifest_path.exists()  # the failed attempt looks unfinished
+    kept = st.dir.with_name(st.dir.name + ".previous") / "manifest.json"  # the old (offline) stage is kept
+    assert json.loads(kept.read_text())["config"]["teacher"]["backend"] == "offline"
     assert SECRET not in "".join(p.read_text(errors="replace") for p in run.path.rglob("*.json*") if p.is_file())
