@@ -122,17 +122,21 @@ plots.sft_loss_curves(sft.read_loss_curves(stage.dir), figures)
 plots.sft_before_after(variants, figures)
 
 # %% [markdown]
-# **What the embedded default showed (measured 2026-11-27, `cpu-smollm2`, 12 steps per variant, 16
-# held-out pairs, 8 + 8 held-out chat prompts): no verification gain.** The base model wrote no verdict at
-# all (no-verdict rate 1.0, balanced accuracy 0). After 12 steps SInternal still gave no verdict on 14 of
-# 16 pairs (balanced accuracy 0.06, CI 0.00-0.20), below every trivial baseline; verdict-only learned the
-# format (no-verdict rate 0) but answered one label throughout (balanced accuracy 0.50, macro-F1 0.33), which
-# is exactly the always-one-label baseline. Training loss fell in every variant (SInternal 3.71 -> 1.27),
-# so the model is learning the critique text, not yet the decision. Stage 02 kept only 4 contrastive pairs
-# (SmolLM2 refused 4 of 256 harmful samples), so the data hold 4 unsafe and 20 safe targets. ASR on 8
-# harmful prompts: base 0.75, SInternal 0.88, answer-centric 0.38, all with overlapping intervals.
-# Takeover: 0 for every variant at this budget. At this scale the kit reproduces the method's mechanics,
-# not its result; see the "try this" list for what to change first.
+# **What the embedded default showed (measured 2026-11-27, `cpu-smollm2`, 80 steps per variant, 24
+# held-out own pairs, 16 XSTest pairs, 8 + 8 held-out chat prompts).** The base model wrote no verdict at
+# all (balanced accuracy 0). After 80 steps SInternal reached balanced accuracy 0.67 [0.54, 0.81] and
+# macro-F1 0.63 [0.41, 0.81] on the own held-out pairs (no verdict on 1 of 24): above the base model and
+# above coin flip and always-one-label (0.50; the balanced-accuracy interval excludes 0.50, the macro-F1
+# interval does not). Three things temper this, and they are the point of reading the table:
+# - the *prompt-only* verifier scores 0.75 on the same pairs: at 135M SInternal has mostly learned
+#   "an answer that opens with a refusal is safe, anything else is unsafe", which calls the benign
+#   answers unsafe;
+# - on the human-labelled XSTest pairs, answers it never saw written, it gives one label (0.50);
+# - verdict-only (the paper's "w/o critique") did at least as well: 0.75 [0.61, 0.89], macro-F1 0.73; at
+#   this scale the critique did not help the decision, unlike the paper's ablation.
+# Training took 545 s for SInternal (126 non-padding tokens/s, peak RSS 6.6 GB). ASR on 8 held-out
+# harmful prompts: base 0.75, SInternal 0.25, verdict-only 0.38, answer-centric 0.38, with overlapping
+# intervals; the chat rows mixed into training (below) are refusals, so part of any drop comes from them.
 
 # %% [markdown]
 # ## Does verification take over chat?
