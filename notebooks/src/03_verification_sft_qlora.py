@@ -148,16 +148,21 @@ plots.sft_before_after(variants, figures)
 sft.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else ["base"], n=3)
 
 # %% [markdown]
-# **What keeps chat intact at this scale.** Measured before this kit existed, on SmolLM2-135M in 4-bit:
-# 75 steps of verification SFT at learning rate 1e-3 on about 300 examples lifted held-out verification
-# accuracy from 0.05 to 0.66, but afterwards chat replies to harmful prompts began "The answer..." and
-# some ended with a verdict line: the small model had learned the verifier's voice, not just the verifier
-# task. The verification prompt already carries its own system instruction, so chat (with the chat
-# template's default system message) differs from verification in its first tokens; at 135M that alone
-# is not enough. The recipe therefore mixes a share of the model's own judged-safe chat answers into the
-# verification data (`sft.chat_mix_fraction`, rows from stage 02 at no extra cost) and keeps the step
-# budget short (`sft.max_steps`). Both are meant to lower takeover; in a short 6-step check neither
-# setting showed any takeover, so the size of the mix's effect is still to be measured at full budget.
+# **What keeps chat intact at this scale (measured).** The recipe mixes a share of the model's own
+# judged-safe chat answers into the verification data (`sft.chat_mix_fraction`, rows from stage 02 at no
+# extra cost). Same data, steps and evaluation, SInternal only, on 2026-11-27:
+#
+# | `chat_mix_fraction` | takeover (16 chat replies) | balanced accuracy, own pairs | XSTest pairs | ASR (8) |
+# |---|---|---|---|---|
+# | 0.0 | 0.69 [0.44, 0.86] | 0.83 [0.69, 0.96] | 0.63 | 1.00 |
+# | 0.3 (the recipe) | 0.13 [0.03, 0.36] | 0.67 [0.54, 0.81] | 0.50 | 0.25 |
+#
+# Without the mix the model verifies better (it even beats the prompt-only verifier's 0.75), but 11 of
+# 16 ordinary chat replies come out as critiques: the verifier's voice takes over chat, as the pre-kit
+# check saw. With 30% own chat rows takeover falls to 2 of 16, at a cost in verification accuracy. The
+# recipe keeps the mix, because a verifier that breaks chat defeats the purpose; lowering the rate or
+# rank was not measured. Note the ASR column: the mixed rows are mostly refusals (stage 02's refusal
+# openers), so the lower ASR comes from them, not from learning to verify (without the mix ASR is 1.00).
 # The right-hand panel above is the check for this run; the first "try this" below removes the mix.
 #
 # **Does generation get safer?** At 135M and this budget, the paper's transfer from verifying to
