@@ -11,7 +11,6 @@ Run:  .venv/bin/python benchmarks/bench_grpo.py [--steps 3] [--arms default kit 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
 import time
@@ -101,19 +100,8 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default="cpu-smollm2")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--arms", nargs="+", default=None, choices=list(ARMS))
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny random model, 2 steps, default vs kit (tests)")
-    ap.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: a temp folder)")
-    a = ap.parse_args(argv)
-    a.out_dir = str(bl.out_dir(a.out_dir, a.quick))
-    from sinternal_lib.config import load_recipe
-
-    quick = {"grpo.save_steps": 100} if a.quick else {}  # tiny recipe: no checkpoint writes in the 2 steps
-    recipe = load_recipe("configs/tests/tiny.yaml" if a.quick else a.recipe, {"model.device": a.device, **quick})
+    a = bl.arm_parser(__doc__, ARMS, 3, "tiny random model, 2 steps, default vs kit (tests)").parse_args(argv)
+    recipe = bl.bench_recipe(a, "grpo")
     steps, arms = (2, a.arms or QUICK_ARMS) if a.quick else (a.steps, a.arms or list(ARMS))
     results = []
     for name in arms:

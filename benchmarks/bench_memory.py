@@ -11,7 +11,6 @@ Run:  .venv/bin/python benchmarks/bench_memory.py [--steps 3] [--quick] [--devic
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import benchlib as bl
@@ -25,19 +24,8 @@ ARMS: dict[str, dict[str, Any]] = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default="cpu-smollm2")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--arms", nargs="+", default=None, choices=list(ARMS))
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny random model, 2 steps, 4-bit vs bf16 (tests)")
-    ap.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: a temp folder)")
-    a = ap.parse_args(argv)
-    a.out_dir = str(bl.out_dir(a.out_dir, a.quick))
-    from sinternal_lib.config import load_recipe
-
-    quick = {"sft.save_steps": 100} if a.quick else {}
-    recipe = load_recipe("configs/tests/tiny.yaml" if a.quick else a.recipe, {"model.device": a.device, **quick})
+    a = bl.arm_parser(__doc__, ARMS, 3, "tiny random model, 2 steps, 4-bit vs bf16 (tests)").parse_args(argv)
+    recipe = bl.bench_recipe(a, "sft")
     steps = 2 if a.quick else a.steps
     arms = a.arms or (["qlora-4bit", "lora-bf16"] if a.quick else list(ARMS))
     rows = bench_sft.build_rows(recipe, 4, 2, "(spec omitted in --quick)") if a.quick else \

@@ -13,7 +13,6 @@ Run:  .venv/bin/python benchmarks/bench_sft.py [--steps 8] [--arms default kit .
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
 import time
@@ -155,22 +154,13 @@ def run_arm(name: str, recipe: Any, rows: list[dict], steps: int, device: str, s
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default="cpu-smollm2")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--arms", nargs="+", default=None, choices=list(ARMS))
+    ap = bl.arm_parser(__doc__, ARMS, 8, "tiny random model, 2 steps, 3 arms (tests)")
     ap.add_argument("--data", help="stage-02 verification JSONL (default: build rows from embedded prompts)")
     ap.add_argument("--chat", help="stage-02 answer_centric.jsonl to mix in at sft.chat_mix_fraction")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny random model, 2 steps, 3 arms (tests)")
-    ap.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: a temp folder)")
     a = ap.parse_args(argv)
-    a.out_dir = str(bl.out_dir(a.out_dir, a.quick))
-    from sinternal_lib.config import load_recipe
     from sinternal_lib.sft import mix_chat, read_jsonl
 
-    quick = {"sft.save_steps": 100} if a.quick else {}  # tiny recipe: no checkpoint writes in the 2 steps
-    recipe = load_recipe("configs/tests/tiny.yaml" if a.quick else a.recipe, {"model.device": a.device, **quick})
+    recipe = bl.bench_recipe(a, "sft")
     steps, arms = (2, a.arms or QUICK_ARMS) if a.quick else (a.steps, a.arms or list(ARMS))
     if a.data:
         rows = read_jsonl(a.data)

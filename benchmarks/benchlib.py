@@ -9,6 +9,8 @@ so forking after `import torch` is safe (no OpenMP pool exists yet).
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import multiprocessing as mp
 import os
@@ -220,3 +222,26 @@ def write_results(name: str, result: dict, rows: Sequence[dict], columns: Sequen
     (out / f"{name}.md").write_text(head + md + "\n" + "".join(f"\n- {n}" for n in notes) + "\n", encoding="utf-8")
     print(f"wrote {out / (name + '.json')} and {name}.md")
     return out / f"{name}.json"
+
+
+def arm_parser(doc: str, arms: Sequence[str], steps: int, quick_help: str) -> argparse.ArgumentParser:
+    """The options every arm-based benchmark takes: --recipe, --steps, --arms, --device, --quick, --out-dir."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--recipe", default="cpu-smollm2")
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--arms", nargs="+", default=None, choices=list(arms))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: a temp folder)")
+    return ap
+
+
+def bench_recipe(a: argparse.Namespace, section: str) -> Any:
+    """The recipe an arm-based benchmark runs: --recipe, or the tiny test recipe with --quick (no
+    checkpoint writes within its 2 steps); resolves a.out_dir as a side effect."""
+    from sinternal_lib.config import load_recipe
+
+    a.out_dir = str(out_dir(a.out_dir, a.quick))
+    quick = {f"{section}.save_steps": 100} if a.quick else {}
+    return load_recipe("configs/tests/tiny.yaml" if a.quick else a.recipe, {"model.device": a.device, **quick})
+
