@@ -32,6 +32,7 @@ SIZES = {  # real sizes of the architectures, random weights
     "tiny": ("LlamaConfig", dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
 }
+SECTIONS = ("packed", "sft", "memory", "sampling", "rollouts")
 SFT_ARMS = {  # name: (order, layout, loss, autocast bf16, gradient checkpointing)
     "plain (padded, random order, full logits, bf16 autocast, GC)": ("random", "padded", "full", True, True),
     "fp32 (no autocast)": ("random", "padded", "full", False, True),
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=30, help="SFT steps per arm (the first 3 are warm-up)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="tiny config, short rows, 5 steps (CPU test)")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                    help="run only these parts (default all); a short lease can skip what is already measured")
     a = ap.parse_args(argv)
     if a.quick:
         a.model, a.steps, a.batch_size = "tiny", 5, 2
@@ -246,42 +249,68 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = config(a.model)
     N, vocab = bl.model_flops_params(cfg), cfg.vocab_size  # N of 6*N*T: linear weights incl. LM head
     rows = make_rows(8 if a.quick else 96, vocab, 0.1 if a.quick else 1.0)
-    res["packed_check"] = packed_check(a, rows)
-    print(f"packed check: {res['packed_check']}", flush=True)
+    timings: dict[str, float] = {}
+    res["seconds"] = timings
+    notes = [f"matmul peak GFLOP/s: {peak}; MFU = 6*N*T/s over the peak of the arm's compute dtype",
+             f"sections run: {a.sections}"]
+    if "packed" in a.sections:
+        t0 = time.perf_counter()
+        res["packed_check"] = packed_check(a, rows)
+        timings["packed"] = round(time.perf_counter() - t0, 1)
+        print(f"packed check: {res['packed_check']}", flush=True)
+        notes.append(f"packed check (max |log-prob diff|): {res['packed_check']}")
     names = [*SFT_ARMS][::len(SFT_ARMS) - 1] if a.quick else list(SFT_ARMS)  # quick: first and last arm
-    if not a.quick:  # one throw-away arm: CUDA context, kernels and allocator warm before the first measurement
+    if not a.quick and {"sft", "memory"} & set(a.sections):  # one throw-away arm: CUDA context, kernels and allocator warm before the first measurement
         sft_arm(a, SFT_ARMS[names[0]], rows)
-    sft = {}
-    for name in names:
-        r = sft[name] = {"arm": name, **sft_arm(a, SFT_ARMS[name], rows)}
-        r["mfu_pct"] = round(100 * 6 * N * r["tokens_per_s"] / 1e9 / peak["bfloat16" if r["bf16"] else "float32"], 2)
-        print(f"sft {r}", flush=True)
-    for r in sft.values():
-        r["speed_ratio"] = bl.ratio(r["tokens_per_s"], sft[names[0]]["tokens_per_s"])
-        r["mem_ratio"] = bl.ratio(r["peak_mem_mb"], sft[names[0]]["peak_mem_mb"])
-    res["sft"] = sft
-    mem = {w: sft_arm(a, SFT_ARMS[names[0]], rows, w) for w in ("float32", "bfloat16")}
-    mem["4bit"] = sft_arm(a, SFT_ARMS[names[0]], rows, "4bit") if pk["bitsandbytes"] else \
-        {"skipped": "bitsandbytes not installed"}
-    for r in mem.values():
-        r["peak_ratio_vs_bf16"] = bl.ratio(r.get("peak_mem_mb"), mem["bfloat16"]["peak_mem_mb"])
-    res["memory"] = mem
-    print(f"memory: {mem}", flush=True)
+    sft: dict[str, dict] = {}
+    if "sft" in a.sections:
+        t0 = time.perf_counter()
+        for name in names:
+            r = sft[name] = {"arm": name, **sft_arm(a, SFT_ARMS[name], rows)}
+            r["mfu_pct"] = round(100 * 6 * N * r["tokens_per_s"] / 1e9 / peak["bfloat16" if r["bf16"] else
+                                                                                 "float32"], 2)
+            print(f"sft {r}", flush=True)
+        for r in sft.values():
+            r["speed_ratio"] = bl.ratio(r["tokens_per_s"], sft[names[0]]["tokens_per_s"])
+            r["mem_ratio"] = bl.ratio(r["peak_mem_mb"], sft[names[0]]["peak_mem_mb"])
+        res["sft"] = sft
+        timings["sft"] = round(time.perf_counter() - t0, 1)
+    if "memory" in a.sections:
+        t0 = time.perf_counter()
+        mem = {w: sft_arm(a, SFT_ARMS[names[0]], rows, w) for w in ("float32", "bfloat16")}
+        mem["4bit"] = sft_arm(a, SFT_ARMS[names[0]], rows, "4bit") if pk["bitsandbytes"] else \
+            {"skipped": "bitsandbytes not installed"}
+        for r in mem.values():
+            r["peak_ratio_vs_bf16"] = bl.ratio(r.get("peak_mem_mb"), mem["bfloat16"]["peak_mem_mb"])
+            r["weights_ratio_vs_bf16"] = bl.ratio(r.get("weights_mb"), mem["bfloat16"]["weights_mb"])
+        res["memory"] = mem
+        timings["memory"] = round(time.perf_counter() - t0, 1)
+        print(f"memory: {mem}", flush=True)
+        notes.append(f"memory: {mem}")
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(10, vocab, (20 + (i * 7) % 40,), generator=g) for i in range(4 if a.quick else 16)]
-    new, model = 8 if a.quick else 64, build(a.model, a.device, torch.bfloat16).eval()
-    loop, batched = (gen_tokens_per_s(model, prompts, new, bs, a.device) for bs in (1, 16))
-    res["sampling"] = {"per_prompt_loop": loop, "batched_16": batched, "speedup": bl.ratio(batched[1], loop[1])}
-    print(f"sampling (s, tokens/s): {res['sampling']}", flush=True)
-    res["grpo_rollout"] = rollouts(a, model, prompts)
-    print(f"grpo rollouts (s, tokens/s): {res['grpo_rollout']}", flush=True)
+    new = 8 if a.quick else 64
+    model = build(a.model, a.device, torch.bfloat16).eval() if {"sampling", "rollouts"} & set(a.sections) else None
+    if "sampling" in a.sections:
+        t0 = time.perf_counter()
+        loop, batched = (gen_tokens_per_s(model, prompts, new, bs, a.device) for bs in (1, 16))
+        res["sampling"] = {"per_prompt_loop": loop, "batched_16": batched, "speedup": bl.ratio(batched[1], loop[1])}
+        timings["sampling"] = round(time.perf_counter() - t0, 1)
+        print(f"sampling (s, tokens/s): {res['sampling']}", flush=True)
+        notes.append(f"sampling (s, tokens/s): {res['sampling']}")
+    if "rollouts" in a.sections:
+        t0 = time.perf_counter()
+        res["grpo_rollout"] = rollouts(a, model, prompts)
+        timings["rollouts"] = round(time.perf_counter() - t0, 1)
+        print(f"grpo rollouts (s, tokens/s): {res['grpo_rollout']}", flush=True)
+        notes.append(f"GRPO rollouts (s, tokens/s): {res['grpo_rollout']}")
     res["trl_arms"] = "not run here: bench_sft.py / bench_grpo.py run the TRL trainers" + (
         "" if pk["trl"] else " (and trl is not installed)")
-    notes = [f"matmul peak GFLOP/s: {peak}; MFU = 6*N*T/s over the peak of the arm's compute dtype",
-             f"packed check (max |log-prob diff|): {res['packed_check']}", f"memory: {mem}",
-             f"sampling (s, tokens/s): {res['sampling']}", f"GRPO rollouts (s, tokens/s): {res['grpo_rollout']}"]
-    bl.write_results("gpu_check", res, list(sft.values()), ["arm", "tokens_per_s", "speed_ratio", "peak_mem_mb",
-                                                             "mem_ratio", "mfu_pct", "loss_step1"], a.out, notes)
+    table = list(sft.values()) + [{"arm": f"memory: {w} LoRA weights", "tokens_per_s": r.get("tokens_per_s"),
+                                   "peak_mem_mb": r.get("peak_mem_mb"), "mem_ratio": r.get("peak_ratio_vs_bf16")}
+                                  for w, r in res.get("memory", {}).items()]
+    bl.write_results("gpu_check", res, table, ["arm", "tokens_per_s", "speed_ratio", "peak_mem_mb", "mem_ratio",
+                                               "mfu_pct", "loss_step1"], a.out, notes)
     return res
 
 

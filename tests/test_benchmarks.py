@@ -51,3 +51,13 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     assert all(r["speed_ratio"] > 0 for r in d["sft"].values())
     assert d["memory"]["bfloat16"]["peak_ratio_vs_bf16"] == 1.0
     assert d["sampling"]["speedup"] > 0 and d["grpo_rollout"]
+
+
+def test_gpu_check_sections_run_only_what_is_asked(tmp_path):
+    _run(["benchmarks/gpu_check.py", "--quick", "--device", "cpu", "--out", str(tmp_path),
+          "--sections", "memory", "rollouts"])
+    d = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert set(d["seconds"]) == {"memory", "rollouts"}
+    assert "sft" not in d and "sampling" not in d and "packed_check" not in d
+    assert d["memory"]["4bit"].get("peak_mem_mb", 0) > 0 or "skipped" in d["memory"]["4bit"]
+    assert "memory: bfloat16 LoRA weights" in (tmp_path / "gpu_check.md").read_text()
