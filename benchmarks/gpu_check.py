@@ -138,7 +138,9 @@ def sft_arm(a: Any, spec: tuple, rows: list, weights: str = "float32") -> dict:
     reset_peak(a.device)
     model = build_4bit(a) if weights == "4bit" else build(a.model, a.device, getattr(torch, weights))
     weights_mb = round(torch.cuda.memory_allocated() / 2**20, 1) if a.device.startswith("cuda") else None
-    model = lora(model, gc)
+    # from_pretrained (the 4-bit arm) returns an eval-mode model, where transformers skips gradient
+    # checkpointing: without train() that arm measured GC-off memory (2.8x bf16 on an H100).
+    model = lora(model, gc).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ac = torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     todo = (batches(rows, a.batch_size, order) * (a.steps // max(1, len(rows) // a.batch_size) + 2))[:a.steps]
