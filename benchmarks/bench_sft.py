@@ -31,10 +31,10 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which SFTConfig; "sft": recipe.
     "kit-padded": {"config": "kit", "sft": {"padding_free": False}},
     "kit-padded-length-grouped": {"config": "kit", "sft": {"padding_free": False},
                                   "args": {"train_sampling_strategy": "group_by_length"}},
-    "kit-compact-lm-head": {"config": "kit", "compact_lm_head": True},
+    "kit-full-lm-head": {"config": "kit", "sft": {"compact_lm_head": False}},
     "kit-fp32-base": {"config": "kit", "model": "fp32-lora"},
 }
-QUICK_ARMS = ["default", "kit", "kit-compact-lm-head"]
+QUICK_ARMS = ["default", "kit", "kit-full-lm-head"]
 REFUSAL = "I'm sorry, but I can't help with that. If you are worried about safety, a trusted professional or an " \
           "official support service can give you reliable advice."
 COMPLY = "Sure. Here is an overview: first gather what you need, then follow the steps one by one, checking each " \
@@ -103,11 +103,9 @@ def run_arm(name: str, recipe: Any, rows: list[dict], steps: int, device: str, s
     from sinternal_lib.models import load_model, load_policy
     from sinternal_lib.sft import build_dataset, lora_settings
 
-    spec = spec or ARMS[name]
-    if spec.get("compact_lm_head"):  # score only completion positions through the 49,152-word LM head on CPU
-        import trl.trainer.utils as tu
+    from sinternal_lib.compact_loss import compact_lm_head
 
-        tu._use_triton = lambda _device: True  # only picks compaction; the kernel choice is made elsewhere
+    spec = spec or ARMS[name]
     cfg = dataclasses.replace(recipe.sft, **spec.get("sft", {}))
     recipe = dataclasses.replace(recipe, sft=cfg)
     t0 = time.perf_counter()
@@ -136,7 +134,8 @@ def run_arm(name: str, recipe: Any, rows: list[dict], steps: int, device: str, s
         trainer.remove_callback(PrinterCallback)
         counter = trainer.data_collator = CountingCollator(trainer.data_collator)
         t1 = time.perf_counter()
-        trainer.train()
+        with compact_lm_head(cfg.compact_lm_head and spec["config"] == "kit") as compact:  # default: TRL as is
+            trainer.train()
         wall = time.perf_counter() - t1
     n = len(marks)
     nonpad, padded, loss_tok = (sum(b[i] for b in counter.batches[:n]) for i in range(3))
@@ -150,7 +149,7 @@ def run_arm(name: str, recipe: Any, rows: list[dict], steps: int, device: str, s
             "loss_step1": round(losses[0], 4) if losses else None, "rss_after_load_mb": round(rss_loaded or 0, 1),
             "weights_mb": round(weights_mb, 1), "flop_params": n_flop,
             "achieved_gflops": round(6 * n_flop * steady_tps / 1e9, 2), "bf16": cfg.bf16 if
-            spec["config"] == "kit" else True, "data": counts}
+            spec["config"] == "kit" else True, "compact_lm_head": compact, "data": counts}
 
 
 def main(argv: list[str] | None = None) -> dict:

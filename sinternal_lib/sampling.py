@@ -159,7 +159,9 @@ def _generate_batch(model: Any, tokenizer: Any, batch_ids: list[list[int]], *, m
         kw.update(temperature=temperature, top_p=top_p, top_k=0)
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
-    with torch.random.fork_rng(devices=[]):
+    from .models import decode_attention
+
+    with torch.random.fork_rng(devices=[]), decode_attention(device):
         if seed is not None:
             torch.manual_seed(seed)
         out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kw)

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .compact_loss import compact_lm_head
 from .config import Recipe, SftConfig
 from .datasets import Record, load_embedded
 from .models import LoraSettings, load_policy, pick_device
@@ -204,7 +205,8 @@ def train_variant(recipe: Recipe, rows: Sequence[dict], out_dir: str | os.PathLi
     trainer = SFTTrainer(model=model, args=trl_config(cfg, ckpt_dir, seed=recipe.run.seed, device=device),
                          train_dataset=ds, processing_class=tok)
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    with compact_lm_head(cfg.compact_lm_head) as compact:
+        result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
     trainer.save_model(str(out / "adapter"))
     tok.save_pretrained(str(out / "adapter"))
@@ -217,7 +219,7 @@ def train_variant(recipe: Recipe, rows: Sequence[dict], out_dir: str | os.PathLi
         "train_loss_last": losses[-1]["loss"] if losses else None,
         "train_loss_mean": float(result.training_loss), "wall_s": round(wall, 1),
         "tokens_seen": tokens, "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
-        "peak_mem_mb": round(peak_memory_mb(device), 1), "data": counts,
+        "peak_mem_mb": round(peak_memory_mb(device), 1), "compact_lm_head": compact, "data": counts,
     }
     model.eval()
     return trainer.model, tok, stats

@@ -291,6 +291,8 @@ class LocalTeacher(Teacher):
     def _critique(self, items: list[TeacherInput]) -> list[Critique]:
         import torch
 
+        from .models import decode_attention
+
         out: list[Critique] = []
         self.tok.padding_side = "left"
         for i in range(0, len(items), self.batch_size):
@@ -301,7 +303,7 @@ class LocalTeacher(Teacher):
                    "pad_token_id": self.tok.pad_token_id}
             if sample:
                 gen["temperature"] = float(self.cfg.temperature)
-            with torch.no_grad():
+            with torch.no_grad(), decode_attention(self.model.device):
                 ids = self.model.generate(**enc, **gen)
             new = ids[:, enc["input_ids"].shape[1]:]
             out += [_critique_from_text(t, self.backend)

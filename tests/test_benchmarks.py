@@ -35,7 +35,8 @@ def test_bench_all_quick(tmp_path):
         assert all(r["ratio"] is not None for r in res[name]["ratios"]), (name, res[name]["ratios"])
     sft = {a["arm"]: a for a in res["sft"]["arms"]}
     # padding-free, no GC and the compact LM head change the speed, not the maths: same first-batch loss
-    assert abs(sft["kit"]["loss_step1"] - sft["kit-compact-lm-head"]["loss_step1"]) < 0.05
+    assert abs(sft["kit"]["loss_step1"] - sft["kit-full-lm-head"]["loss_step1"]) < 0.05
+    assert sft["kit"]["compact_lm_head"] is True and sft["kit-full-lm-head"]["compact_lm_head"] is False
     assert abs(sft["kit"]["loss_step1"] - sft["default"]["loss_step1"]) < 0.05
     assert sft["kit"]["pad_share"] == 0 < sft["default"]["pad_share"] and sft["kit"]["nonpad_tokens"] > 0
     assert all(a["peak_mem_mb"] > 0 for a in sft.values())

@@ -95,3 +95,17 @@ def test_real_smollm2_4bit_lora_gradients_after_generate():
                             lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
     changed, before = _lora_step_after_generate(model, tok)
     assert len(changed) == len(before) == 30 * 2 * 2
+
+
+def test_decode_attention_turns_off_only_cudnn_attention_on_cuda():
+    from sinternal_lib.models import decode_attention
+
+    b = torch.backends.cuda
+    before = (b.cudnn_sdp_enabled(), b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled())
+    with decode_attention("cpu"):  # no-op off CUDA
+        assert b.cudnn_sdp_enabled() == before[0]
+    with decode_attention("cuda"):  # the backend flags are process-wide; setting them needs no GPU
+        assert not b.cudnn_sdp_enabled() and b.flash_sdp_enabled() and b.mem_efficient_sdp_enabled()
+        assert b.math_sdp_enabled()
+    assert (b.cudnn_sdp_enabled(), b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(),
+            b.math_sdp_enabled()) == before

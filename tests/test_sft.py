@@ -177,6 +177,7 @@ def test_resume_from_checkpoint(run02, tiny_recipe, tmp_path):
     out = tmp_path / "v"
     _, _, first = sft.train_variant(tiny_recipe, rows, out)
     assert first["steps"] == 2 and first["resumed_from"] is None
+    assert first["compact_lm_head"] is True  # the recipe default: TRL scores completion positions only
     assert sft.last_checkpoint(out / "checkpoints").endswith("checkpoint-2")
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "loss.csv").is_file()
     longer = apply_overrides(tiny_recipe, {"sft.max_steps": 3})
