@@ -167,7 +167,7 @@ def load_checkpoint(recipe: Any, ckpt: Checkpoint) -> tuple[Any, Any]:
     return load_policy(recipe, adapter=ckpt.adapter)
 
 
-def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any,
+def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any = None,
                  load: Callable[[Checkpoint], tuple[Any, Any]] | None = None,
                  log: Callable[[str], None] = print) -> dict:
     """Evaluate every discovered checkpoint on every recipe benchmark; return the `eval` metrics section.
@@ -188,8 +188,19 @@ def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any,
             skipped.append({"checkpoint": "*", "benchmark": b, "reason": str(e).split(". ")[0]})
             log(f"skipped {b}: {e}")
     verify_tokens = run.recipe.diagnose.verify_max_new_tokens  # the diagnosis verifier budget, reused
+    if spec is None:  # the verifier prompt stages 01 and 03 use (spec.render and its system template)
+        from .spec import spec_text
+
+        spec = spec_text(run.recipe)
+    import hashlib
+
+    # scores are reused only for the same verifier prompt: a checkpoint trained on the brief spec and
+    # asked with the full one writes no verdict (seen: F1 0 in stage 05 vs balanced accuracy 0.67 in 03)
+    verify_spec = f"{getattr(spec, 'system_template', 'spec')}:" \
+                  f"{hashlib.sha256(str(spec).encode()).hexdigest()[:12]}"
     settings = {"n": ev_cfg.num_per_benchmark, "max_new_tokens": ev_cfg.max_new_tokens,
-                "verify_max_new_tokens": verify_tokens, "judge": run.recipe.judge.backend, "seed": seed}
+                "verify_max_new_tokens": verify_tokens, "judge": run.recipe.judge.backend, "seed": seed,
+                "verify_spec": verify_spec}
     gen_path, score_path = stage_dir / "generations.jsonl", stage_dir / "scores.jsonl"
     gen_path.touch()
     score_path.touch()

@@ -197,3 +197,35 @@ def test_verification_f1_on_heldout_pairs(tmp_path, tiny):
     assert v["metric"] == "f1" and v["n"] == 4 and 0 <= v["rate"] <= 1 and len(v["ci95"]) == 2
     assert v["random_f1"] == pytest.approx(0.5)
     assert not ev["skipped"]
+
+
+def test_evaluation_verifies_with_the_prompt_stage_03_trained_on(tmp_path, tiny):
+    """Without a spec argument the verifier prompt is the recipe's spec_text (render + system template),
+    as in stages 01 and 03; scores made with another prompt are not reused."""
+    import hashlib
+
+    from sinternal_lib.judges import make_judge
+    from sinternal_lib.runs import stage_for
+    from sinternal_lib.spec import load_spec, spec_text
+
+    recipe = load_recipe("configs/tests/tiny.yaml", {
+        "evaluate.benchmarks": [], "evaluate.checkpoints": ["base"], "diagnose.verify_max_new_tokens": 2,
+        "evaluate.num_per_benchmark": 0, "spec.render": "brief"})
+    run = open_run(recipe, "ver2", tmp_path)
+    bd = stage_for(run, "build_data")
+    pair = {"id": "p0", "prompt": "Hi", "answer": "Hello.", "reasoning": None, "label": "safe", "category": None,
+            "prompt_label": "benign", "source": "test"}
+    (bd.dir / "heldout_pairs.jsonl").write_text(json.dumps(pair) + "\n")
+    bd.finish(outputs=["heldout_pairs.jsonl"], summary={})
+    loads = []
+    load = lambda ck: (loads.append(ck.name), tiny)[1]
+    sd = run.stage_dir("evaluate")
+    evaluate_run(run, sd, judge=make_judge(), load=load, log=lambda s: None)
+    want = spec_text(recipe)
+    assert want.system_template == "verify_system_brief.txt"
+    keys = [json.loads(json.loads(x)["key"]) for x in (sd / "scores.jsonl").read_text().splitlines()]
+    assert keys[0][3]["verify_spec"] == f"verify_system_brief.txt:{hashlib.sha256(str(want).encode()).hexdigest()[:12]}"
+    # the full spec is another prompt: scored anew, not taken from the brief-spec score
+    evaluate_run(run, sd, judge=make_judge(), spec=load_spec(recipe.resolve_path(recipe.spec.path)), load=load,
+                 log=lambda s: None)
+    assert loads == ["base", "base"]

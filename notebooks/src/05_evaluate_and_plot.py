@@ -28,14 +28,14 @@ runs_root = None  # folder holding run folders, None means run.output_root from 
 # %%
 from sinternal_lib.config import load_recipe
 from sinternal_lib.runs import open_run, stage_for
-from sinternal_lib.spec import load_spec
+from sinternal_lib.spec import spec_text
 
 cfg = load_recipe(recipe, overrides)
 run = open_run(cfg, run_name, runs_root)
 stage = stage_for(run, "evaluate")
 stage.begin()  # empties the folder first if its files came from another config
 fig_dir = stage.dir / "figures"
-spec = load_spec(cfg.resolve_path(cfg.spec.path))
+spec = spec_text(cfg)  # the verifier prompt the SFT stage trained on (spec.render + its system template)
 print(f"run folder: {run.path}\nstage folder: {stage.dir}")
 cfg.evaluate
 
