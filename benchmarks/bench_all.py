@@ -28,7 +28,8 @@ def sampling_ratios(out_dir: Path) -> list[dict]:
         return []
     rows = json.loads(path.read_text()).get("rows", [])
     return [{"what": f"sampling tokens/s, kit sampler batch {r['batch_size']} vs per-prompt generate loop",
-             "ratio": r["speedup"], "goal": None, "met": None} for r in rows if r.get("batch_size", 1) > 1]
+             "ratio": r["speedup"], "goal": ">= 4", "met": r["speedup"] >= 4}  # issue goal: 4x on the 2-core CPU
+            for r in rows if r.get("batch_size", 1) > 1]
 
 
 def summary(out_dir: Path, names: list[str]) -> list[dict]:

@@ -9,7 +9,7 @@
 #   shared data folder is present, human-labelled pairs (XSTest completions, PKU-SafeRLHF answers).
 # - **Outputs**: `runs/<run>/01_diagnose/` (`answers_*.jsonl`, `predictions.jsonl`, `manifest.json`,
 #   `figures/`) and the `diagnosis` section of `metrics.json`.
-# - **Runtime**: 157 s measured on a 2-core CPU with the embedded SmolLM2-135M recipe; tens of minutes
+# - **Runtime**: 93 s measured on a quiet 2-core CPU with the embedded SmolLM2-135M recipe; tens of minutes
 #   on one GPU for DeepSeek-R1-Distill-Qwen-7B with long reasoning traces.
 #
 # Unsafe is the positive class throughout. Because unsafe-class F1 alone misleads (always answering

@@ -11,7 +11,7 @@
 #   `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp.jsonl`),
 #   `answer_centric.jsonl`, `heldout_pairs.jsonl`, `dataset/` (a `datasets` folder), `figures/`,
 #   `manifest.json`; the `data` section of `metrics.json`.
-# - **Runtime**: sampling dominates: RUNTIME_02 measured on a 2-core CPU for the embedded recipe
+# - **Runtime**: sampling dominates: 340 s measured on a quiet 2-core CPU for the embedded recipe
 #   ((48 + 48) prompts x 8 samples x 40 tokens, plus held-out answers); hours on one GPU at paper
 #   scale (8 x thousands of prompts, long reasoning traces).
 #

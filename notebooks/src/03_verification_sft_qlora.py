@@ -16,10 +16,10 @@
 # `verification_eval.jsonl`, `chat_eval.jsonl`, `summary.json` (written last); `03_sft/base/` (the base
 # model's evaluation); figures `sft_loss.png`, `sft_before_after.png`; the `sft` section of `metrics.json`.
 #
-# **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, bf16 autocast, padding-free batches):
-# RUNTIME_03 on a 2-core CPU (measured): 80 steps of 4 examples per variant (about 9 minutes each at
-# ~130 non-padding training tokens/s) plus the held-out evaluation of the base model and of every
-# variant. Tiny test recipe: under a minute.
+# **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, bf16 autocast, padding-free batches,
+# compact LM head): 1,391 s on a quiet 2-core CPU (measured): 80 steps of 4 examples per variant (about
+# 7 minutes each at ~160 non-padding training tokens/s) plus the held-out evaluation of the base model
+# and of every variant (about 1 minute each). Tiny test recipe: under a minute.
 # Paper scale (7B-14B, ~6,000 examples, 2 epochs) needs a GPU.
 
 # %% tags=["parameters"]

@@ -11,9 +11,9 @@
 # - *Outputs*: `04_grpo/<init>/adapter/`, `04_grpo/<init>/rewards.csv` (reward parts per step),
 #   `04_grpo/<init>/checkpoints/`, `04_grpo/<init>/summary.json`, `04_grpo/figures/grpo_reward_curves.png`,
 #   the `rl` section of `metrics.json`.
-# - *Runtime*: CPU SmolLM2 recipe (3 steps of 4 prompts x 4 rollouts, 32 tokens, three inits): 238 s
-#   measured for the whole stage on 2 free CPU cores. Tiny test recipe: about 10 s. Paper scale
-#   (64 prompts x 8 rollouts, long traces) needs a GPU.
+# - *Runtime*: CPU SmolLM2 recipe (3 steps of 4 prompts x 4 rollouts, 32 tokens, three inits): 305 s
+#   measured for the whole stage on 2 free CPU cores (about 31 s per step, nearly all sampling). Tiny
+#   test recipe: about 10 s. Paper scale (64 prompts x 8 rollouts, long traces) needs a GPU.
 
 # %% tags=["parameters"]
 recipe = "cpu-smollm2"  # recipe name under configs/ or a path to a YAML file

@@ -11,7 +11,7 @@
 # - *Outputs*: `05_evaluate/generations.jsonl` (one row per checkpoint x benchmark x item),
 #   `05_evaluate/scores.jsonl`, `05_evaluate/figures/*.png`, the `eval` section of `metrics.json`,
 #   `report.md` and `report.html`.
-# - *Runtime*: CPU SmolLM2 recipe 541 s measured on 2 cores (4 checkpoints x 12 benchmarks x 6 prompts,
+# - *Runtime*: CPU SmolLM2 recipe 500 s measured on 2 quiet cores (4 checkpoints x 12 benchmarks x 6 prompts,
 #   plus held-out verification); it grows with checkpoints x benchmarks x num_per_benchmark. Tiny test
 #   recipe: about 15 s. Paper scale needs a GPU.
 
