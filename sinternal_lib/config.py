@@ -149,8 +149,8 @@ class SftConfig:
     # TRL padding-free batches: rows concatenated with position_ids, no padding computed (same loss;
     # bench_sft measured 30% of the positions of padded batches to be padding).
     padding_free: bool = False
-    # Score only completion positions through the LM head (TRL does so on CUDA already; same loss; 1.36x
-    # tokens/s on the 2-core CPU, bench_sft arm kit-compact-lm-head). See sinternal_lib/compact_loss.py.
+    # Score only completion positions through the LM head (TRL does so on CUDA already; same loss; 1.36-1.53x
+    # tokens/s on the 2-core CPU, bench_sft arm kit-full-lm-head is the before). See sinternal_lib/compact_loss.py.
     compact_lm_head: bool = True
     eval_num_pairs: int = 40  # held-out verification pairs (test split)
     eval_num_prompts: int = 24  # held-out chat prompts for ASR / compliance / takeover
