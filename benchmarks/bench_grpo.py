@@ -1,5 +1,5 @@
-"""Benchmark: the kit's GRPO (rl.grpo_args on the 4-bit QLoRA policy) vs a default TRL GRPOConfig on the
-same model, prompt mix (rl.build_prompt_mix) and verifier reward (rl.VerifierReward, offline matcher).
+"""Benchmark: the kit's GRPO (grpo.grpo_args on the 4-bit QLoRA policy) vs a default TRL GRPOConfig on the
+same model, prompt mix (grpo.build_prompt_mix) and verifier reward (grpo.VerifierReward, offline matcher).
 
 The default arm passes only what GRPO needs to be comparable: output_dir, use_cpu, report_to, the same
 num_generations, max_completion_length, max_steps and completions per step (per_device_train_batch_size),
@@ -42,7 +42,7 @@ class CountingReward:
 def _grpo_args(spec: dict, g: Any, out: str, steps: int, seed: int, device: str) -> Any:
     from trl import GRPOConfig
 
-    from sinternal_lib.rl import grpo_args
+    from sinternal_lib.grpo import grpo_args
 
     if spec["config"] == "kit":
         return grpo_args(dataclasses.replace(g, max_steps=steps), out, seed=seed, device=device)
@@ -52,14 +52,14 @@ def _grpo_args(spec: dict, g: Any, out: str, steps: int, seed: int, device: str)
 
 
 def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
-    """One arm, in its own process: load the policy as rl.train_from_init does, train `steps` GRPO steps."""
+    """One arm, in its own process: load the policy as grpo.train_from_init does, train `steps` GRPO steps."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOTrainer
 
     from sinternal_lib.judges import make_judge
     from sinternal_lib.models import LoraSettings, load_model
-    from sinternal_lib.rl import VerifierReward, build_prompt_mix
+    from sinternal_lib.grpo import VerifierReward, build_prompt_mix
     from sinternal_lib.runs import seed_everything
 
     spec = ARMS[name]

@@ -21,8 +21,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from .datasets import BENIGN, HARMFUL, Record, load_prompts
+from .datasets import BENIGN, HARMFUL, Record
 from .judges import JudgeInput, make_judge
+from .loaders import load_prompts
 from .models import load_policy
 from .runs import Run, atomic_write_text, stage_for
 from .sampling import Sample, sample_responses
@@ -166,8 +167,8 @@ def heldout_pairs(judged: list[dict], n: int, seed: int) -> list[dict]:
              "prompt_label": r["prompt_label"], "source": "policy-test-split"} for r in rows]
 
 
-def run_build_data(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run stage 02 end to end (resuming sampling where it stopped); returns the `data` summary."""
+def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 02 end to end (resuming sampling where it stopped), manifest last; returns its summary."""
     recipe = run.recipe
     cfg, seed = recipe.build_data, recipe.run.seed
     stage = stage_for(run, "build_data")

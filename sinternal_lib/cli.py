@@ -18,32 +18,30 @@ import time
 from pathlib import Path
 
 from .config import REPO_ROOT, RecipeError, load_recipe, parse_override_strings
-from .runs import STAGES, Run, RunLocked, StageIncomplete
+from .runs import STAGES, Run, RunLocked, StageIncomplete, stage_info
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL = "sinternal"
-NOTEBOOKS = {
-    "diagnose": "01_diagnose",
-    "build_data": "02_build_verification_data",
-    "sft": "03_verification_sft_qlora",
-    "grpo": "04_rl_grpo",
-    "evaluate": "05_evaluate_and_plot",
-}
 
 
 def notebook_path(stage: str) -> Path:
-    return NOTEBOOK_DIR / f"{NOTEBOOKS[stage]}.ipynb"
+    return NOTEBOOK_DIR / f"{STAGES[stage].notebook}.ipynb"
+
+
+class UsageError(ValueError):
+    """A command-line argument the runner cannot use (printed as one line, exit code 2)."""
 
 
 def _select(only: list[str] | None) -> list[str]:
     if not only:
         return list(STAGES)
-    chosen = []
+    chosen = set()
     for o in only:
-        match = [s for s, folder in STAGES.items() if o in (s, folder, folder[:2], NOTEBOOKS[s])]
-        if not match:
-            raise SystemExit(f"--only {o!r}: no such stage; stages: {list(STAGES.values())}")
-        chosen += match
+        try:
+            chosen.add(stage_info(o).name)
+        except KeyError:
+            raise UsageError(f"--only {o!r}: no such stage; use a name, number or folder: "
+                             f"{', '.join(s.folder for s in STAGES.values())}") from None
     return [s for s in STAGES if s in chosen]
 
 
@@ -84,6 +82,7 @@ def run_notebooks(
     from .runs import stage_for
 
     recipe = load_recipe(recipe_ref, overrides)
+    stages = _select(only)
     run = Run(recipe, run_name, root)
     try:
         run.acquire()  # before writing anything: a refused runner must not touch a run in progress
@@ -97,7 +96,7 @@ def run_notebooks(
     log(f"run '{run.name}' -> {run.path}  (recipe {Path(recipe.source).name}, kernel {kernel})")
     total = time.time()
     try:
-        for stage in _select(only):
+        for stage in stages:
             nb = notebook_path(stage)
             out = out_dir / nb.name
             st = stage_for(run, stage)
@@ -193,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except RecipeError as e:
         print(f"recipe error: {e}", file=sys.stderr)
+        return 2
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -5,6 +5,9 @@ A recipe has top-level sections `run`, `model`, `spec`, `data`, `judge`, `teache
 name one `base:` recipe (one level only) and override some keys. Unknown keys are errors, so a typo
 never silently falls back to a default. Overrides (`{"sft.learning_rate": 1e-3}` from a notebook, or
 `--set sft.learning_rate=1e-3` on the CLI) go through `apply_overrides`, the one place that does it.
+`validate` checks every value's type and allowed range (the `RANGES` table, plus the cross-field `RULES`)
+after loading and after overrides; every bad recipe is a one-line `RecipeError` naming the file (or the
+override), the field and what is allowed.
 The resolved recipe is written to `runs/<run>/recipe.yaml`; that file is the truth for the run.
 """
 
@@ -12,11 +15,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -241,43 +248,253 @@ class Recipe:
 
 
 class RecipeError(ValueError):
-    """A recipe file or override that cannot be applied."""
+    """A recipe file or override that cannot be applied. The message is one line: the CLI prints it as
+    `recipe error: <message>` and exits 2, without a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split("\n")))
 
 
-def _build_section(name: str, values: Mapping[str, Any], where: str) -> Any:
-    cls = SECTIONS[name]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {unknown} in section '{name}'; known: {sorted(known)}")
-    obj = cls(**values)
-    for f in dataclasses.fields(cls):
-        _check_type(obj, f, f"{where}: {name}.{f.name}")
-    return obj
+# --------------------------------------------------------------------------- allowed values
+@dataclass(frozen=True)
+class Bound:
+    """Allowed values of one numeric field: an interval (either end open, closed or absent), plus
+    exact values allowed outside it (`also`, e.g. -1 = "use epochs"), each with what it means."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple[tuple[float, str], ...] = ()
+
+    def ok(self, v: float) -> bool:
+        if any(v == a for a, _ in self.also):
+            return True
+        if v != v:  # NaN
+            return False
+        if self.lo is not None and not (v > self.lo if self.lo_open else v >= self.lo):
+            return False
+        if self.hi is not None and not (v < self.hi if self.hi_open else v <= self.hi):
+            return False
+        return True
+
+    def describe(self, what: str = "a number") -> str:
+        """E.g. "a number in [0, 1)", "-1 (train num_epochs epochs) or an integer >= 1"."""
+        if self.lo is not None and self.hi is not None:
+            rng = f" in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            rng = f" {'>' if self.lo_open else '>='} {_num(self.lo)}"
+        elif self.hi is not None:
+            rng = f" {'<' if self.hi_open else '<='} {_num(self.hi)}"
+        else:
+            rng = ""
+        return "".join(f"{_num(a)} ({why}) or " for a, why in self.also) + what + rng
 
 
-def _check_type(obj: Any, f: dataclasses.Field, where: str) -> None:
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+AT_LEAST_1 = Bound(lo=1)
+COUNT = Bound(lo=0)  # a number of items where 0 (none) is legal
+POSITIVE = Bound(lo=0, lo_open=True)
+FRACTION = Bound(lo=0, hi=1)
+TEMPERATURE = Bound(lo=0)  # 0 = greedy decoding
+
+# Every int/float field of every section, with its allowed values; the one place ranges live (a test
+# checks that each numeric field is here or in NO_RANGE). Cross-field rules are in RULES below.
+RANGES: dict[str, Bound] = {
+    "run.seed": Bound(lo=0, hi=2**32 - 1),  # numpy's seed range
+    "judge.timeout_s": POSITIVE,
+    "judge.max_retries": COUNT,
+    "judge.concurrency": AT_LEAST_1,
+    "judge.batch_size": AT_LEAST_1,
+    "teacher.timeout_s": POSITIVE,
+    "teacher.max_retries": COUNT,
+    "teacher.concurrency": AT_LEAST_1,
+    "teacher.max_new_tokens": AT_LEAST_1,
+    "teacher.temperature": TEMPERATURE,
+    "diagnose.num_harmful": COUNT,
+    "diagnose.num_benign": COUNT,
+    "diagnose.num_human_pairs": COUNT,
+    "diagnose.max_new_tokens": AT_LEAST_1,
+    "diagnose.verify_max_new_tokens": AT_LEAST_1,
+    "diagnose.batch_size": AT_LEAST_1,
+    "diagnose.temperature": TEMPERATURE,
+    "build_data.num_samples": AT_LEAST_1,
+    "build_data.temperature": TEMPERATURE,
+    "build_data.top_p": FRACTION,
+    "build_data.max_new_tokens": AT_LEAST_1,
+    "build_data.num_harmful_prompts": AT_LEAST_1,
+    "build_data.num_benign_prompts": AT_LEAST_1,
+    "build_data.batch_size": AT_LEAST_1,
+    "build_data.heldout_num_prompts": COUNT,
+    "build_data.heldout_num_pairs": COUNT,
+    "build_data.refusal_prefill_samples": COUNT,  # and <= num_samples (RULES)
+    "sft.lora_r": AT_LEAST_1,
+    "sft.lora_alpha": POSITIVE,
+    "sft.lora_dropout": Bound(lo=0, hi=1, hi_open=True),
+    "sft.learning_rate": POSITIVE,
+    "sft.num_epochs": POSITIVE,
+    "sft.max_steps": Bound(lo=1, also=((-1, "train num_epochs epochs"),)),  # TRL: -1 = use epochs
+    "sft.batch_size": AT_LEAST_1,
+    "sft.grad_accum": AT_LEAST_1,
+    "sft.max_length": AT_LEAST_1,
+    "sft.save_steps": AT_LEAST_1,
+    "sft.logging_steps": AT_LEAST_1,
+    "sft.chat_mix_fraction": Bound(lo=0, hi=1, hi_open=True),  # sft.mix_chat divides by 1 - fraction
+    "sft.eval_num_pairs": COUNT,
+    "sft.eval_num_prompts": COUNT,
+    "sft.eval_num_human_pairs": COUNT,
+    "sft.eval_max_new_tokens": AT_LEAST_1,
+    "grpo.num_prompts_per_step": AT_LEAST_1,
+    "grpo.num_generations": Bound(lo=2),  # TRL: group advantages need >= 2 rollouts per prompt
+    "grpo.learning_rate": POSITIVE,
+    "grpo.beta": Bound(lo=0),
+    "grpo.max_steps": AT_LEAST_1,  # grpo_args sets no epochs: steps are the only budget
+    "grpo.max_completion_length": AT_LEAST_1,
+    "grpo.temperature": POSITIVE,  # rollouts are sampled; 0 is not a sampling temperature
+    "grpo.harmful_fraction": FRACTION,  # the three are normalised by their sum (grpo.py mix_counts); RULES
+    "grpo.benign_fraction": FRACTION,
+    "grpo.math_fraction": FRACTION,
+    "grpo.num_train_prompts": AT_LEAST_1,
+    "grpo.save_steps": AT_LEAST_1,
+    "evaluate.num_per_benchmark": Bound(lo=1, also=((0, "the full set"),)),
+    "evaluate.max_new_tokens": AT_LEAST_1,
+    "evaluate.batch_size": AT_LEAST_1,
+}
+NO_RANGE: frozenset[str] = frozenset()  # numeric fields deliberately left unbounded (none so far)
+
+_GRPO_MIX = ("grpo.harmful_fraction", "grpo.benign_fraction", "grpo.math_fraction")
+# Cross-field rules: (fields involved, check, what is allowed).
+RULES: list[tuple[tuple[str, ...], Callable[["Recipe"], bool], str]] = [
+    (("build_data.refusal_prefill_samples", "build_data.num_samples"),
+     lambda r: r.build_data.refusal_prefill_samples <= r.build_data.num_samples,
+     "build_data.refusal_prefill_samples must be <= build_data.num_samples"),
+    (_GRPO_MIX,
+     lambda r: r.grpo.harmful_fraction + r.grpo.benign_fraction + r.grpo.math_fraction > 0,
+     "grpo.harmful_fraction + grpo.benign_fraction + grpo.math_fraction must be > 0 "
+     "(the prompt mix is normalised by their sum)"),
+]
+
+
+# --------------------------------------------------------------------------- types
+def _field_types(cls: type) -> dict[str, tuple[type, bool]]:
+    """{field: (base type, None allowed)}; base type is bool, int, float, str or list (of str)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        optional = type(None) in args
+        base = next(a for a in args if a is not type(None))
+        out[name] = (typing.get_origin(base) or base, optional)
+    return out
+
+
+_TYPES = {name: _field_types(cls) for name, cls in SECTIONS.items()}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               list: "a list of strings"}
+
+
+def allowed(key: str) -> str:
+    """What `section.key` accepts, in words: its type, range (RANGES) and whether null is allowed."""
+    section, name = key.split(".", 1)
+    base, optional = _TYPES[section][name]
+    what = _TYPE_WORDS.get(base, base.__name__)
+    if key in RANGES:
+        what = RANGES[key].describe(what)
+    return what + (" or null" if optional else "")
+
+
+def _check_type(obj: Any, f: dataclasses.Field, where: str, key: str) -> None:
+    """Check `section.key`'s value on its section object `obj`; a float field's int or numeric string
+    becomes a float in place. Bools are not integers."""
     value = getattr(obj, f.name)
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    if value is None or default is None:
-        return
-    if isinstance(default, bool):
+    base, optional = _TYPES[key.split(".", 1)[0]][f.name]
+    if value is None:
+        ok = optional
+    elif base is bool:
         ok = isinstance(value, bool)
-    elif isinstance(default, float):
+    elif base is float:
         if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
                 pass
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if ok:
             setattr(obj, f.name, float(value))
-    elif isinstance(default, int):
+    elif base is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is list:
+        ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
     else:
-        ok = isinstance(value, type(default))
+        ok = isinstance(value, base)
     if not ok:
-        raise RecipeError(f"{where} should be {type(default).__name__}, got {value!r}")
+        raise RecipeError(f"{where}: {key} must be {allowed(key)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- validation
+def validate(recipe: Recipe, where: Mapping[str, str] | None = None, default: str | None = None) -> None:
+    """Check every field's type and allowed range (RANGES) and the cross-field RULES; raise RecipeError.
+
+    `where` maps "section.key" to where the value came from (a file, or an override on top of one) so
+    the message can name it; other fields are reported against `default` (the recipe's source file).
+    Float fields are normalised in place (an int or a numeric string becomes a float).
+    """
+    where = where or {}
+    default = default or (_show(Path(recipe.source)) if recipe.source else "recipe")
+    for name, cls in SECTIONS.items():
+        obj = getattr(recipe, name)
+        if not isinstance(obj, cls):
+            raise RecipeError(f"{default}: section '{name}' must be a mapping of {cls.__name__} keys, got {obj!r}")
+        for f in dataclasses.fields(cls):
+            key = f"{name}.{f.name}"
+            w = where.get(key, default)
+            _check_type(obj, f, w, key)
+            value, bound = getattr(obj, f.name), RANGES.get(key)
+            if bound is not None and value is not None and not bound.ok(value):
+                raise RecipeError(f"{w}: {key} must be {allowed(key)}, got {value!r}")
+    for keys, check, rule in RULES:
+        if not check(recipe):
+            got = ", ".join(f"{k}={_get(recipe, k)!r}" for k in keys)
+            sources = list(dict.fromkeys(where.get(k, default) for k in keys))
+            overrides = [s for s in sources if s.startswith("override ")]
+            if overrides:  # the override broke the rule: "override a=1, b=2 (on top of file)"
+                tail = overrides[0].rsplit(" (on top of ", 1)[-1]
+                sources = ["override " + ", ".join(s[len("override "):].rsplit(" (on top of ", 1)[0]
+                                                   for s in overrides) + " (on top of " + tail]
+            raise RecipeError(f"{'; '.join(sources)}: {rule}, got {got}")
+
+
+def _get(recipe: Recipe, key: str) -> Any:
+    section, name = key.split(".", 1)
+    return getattr(getattr(recipe, section), name)
+
+
+def _show(path: Path) -> str:
+    """A path for messages: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _unknown(name: str, known: list[str], section: str | None = None) -> str:
+    """"sft.learning_rat is not a known key (did you mean sft.learning_rate?); keys of sft: ..."."""
+    prefix = f"{section}." if section else ""
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    what = f"keys of {section}" if section else "sections"
+    return f"{prefix}{name} is not a known {'key' if section else 'section'}{hint}; {what}: {', '.join(known)}"
+
+
+def _build_section(name: str, values: Mapping[str, Any], where: str = "recipe") -> Any:
+    cls = SECTIONS[name]
+    known = [f.name for f in dataclasses.fields(cls)]
+    for k in values:
+        if k not in known:
+            raise RecipeError(f"{where}: {_unknown(k, known, name)}")
+    return cls(**values)
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -285,18 +502,89 @@ def _merge(base: dict, top: dict) -> dict:
     for k, v in top.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k].update(v)
+        elif v is None and isinstance(out.get(k), dict):  # an empty section keeps the base's values
+            continue
         else:
             out[k] = v
     return out
 
 
+# --------------------------------------------------------------------------- reading files
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (the second would silently win)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            dup = key in seen
+            seen.add(key)
+        except TypeError:  # unhashable key: construct_mapping reports it
+            continue
+        if dup:
+            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                    f"found duplicate key {key!r}", key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (1-based line and column)."""
+    def at(mark: Any) -> str:
+        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    mark, cmark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None)
+    context = getattr(e, "context", None)
+    if problem is None:
+        return " ".join(f"invalid YAML: {e}".split())
+    if context:
+        same = cmark is not None and mark is not None and (cmark.line, cmark.column) == (mark.line, mark.column)
+        context = f" ({context}{'' if same else at(cmark).replace(' at', ' started at', 1)})"
+    return " ".join(f"invalid YAML{at(mark or cmark)}: {problem}{context or ''}".split())
+
+
 def _read_yaml(path: Path) -> dict:
+    """A recipe file as {section: {key: value}}, with its structure checked (values are not yet)."""
+    shown = _show(path)
     if not path.is_file():
-        raise RecipeError(f"recipe not found: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raise RecipeError(f"recipe not found: {shown}")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)  # noqa: S506 (safe loader)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{shown}: {_yaml_error(e)}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{shown}: not UTF-8 text ({e.reason} at byte {e.start}); a recipe is a YAML file") from None
+    except OSError as e:
+        raise RecipeError(f"{shown}: cannot read ({e.strerror or e})") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+        raise RecipeError(f"{shown}: the top level must be a mapping of sections ({', '.join(SECTIONS)}"
+                          f" and an optional base:), got {type(data).__name__} {_short(data)}")
+    for name, values in data.items():
+        if name == "base":
+            if not isinstance(values, str) or not values.strip():
+                raise RecipeError(f"{shown}: base must be a recipe name or path (a string), got {values!r}")
+            continue
+        if name not in SECTIONS:
+            raise RecipeError(f"{shown}: {_unknown(name, [*SECTIONS, 'base'])}")
+        if values is not None and not isinstance(values, dict):
+            raise RecipeError(f"{shown}: section {name!r} must be a mapping of keys (key: value), "
+                              f"got {type(values).__name__} {_short(values)}")
+        _build_section(name, values or {}, shown)  # unknown keys
     return data
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
@@ -305,60 +593,104 @@ def find_recipe(name_or_path: str | Path) -> Path:
     for cand in (p, REPO_ROOT / p, CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
         if cand.is_file():
             return cand.resolve()
-    raise RecipeError(f"recipe {name_or_path!r} not found (looked in {CONFIG_DIR})")
+    raise RecipeError(f"recipe {str(name_or_path)!r} not found (looked in {CONFIG_DIR})")
 
 
 def load_recipe(name_or_path: str | Path, overrides: Mapping[str, Any] | list[str] | None = None) -> Recipe:
     """Load a recipe (with one level of `base:`), apply overrides, validate, return typed config."""
     path = find_recipe(name_or_path)
+    shown = _show(path)
     raw = _read_yaml(path)
     base_ref = raw.pop("base", None)
+    where: dict[str, str] = {}
     if base_ref is not None:
         base_path = (path.parent / base_ref) if not Path(base_ref).is_absolute() else Path(base_ref)
         if not base_path.is_file():
-            base_path = find_recipe(base_ref)
+            try:
+                base_path = find_recipe(base_ref)
+            except RecipeError:
+                raise RecipeError(f"{shown}: base {base_ref!r} not found (looked next to the file and in "
+                                  f"{_show(CONFIG_DIR)})") from None
         base_raw = _read_yaml(base_path)
         if "base" in base_raw:
-            raise RecipeError(f"{path}: its base {base_path} has a base too; one level only")
+            raise RecipeError(f"{shown}: its base {_show(base_path)} has a base too; one level only")
+        base_shown = f"{_show(base_path)} (base of {shown})"
+        where.update({f"{s}.{k}": base_shown for s, vals in base_raw.items() for k in (vals or {})})
+    where.update({f"{s}.{k}": shown for s, vals in raw.items() for k in (vals or {})})
+    if base_ref is not None:
         raw = _merge(base_raw, raw)
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise RecipeError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
-    for name, values in raw.items():
-        if values is not None and not isinstance(values, dict):
-            raise RecipeError(f"{path}: section '{name}' must be a mapping")
-    recipe = Recipe(**{n: _build_section(n, raw.get(n) or {}, str(path)) for n in SECTIONS}, source=str(path))
-    return apply_overrides(recipe, overrides)
+    data = {n: dict(raw.get(n) or {}) for n in SECTIONS}
+    if overrides:
+        where.update(_apply(data, overrides, shown))
+    recipe = Recipe(**{n: _build_section(n, data[n], shown) for n in SECTIONS}, source=str(path))
+    validate(recipe, where, shown)
+    return recipe
 
 
 def parse_override_strings(items: list[str]) -> dict[str, Any]:
     """`["sft.learning_rate=1e-3", "model.others=[a, b]"]` -> dict; values parsed as YAML."""
     out: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise RecipeError(f"override {item!r} must look like section.key=value")
+        if not isinstance(item, str) or "=" not in item:
+            raise RecipeError(f"override {item!r} must look like section.key=value, e.g. sft.max_steps=40")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"override {item!r}: the value is not valid YAML: {_yaml_error(e)}") from None
     return out
+
+
+def _override_text(key: str, value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        shown = json.dumps(value, default=str)
+    elif value is None:
+        shown = "null"
+    elif isinstance(value, bool):
+        shown = str(value).lower()
+    else:
+        shown = str(value)
+    return f"{key}={shown}"
+
+
+def _apply(data: dict[str, dict], overrides: Mapping[str, Any] | list[str], source: str) -> dict[str, str]:
+    """Apply `section.key` overrides to `data` in place; returns {"section.key": "override ... (on top of file)"}."""
+    if isinstance(overrides, (list, tuple)):
+        items = list(overrides)
+        overrides = parse_override_strings(items)
+        texts = {i.split("=", 1)[0].strip(): f"override {i.strip()}" for i in items}  # as typed (--set)
+    elif isinstance(overrides, Mapping):
+        texts = {}
+    else:
+        raise RecipeError(f"overrides must be a dict {{'section.key': value}} or a list of 'section.key=value' "
+                          f"strings, got {type(overrides).__name__}")
+    where: dict[str, str] = {}
+    for key, value in overrides.items():
+        text = f"{texts.get(key) or 'override ' + _override_text(str(key), value)} (on top of {source})"
+        if not isinstance(key, str) or "." not in key:
+            raise RecipeError(f"{text}: an override must name a section and a key, e.g. 'sft.learning_rate'")
+        section, name = key.split(".", 1)
+        if section not in SECTIONS:
+            raise RecipeError(f"{text}: {_unknown(section, list(SECTIONS))}")
+        known = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        if name not in known:
+            raise RecipeError(f"{text}: {_unknown(name, known, section)}")
+        data[section][name] = value
+        where[key] = text
+    return where
 
 
 def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any] | list[str] | None) -> Recipe:
     """Return a copy of `recipe` with `section.key` overrides applied and validated."""
+    source = _show(Path(recipe.source)) if recipe.source else "recipe"
     if not overrides:
+        validate(recipe, None, source)
         return recipe
-    if isinstance(overrides, list):
-        overrides = parse_override_strings(overrides)
     data = recipe.to_dict()
-    for key, value in overrides.items():
-        if "." not in key:
-            raise RecipeError(f"override {key!r} must name a section and a key, e.g. 'sft.learning_rate'")
-        section, name = key.split(".", 1)
-        if section not in data:
-            raise RecipeError(f"override {key!r}: unknown section {section!r}; known: {list(SECTIONS)}")
-        if name not in data[section]:
-            raise RecipeError(f"override {key!r}: unknown key {name!r}; known: {sorted(data[section])}")
-        data[section][name] = value
-    return Recipe(**{n: _build_section(n, data[n], "override") for n in SECTIONS}, source=recipe.source)
+    where = _apply(data, overrides, source)
+    out = Recipe(**{n: _build_section(n, data[n], source) for n in SECTIONS}, source=recipe.source)
+    validate(out, where, source)
+    return out
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> Path:

@@ -3,6 +3,8 @@
 Embedded sets (written by the project, under `data/prompts/`) and real benchmark loaders
 (`sinternal_lib.loaders`) both produce `Record`s. Labels are the strings "harmful" / "benign"
 for prompts and "safe" / "unsafe" for (prompt, response) pairs; never 0/1.
+This module is the schema: the loaders import it, it never imports them (so no import cycle);
+`load_prompts`, which mixes embedded sets and real benchmarks, is `sinternal_lib.loaders.load_prompts`.
 """
 
 from __future__ import annotations
@@ -275,25 +277,3 @@ def rebuild_generated_sets() -> dict[str, int]:
     counts.update(math=len(math), jailbreak=len(jb))
     return counts
 
-
-def load_prompts(sources: Iterable[str], kind: str, split: str | None, n: int | None = None,
-                 seed: int = 0) -> list[Record]:
-    """Prompts of one kind from the recipe's `data.<kind>` sources, then a seeded subsample of `n`.
-
-    "embedded" reads the project's own set (one split); any other name is a real benchmark read by
-    `sinternal_lib.loaders.load_benchmark` (all its rows: real sets have no train/test split of ours).
-    """
-    import random as _random
-
-    out: list[Record] = []
-    for src in sources:
-        if src == "embedded":
-            out += load_embedded(kind, split)
-        else:
-            from .loaders import load_benchmark
-
-            out += load_benchmark(src)
-    if n is not None and 0 <= n < len(out):
-        keep = sorted(_random.Random(seed).sample(range(len(out)), n))
-        out = [out[k] for k in keep]
-    return out

@@ -16,9 +16,9 @@ from collections import Counter
 from typing import Any, Callable
 
 from .build_data import judge_samples, write_jsonl
-from .datasets import BENIGN, HARMFUL, Record, load_prompts
+from .datasets import BENIGN, HARMFUL, Record
 from .judges import make_judge
-from .loaders import BenchmarkMissing, load_benchmark
+from .loaders import BenchmarkMissing, load_benchmark, load_prompts
 from .models import load_policy
 from .runs import Run, stage_for
 from .sampling import sample_responses
@@ -74,8 +74,8 @@ def score_rows(rows: list[dict], seed: int) -> dict[str, Any]:
                                 [r.get("category") for r in rows], seed=seed)
 
 
-def run_diagnosis(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run stage 01 for every model of the recipe; returns the `diagnosis` summary."""
+def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 01 for every model of the recipe: finishes the stage (manifest last); returns its summary."""
     recipe = run.recipe
     cfg, seed = recipe.diagnose, recipe.run.seed
     stage = stage_for(run, "diagnose")

@@ -1,6 +1,7 @@
-"""Notebook sources: the five notebooks are written as percent-format scripts in `notebooks/src/`
-(`# %%` code cells, `# %% [markdown]` cells, `# %% tags=["parameters"]`), so they diff and review as
-code; `build_notebook` turns one into the committed `.ipynb` (outputs empty). A test checks that every
+"""Notebook sources: the five notebooks are written as jupytext percent-format scripts in
+`notebooks/src/` (`# %%` code cells, `# %% [markdown]` cells, `# %% tags=["parameters"]`), so they diff
+and review as code and open directly in JupyterLab ("Open With > Notebook", jupytext's extension);
+`build_notebook` turns one into the committed `.ipynb` (outputs empty). A test checks that every
 committed notebook equals its built source, and that each parameters cell holds plain literals only and
 no later cell reassigns a parameter (papermill injects overrides in a new cell after it).
 """
@@ -9,56 +10,23 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 from pathlib import Path
 
 import nbformat
 
-CELL_RE = re.compile(r"^# %%(?P<md> \[markdown\])?(?: tags=\[(?P<tags>[^\]]*)\])?\s*$")
-
-
-def parse_percent(text: str) -> list[dict]:
-    """Split a percent-format script into cells: [{'type', 'source', 'tags'}]."""
-    cells: list[dict] = []
-    cur: dict | None = None
-    for line in text.splitlines():
-        m = CELL_RE.match(line)
-        if m:
-            if cur is not None:
-                cells.append(cur)
-            tags = [t.strip().strip("'\"") for t in (m.group("tags") or "").split(",") if t.strip()]
-            cur = {"type": "markdown" if m.group("md") else "code", "lines": [], "tags": tags}
-            continue
-        if cur is None:
-            continue  # text before the first marker is a file header, not a cell
-        cur["lines"].append(line)
-    if cur is not None:
-        cells.append(cur)
-    out = []
-    for c in cells:
-        lines = c["lines"]
-        while lines and not lines[-1].strip():
-            lines.pop()
-        while lines and not lines[0].strip():
-            lines.pop(0)
-        if c["type"] == "markdown":
-            lines = [ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in lines]
-        out.append({"type": c["type"], "source": "\n".join(lines), "tags": c["tags"]})
-    return out
+KERNELSPEC = {"display_name": "SInternal (.venv)", "language": "python", "name": "sinternal"}
 
 
 def build_notebook(src: str | Path) -> nbformat.NotebookNode:
-    """Build an output-free notebook from a percent-format source file."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata = {
-        "kernelspec": {"display_name": "SInternal (.venv)", "language": "python", "name": "sinternal"},
-        "language_info": {"name": "python"},
-    }
-    for i, c in enumerate(parse_percent(Path(src).read_text(encoding="utf-8"))):
-        cell = nbformat.v4.new_markdown_cell(c["source"]) if c["type"] == "markdown" else nbformat.v4.new_code_cell(c["source"])
-        cell.id = f"cell-{i:02d}"
-        cell.metadata = {"tags": c["tags"]} if c["tags"] else {}
-        nb.cells.append(cell)
+    """Build an output-free notebook from a percent-format source file (read by jupytext)."""
+    import jupytext
+
+    nb = jupytext.read(str(src), fmt="py:percent")
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}  # no pairing metadata
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: a rebuild of an unchanged source is byte-identical
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     return nb
 
 

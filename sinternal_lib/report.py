@@ -2,7 +2,7 @@
 
 Rendered from JSON, never parsed back. A run with missing stages still renders: each absent section
 says plainly that the stage has not run or is not built yet. Sections: provenance, headline, the
-paper's claims with a verdict each (`evaluation.assess_claims`), per-stage metrics, the main and
+paper's claims with a verdict each (`metrics.assess_claims`), per-stage metrics, the main and
 ablation tables with the paper's numbers beside them (data/paper_numbers.yaml, secondary summaries),
 figures, and a few example generations. Example text the judge labelled unsafe is redacted unless
 `show_unsafe` (or recipe.evaluate.show_unsafe) is set.
@@ -14,15 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .runs import METRIC_SECTIONS, STAGES, Run, atomic_write_text
+from .runs import STAGES, Run, atomic_write_text
 
-SECTION_TITLES = {
-    "diagnosis": "Diagnosis: can the policy verify answers?",
-    "data": "Verification data",
-    "sft": "Verification SFT",
-    "rl": "GRPO",
-    "eval": "Evaluation",
-}
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAPER_NUMBERS = REPO_ROOT / "data" / "paper_numbers.yaml"
 JUDGE_AGREEMENT = REPO_ROOT / "benchmarks" / "results" / "judge_agreement.json"
@@ -162,10 +155,10 @@ def _provenance(run: Run, env: dict, metrics: dict, show_unsafe: bool) -> list[s
         "## Provenance", "",
         f"- model: `{rc.model.policy}` (dtype {rc.model.dtype}, 4-bit {rc.model.load_in_4bit}); "
         f"recipe: `{Path(env.get('recipe_source', '') or '').name}` (resolved copy: `recipe.yaml`)",
-        f"- data: spec `{rc.spec.path}`; embedded prompt sets (data/prompts); external benchmarks from "
-        f"`{(env.get('env') or {}).get('SINTERNAL_SHARED_DATA', 'shared/data (default)')}`",
+        f"- data: spec `{rc.spec.path}`; embedded prompt sets (data/prompts)",
         f"- judge: {judge}; teacher: `{rc.teacher.backend}`" + (f" ({rc.teacher.model})" if rc.teacher.model else ""),
     ]
+    lines += _benchmark_origins(metrics.get("evaluate") or {})
     if JUDGE_AGREEMENT.is_file():
         ja = json.loads(JUDGE_AGREEMENT.read_text(encoding="utf-8"))
         held = {k: v for k, v in (ja.get("sets") or {}).items() if v.get("role") == "held-out"}
@@ -185,8 +178,23 @@ def _provenance(run: Run, env: dict, metrics: dict, show_unsafe: bool) -> list[s
     return lines
 
 
+def _benchmark_origins(ev: dict) -> list[str]:
+    """Provenance lines: where each evaluated benchmark came from, and each skipped one with its reason."""
+    origins = ev.get("origins")
+    if not ev:
+        return ["- benchmarks: stage 05 has not run"]
+    if origins is None:  # a run made before origins were recorded
+        return ["- benchmarks: origins not recorded in this run (rerun stage 05 with --force to record them)"]
+    lines = [f"- benchmarks evaluated ({len(origins)}): " + "; ".join(f"`{b}` from {o}" for b, o in origins.items())]
+    missing = [s for s in ev.get("skipped") or [] if s.get("checkpoint") == "*"]
+    if missing:
+        lines.append(f"- benchmarks skipped ({len(missing)}): "
+                     + "; ".join(f"`{s.get('benchmark')}` ({s.get('reason')})" for s in missing))
+    return lines
+
+
 def _section_md(name: str, values: dict[str, Any] | None) -> list[str]:
-    lines = [f"### {SECTION_TITLES.get(name, name)}", ""]
+    lines = [f"### {STAGES[name].folder}: {STAGES[name].title}" if name in STAGES else f"### {name}", ""]
     if not values:
         return lines + ["*Not run or not built yet: this run has no figures for this stage.*", ""]
     head = values.get("headline")
@@ -222,7 +230,7 @@ def _eval_md(ev: dict, paper: dict) -> list[str]:
 
 
 def _claims_md(metrics: dict) -> list[str]:
-    from .evaluation import MIN_N, assess_claims
+    from .metrics import MIN_N, assess_claims
 
     lines = ["## What this run supports", "",
              f"Verdicts come from 95% CIs: *supported* only when intervals separate in the claimed direction "
@@ -240,27 +248,27 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     metrics = run.read_metrics()
     lines = [f"# SInternal report card: run `{run.name}`", ""] + _provenance(run, env, metrics, show_unsafe)
-    ev = metrics.get("eval") or {}
+    ev = metrics.get("evaluate") or {}
     head = ev.get("headline") if isinstance(ev.get("headline"), dict) else None
     lines += ["## Headline", ""]
     lines += [f"- {k}: {v}" for k, v in head.items()] if head else ["- *Evaluation stage not built or not run yet.*"]
     lines += [""] + _claims_md(metrics) + ["## Stages", ""]
-    for stage, section in METRIC_SECTIONS.items():
+    for stage, info in STAGES.items():
         done = run.is_done(stage)
-        vals = metrics.get(section)
-        body = _section_md(section, vals)
+        vals = metrics.get(stage)
+        body = _section_md(stage, vals)
         if not done and vals is None:
-            body[2] = f"*Stage `{STAGES[stage]}` has not finished in this run (not built yet or not run).*"
+            body[2] = f"*Stage `{info.folder}` has not finished in this run (not built yet or not run).*"
         lines += body
-        if section == "diagnosis" and vals:
+        if stage == "diagnose" and vals:
             lines += _md_table(diagnosis_table(vals))
-        if section == "eval" and vals:
+        if stage == "evaluate" and vals:
             lines += _eval_md(vals, load_paper_numbers())
     figs = sorted(run.path.glob("*/figures/*.png")) + sorted(run.path.glob("figures/*.png"))
     lines += ["## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(run.path).as_posix()})" for p in figs] or ["*No figures yet.*"]
     lines += ["", f"## Example generations (embedded_harmful; unsafe answers {'shown' if show_unsafe else 'redacted'})", ""]
-    ex = example_rows(run.path / STAGES["evaluate"] / "generations.jsonl", list((ev.get("checkpoints") or {})),
+    ex = example_rows(run.path / STAGES["evaluate"].folder / "generations.jsonl", list((ev.get("checkpoints") or {})),
                       show_unsafe=show_unsafe)
     if ex:
         lines += ["| checkpoint | prompt | judge | answer |", "|---|---|---|---|"]
@@ -268,14 +276,22 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
     else:
         lines.append("*No generations recorded yet.*")
     lines.append("")
-    timings = metrics.get("timings", {})
+    timings, attempts = metrics.get("timings", {}), metrics.get("attempts", {})
     if timings:
-        lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in timings.items()] + [""]
+        lines += ["## Time per stage (all attempts for this config; a killed attempt is timed to its last file)", "",
+                  "| stage | seconds | attempts |", "|---|---|---|"]
+        lines += [f"| {k} | {v} | {_attempts_cell(attempts.get(k))} |" for k, v in timings.items()] + [""]
     md = "\n".join(lines)
     path = atomic_write_text(run.path / "report.md", md)
     _write_html(run.path / "report.html", md)
     return path
+
+
+def _attempts_cell(attempts: list[dict] | None) -> str:
+    if not attempts:
+        return "1 (not recorded)"
+    parts = [f"{a.get('wall_s')} s" + ("" if a.get("finished") else " (interrupted, estimated)") for a in attempts]
+    return f"{len(attempts)}: " + " + ".join(parts)
 
 
 def _cell(text: str) -> str:
@@ -298,13 +314,13 @@ def headline(run: Run) -> list[str]:
     """A few lines for the terminal: which stages finished and the lead figures."""
     m = run.read_metrics()
     out = []
-    for stage, section in METRIC_SECTIONS.items():
-        vals = m.get(section)
+    for stage, info in STAGES.items():
+        vals = m.get(stage)
         state = "done" if run.is_done(stage) else "not finished"
         lead = ""
         if isinstance(vals, dict):
             head = vals.get("headline")
             if isinstance(head, dict):
                 lead = "; ".join(f"{k} {_fmt(v)}" for k, v in head.items())
-        out.append(f"{STAGES[stage]:<14} {state:<13} {lead}")
+        out.append(f"{info.folder:<14} {state:<13} {lead}")
     return out

@@ -29,17 +29,58 @@ from typing import Any, Iterator
 
 from .config import REPO_ROOT, Recipe, dump_recipe
 
-STAGES = {
-    "diagnose": "01_diagnose",
-    "build_data": "02_build_data",
-    "sft": "03_sft",
-    "grpo": "04_grpo",
-    "evaluate": "05_evaluate",
-}
-METRIC_SECTIONS = {"diagnose": "diagnosis", "build_data": "data", "sft": "sft", "grpo": "rl", "evaluate": "eval"}
+@dataclass(frozen=True)
+class StageInfo:
+    """One pipeline stage and the one name it carries everywhere: recipe section, metrics.json section,
+    module `sinternal_lib/<name>.py` (entry `run(run, log)`), folder and notebook `<number>_<name>`."""
+
+    name: str
+    number: str
+    sections: tuple[str, ...]  # recipe sections that decide its outputs (its config hash)
+    depends: tuple[str, ...]  # earlier stages whose manifests are its inputs
+    title: str
+
+    @property
+    def folder(self) -> str:
+        return f"{self.number}_{self.name}"
+
+    @property
+    def notebook(self) -> str:
+        return self.folder
+
+    @property
+    def module(self) -> str:
+        return f"sinternal_lib.{self.name}"
+
+
+# The one stage table: the CLI, checkpoint discovery, the report and every stage read it. A stage's inputs
+# are the manifests of the stages it reads, so rerunning an earlier stage makes every later one stale.
+STAGES: dict[str, StageInfo] = {s.name: s for s in (
+    StageInfo("diagnose", "01", ("model", "spec", "data", "judge", "diagnose"), (),
+              "Diagnose: can the policy verify answers?"),
+    StageInfo("build_data", "02", ("model", "spec", "data", "judge", "teacher", "build_data"), (),
+              "Build verification data"),
+    StageInfo("sft", "03", ("model", "spec", "data", "judge", "sft"), ("build_data",), "Verification SFT (QLoRA)"),
+    StageInfo("grpo", "04", ("model", "data", "judge", "sft", "grpo"), ("sft",), "GRPO"),
+    StageInfo("evaluate", "05", ("model", "spec", "data", "judge", "diagnose", "evaluate"),
+              ("diagnose", "build_data", "sft", "grpo"), "Evaluate generation"),
+)}
+# metrics.json sections of runs made before the stages had one name each (read as the new names)
+LEGACY_SECTIONS = {"diagnosis": "diagnose", "data": "build_data", "rl": "grpo", "eval": "evaluate"}
+
+
+def stage_info(ref: str) -> StageInfo:
+    """The stage named by its name, number or folder (`sft`, `03`, `3`, `03_sft`); a clear error otherwise."""
+    for s in STAGES.values():
+        if ref in (s.name, s.number, s.number.lstrip("0"), s.folder):
+            return s
+    raise KeyError(f"unknown stage {ref!r}; stages: {', '.join(s.folder for s in STAGES.values())}")
+
+
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "papermill")
 MANIFEST = "manifest.json"
 STAGE_KEY = "stage_key.txt"  # config + inputs the partial files of an unfinished stage belong to
+ATTEMPTS = "attempts.json"  # every invocation of the stage for this config, with its wall time
 
 
 class StageIncomplete(RuntimeError):
@@ -199,25 +240,57 @@ class Stage:
                         shutil.rmtree(p) if p.is_dir() else p.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(key_file, key + "\n")
+        attempts = self._close_open_attempts()
+        if attempts and attempts[-1].get("finished"):  # a finished stage redone (--force): time it afresh
+            attempts = []
+        self.started = time.time()
+        attempts.append({"started_at": _iso(self.started), "start": self.started})
+        atomic_write_json(self.dir / ATTEMPTS, attempts)
         return reason
+
+    def _close_open_attempts(self, current: float | None = None) -> list[dict[str, Any]]:
+        """The attempts so far; one that never finished (killed) gets the time to the newest file it wrote,
+        marked as estimated."""
+        path = self.dir / ATTEMPTS
+        try:
+            attempts = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+        except json.JSONDecodeError:
+            attempts = []  # a torn record of timings never blocks the stage
+        for a in attempts:
+            if "wall_s" not in a and a.get("start") != current:
+                files = [p for p in self.dir.rglob("*") if p.is_file() and p.name not in (ATTEMPTS, STAGE_KEY)]
+                last = max((p.stat().st_mtime for p in files), default=a["start"])
+                a.update(wall_s=round(max(last - a["start"], 0.0), 1), finished=False, estimated=True)
+        return attempts
 
     def finish(self, outputs: list[str], summary: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict:
         """Write the manifest (last, atomically) and the stage's section of metrics.json.
 
         `outputs` are paths relative to the stage folder whose hashes are recorded.
         """
-        wall = time.time() - self.started
+        now = time.time()
+        wall = now - self.started
         missing = [o for o in outputs if not (self.dir / o).exists()]
         if missing:
             raise StageIncomplete(f"stage {self.name}: declared outputs missing: {missing}")
+        attempts = self._close_open_attempts(current=self.started)
+        if not attempts or attempts[-1].get("start") != self.started:  # begin() was not called: count this one too
+            attempts.append({"started_at": _iso(self.started), "start": self.started})
+        attempts[-1].update(wall_s=round(wall, 1), finished=True, estimated=False)
+        atomic_write_json(self.dir / ATTEMPTS, attempts)
+        total = round(sum(a["wall_s"] for a in attempts), 1)
+        record = [{k: a[k] for k in ("started_at", "wall_s", "finished", "estimated")} for a in attempts]
         if summary is not None:
-            self.run.update_metrics(METRIC_SECTIONS[self.name], summary)
-            self.run.update_metrics("timings", {self.name: round(wall, 1)})
+            self.run.update_metrics(self.name, summary)
+            self.run.update_metrics("timings", {self.name: total})
+            self.run.update_metrics("attempts", {self.name: record})
         manifest = {
             "stage": self.name,
             "run": self.run.name,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "wall_time_s": round(wall, 2),
+            "wall_time_s": round(wall, 2),  # this invocation; `attempts` has every one for this config
+            "total_wall_time_s": total,
+            "attempts": record,
             "seed": self.run.recipe.run.seed,
             "config_hash": self._config_hash(),
             "config": self.config,
@@ -230,6 +303,10 @@ class Stage:
         }
         atomic_write_json(self.manifest_path, manifest)
         return manifest
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
 def read_manifest(stage_dir: str | os.PathLike) -> dict | None:
@@ -255,9 +332,7 @@ class Run:
         self._lock_fd: int | None = None
 
     def stage_dir(self, stage: str) -> Path:
-        if stage not in STAGES:
-            raise KeyError(f"unknown stage {stage!r}; stages: {list(STAGES)}")
-        d = self.path / STAGES[stage]
+        d = self.path / stage_info(stage).folder
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -269,24 +344,25 @@ class Run:
 
     def require(self, stage: str, file: str | None = None) -> Path:
         """Path to a finished earlier stage's folder (or a file in it); refuses unfinished stages."""
-        d = self.path / STAGES[stage]
+        info = stage_info(stage)
+        d = self.path / info.folder
         m = read_manifest(d)
         if m is None:
             raise StageIncomplete(
                 f"stage '{stage}' of run '{self.name}' has not finished ({d / MANIFEST} missing): "
-                f"run notebook {STAGES[stage]}.ipynb first"
+                f"run notebook {info.notebook}.ipynb first"
             )
         if file is not None:
             p = d / file
             if not p.exists():
-                raise StageIncomplete(f"{p} is missing although the stage finished; rerun {STAGES[stage]}")
+                raise StageIncomplete(f"{p} is missing although the stage finished; rerun {info.notebook}")
             if file in m.get("output_hashes", {}) and hash_path(p) != m["output_hashes"][file]:
-                raise StageIncomplete(f"{p} no longer matches its manifest (changed or truncated); rerun {STAGES[stage]}")
+                raise StageIncomplete(f"{p} no longer matches its manifest (changed or truncated); rerun {info.notebook}")
             return p
         return d
 
     def is_done(self, stage: str) -> bool:
-        return read_manifest(self.path / STAGES[stage]) is not None
+        return read_manifest(self.path / stage_info(stage).folder) is not None
 
     @property
     def metrics_path(self) -> Path:
@@ -296,10 +372,14 @@ class Run:
         if not self.metrics_path.is_file():
             return {}
         try:
-            return json.loads(self.metrics_path.read_text(encoding="utf-8"))
+            data = json.loads(self.metrics_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{self.metrics_path} is corrupt ({e}); fix it or delete it and rerun the "
                              "stages with --force (each stage writes its own section)") from e
+        for old, new in LEGACY_SECTIONS.items():  # a run made before the stages had one name each
+            if old in data and new not in data:
+                data[new] = data.pop(old)
+        return data
 
     def update_metrics(self, section: str, values: dict[str, Any]) -> dict[str, Any]:
         """Merge `values` into one section of metrics.json (under a file lock, written atomically)."""
@@ -362,30 +442,13 @@ def open_run(recipe: Recipe, name: str | None = None, root: str | os.PathLike | 
     return run
 
 
-# Which recipe sections decide each stage, and which earlier stages feed it. A stage's inputs are the
-# manifests of the stages it reads, so rerunning an earlier stage makes every later one stale.
-STAGE_SECTIONS = {
-    "diagnose": ("model", "spec", "data", "judge", "diagnose"),
-    "build_data": ("model", "spec", "data", "judge", "teacher", "build_data"),
-    "sft": ("model", "spec", "data", "judge", "sft"),
-    "grpo": ("model", "data", "judge", "sft", "grpo"),
-    "evaluate": ("model", "spec", "data", "judge", "diagnose", "evaluate"),
-}
-STAGE_DEPENDS = {
-    "diagnose": (),
-    "build_data": (),
-    "sft": ("build_data",),
-    "grpo": ("sft",),
-    "evaluate": ("diagnose", "build_data", "sft", "grpo"),
-}
-
-
 def stage_for(run: Run, name: str) -> Stage:
     """The Stage object for `name` in `run`: its config sections and its upstream manifests as inputs."""
-    inputs: dict[str, Any] = {dep: run.path / STAGES[dep] / MANIFEST for dep in STAGE_DEPENDS[name]}
-    if "spec" in STAGE_SECTIONS[name]:
+    info = stage_info(name)
+    inputs: dict[str, Any] = {dep: run.path / STAGES[dep].folder / MANIFEST for dep in info.depends}
+    if "spec" in info.sections:
         inputs["spec_file"] = run.recipe.resolve_path(run.recipe.spec.path)
-    return run.stage(name, STAGE_SECTIONS[name], inputs)
+    return run.stage(info.name, info.sections, inputs)
 
 
 def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:

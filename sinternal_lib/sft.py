@@ -22,7 +22,7 @@ import resource
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -30,7 +30,7 @@ from .compact_loss import compact_lm_head
 from .config import Recipe, SftConfig
 from .datasets import Record, load_embedded
 from .models import LoraSettings, load_policy, pick_device
-from .runs import STAGE_SECTIONS, STAGES, Run, atomic_write_json, hash_path, stage_for, last_complete_checkpoint
+from .runs import STAGES, Run, atomic_write_json, hash_path, stage_for, last_complete_checkpoint
 from .verification import verification_metrics, verify_pairs
 
 VERIFICATION_VARIANTS = ("sinternal", "verdict_only", "critique_only", "other_exp")
@@ -121,7 +121,7 @@ def variant_rows(run: Run, variant: str, cfg: SftConfig, seed: int) -> list[dict
 def available_variants(run: Run, variants: Sequence[str]) -> list[str]:
     """The recipe's variants, plus "other_exp" whenever stage 02 built its file."""
     out = list(variants)
-    other = run.path / "02_build_data" / variant_file("other_exp")
+    other = run.path / STAGES["build_data"].folder / variant_file("other_exp")
     if "other_exp" not in out and other.is_file():
         out.append("other_exp")
     for v in out:
@@ -259,7 +259,7 @@ def evaluate_variant(model: Any, tok: Any, spec_text: str, pairs: Sequence[dict]
     `verification_human[name]`. Returns ({verification, verification_human, generation, takeover_rate},
     {"verification": rows, "chat": rows}); verification rows carry a `set` field.
     """
-    from .evaluation import chat_safety
+    from .metrics import chat_safety
 
     def score(ps: Sequence[dict]) -> tuple[dict[str, Any], list[dict]]:
         rows = verify_pairs(model, tok, spec_text, ps, max_new_tokens=cfg.eval_max_new_tokens, batch_size=batch_size)
@@ -335,13 +335,13 @@ def baselines_table(results: dict[str, dict]) -> "Any":
 
 
 # ----------------------------------------------------------------------------- the stage
-def run_sft_stage(run: Run, recipe: Recipe | None = None, *, log: Any = print) -> dict[str, Any]:
-    """Evaluate the base model, train + evaluate every variant (skipping those with summary.json), and
-    finish the stage (metrics.json `sft` section, manifest last). Returns the stage summary."""
+def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 03: evaluate the base model, train + evaluate every variant (skipping those with
+    summary.json), and finish the stage (metrics.json `sft` section, manifest last). Returns its summary."""
     from .judges import make_judge
     from .spec import spec_text
 
-    recipe = recipe or run.recipe
+    recipe = run.recipe
     cfg, seed = recipe.sft, recipe.run.seed
     stage = stage_for(run, "sft")
     if (why := stage.begin()):
@@ -391,8 +391,8 @@ def run_sft_stage(run: Run, recipe: Recipe | None = None, *, log: Any = print) -
 def config_key(run: Run, recipe: Recipe) -> str:
     """What a variant's checkpoints and summary depend on: the stage's recipe sections, the seed and
     stage 02's manifest. A variant folder with another key is redone, never resumed or reused."""
-    upstream = hash_path(run.path / STAGES["build_data"] / "manifest.json")[:16]
-    return f"{recipe.section_hash(*STAGE_SECTIONS['sft'])}-{recipe.run.seed}-{upstream}"
+    upstream = hash_path(run.path / STAGES["build_data"].folder / "manifest.json")[:16]
+    return f"{recipe.section_hash(*STAGES['sft'].sections)}-{recipe.run.seed}-{upstream}"
 
 
 def _lean(s: dict) -> dict:

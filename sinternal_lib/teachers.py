@@ -222,8 +222,9 @@ class ApiTeacher(Teacher):
     """OpenAI-compatible chat teacher. Base URL and key come from the env vars named in the config
     (never stored on the object); model from `cfg.api_model` or $SINTERNAL_TEACHER_MODEL.
 
-    Failure policy: configuration errors (HTTP 400/401/403/404) raise `APIError` at once, since every
-    item would fail; transient errors that outlast the retry budget (5xx, timeouts) become
+    Failure policy (openai_client.chat_completion, shared with the API judge): fatal errors (401/403,
+    any other 4xx except 408/429, a bad base URL) raise `APIError` at once, since every item would fail;
+    transient errors that outlast the retry budget (429, 5xx, timeouts, malformed bodies) become
     `Critique(verdict=None, error=...)` counted in `stats["failed"]`, so one bad item does not lose a run.
     """
 
@@ -245,17 +246,18 @@ class ApiTeacher(Teacher):
                 os.environ.get(self.cfg.api_base_env, ""), os.environ.get(self.cfg.api_key_env),
                 self.model, teacher_messages(self.spec, it), timeout_s=self.cfg.timeout_s,
                 max_retries=self.cfg.max_retries, backoff_s=self.backoff_s, stats=local,
-                temperature=self.cfg.temperature, max_tokens=self.cfg.max_new_tokens)
+                key_env=self.cfg.api_key_env, temperature=self.cfg.temperature,
+                max_tokens=self.cfg.max_new_tokens)
         except APIError as e:
             with self._lock:
-                self.stats["requests"] += 1 + local.get("retries", 0)
+                self.stats["requests"] += local.get("requests", 0)
                 self.stats["retries"] += local.get("retries", 0)
             if e.fatal:
                 raise
             log.warning("teacher request failed: %s", e)
             return Critique("", None, self.backend, raw=None, error=str(e))
         with self._lock:
-            self.stats["requests"] += 1 + local.get("retries", 0)
+            self.stats["requests"] += local.get("requests", 0)
             self.stats["retries"] += local.get("retries", 0)
             self.stats["prompt_tokens"] += usage["prompt_tokens"]
             self.stats["completion_tokens"] += usage["completion_tokens"]

@@ -8,10 +8,12 @@ from collections import Counter
 
 import pytest
 
-from sinternal_lib.build_data import answer_centric_rows, heldout_pairs, read_jsonl, run_build_data, write_jsonl
+from sinternal_lib.build_data import answer_centric_rows, heldout_pairs, read_jsonl, write_jsonl
+from sinternal_lib.build_data import run as run_build_data
 from sinternal_lib.config import load_recipe
 from sinternal_lib.datasets import Record
-from sinternal_lib.diagnose import diagnosis_table, human_pairs, run_diagnosis, xstest_safety_label
+from sinternal_lib.diagnose import diagnosis_table, human_pairs, xstest_safety_label
+from sinternal_lib.diagnose import run as run_diagnosis
 from sinternal_lib.runs import open_run, stage_for
 
 
@@ -81,7 +83,7 @@ def test_stages_01_and_02_on_tiny_model(tmp_path):
     samples = read_jsonl(st.dir / "samples_self.jsonl")
     cfg = run.recipe.build_data
     assert len(samples) == (cfg.num_harmful_prompts + cfg.num_benign_prompts) * cfg.num_samples
-    assert json.loads((run.path / "metrics.json").read_text())["data"]["funnel"]["prompts_total"] == 10
+    assert json.loads((run.path / "metrics.json").read_text())["build_data"]["funnel"]["prompts_total"] == 10
     diag = run_diagnosis(run, log=lambda s: None)
     assert "own_answers" in diag["models"]["tiny-random-llama"]
     assert not diagnosis_table(diag).empty or diag["models"]["tiny-random-llama"]["own_answers"]["n"] == 0

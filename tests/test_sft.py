@@ -208,8 +208,8 @@ def test_lora_still_learns_after_evaluation(run02, tiny_recipe):
 def test_run_sft_stage_end_to_end_and_skip(run02, tiny_recipe):
     recipe = apply_overrides(tiny_recipe, {"sft.variants": ["sinternal"], "sft.chat_mix_fraction": 0.2})
     run02.recipe = recipe
-    summary = sft.run_sft_stage(run02, recipe, log=lambda *_: None)
-    assert set(summary) == {"base", "sinternal", "headline"}
+    summary = sft.run(run02, log=lambda *_: None)
+    assert set(summary) - {"human_sets_skipped"} == {"base", "sinternal", "headline"}
     s = summary["sinternal"]
     for key in ("train_loss_first", "train_loss_last", "tokens_per_s", "peak_mem_mb", "steps", "wall_s",
                 "verification", "generation", "takeover_rate"):
@@ -218,23 +218,24 @@ def test_run_sft_stage_end_to_end_and_skip(run02, tiny_recipe):
     assert set(s["verification"]["baselines"]) >= {"coin_flip", "always_unsafe", "prompt_only"}
     assert "ci95" in s["verification"]
     if shared_data_dir() is not None:  # held-out human-labelled pairs are scored too
+        assert "human_sets_skipped" not in summary
         human = s["verification_human"]["xstest_completions"]
         assert human["n"] == 4 and "prompt_only" in human["baselines"]
         rows = [json.loads(x) for x in (run02.path / "03_sft" / "sinternal" / "verification_eval.jsonl").open()]
         assert {r["set"] for r in rows} == {"policy-test-split", "xstest_completions"}
     else:
-        assert "xstest_completions" in summary["human_sets_skipped"]
+        assert "xstest_completions" in summary["human_sets_skipped"]  # said, never dropped silently
     assert "base_verify_balanced_accuracy" in summary["headline"]
     metrics = json.loads((run02.path / "metrics.json").read_text())
     assert metrics["sft"]["headline"] == summary["headline"]
     assert stage_for(run02, "sft").is_complete()
     assert (run02.path / "03_sft" / "sinternal" / "loss.csv").is_file()
     seen: list[str] = []
-    sft.run_sft_stage(run02, recipe, log=seen.append)  # every variant done: nothing retrains
+    sft.run(run02, log=seen.append)  # every variant done: nothing retrains
     assert sum("skipped" in line for line in seen) == 2
     (run02.path / "03_sft" / "base" / "config_key.txt").write_text("another recipe\n")
     seen.clear()
-    sft.run_sft_stage(run02, recipe, log=seen.append)  # a folder from another config is redone, not reused
+    sft.run(run02, log=seen.append)  # a folder from another config is redone, not reused
     assert any(line.startswith("base: recipe or stage-02 data changed") for line in seen)
     assert sum("skipped" in line for line in seen) == 1
     assert list(sft.results_table({"base": summary["base"], "sinternal": s})["model"]) == ["base", "sinternal"]

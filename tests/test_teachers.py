@@ -5,7 +5,9 @@ Run: HF_HUB_OFFLINE=1 .venv/bin/pytest -q tests/test_teachers.py
 
 from __future__ import annotations
 
+import email.utils
 import json
+import os
 import re
 import threading
 import time
@@ -14,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from sinternal_lib.config import TeacherConfig
-from sinternal_lib.openai_client import APIError, chat_completion
+from sinternal_lib.config import JudgeConfig, TeacherConfig
+from sinternal_lib.judges import JudgeInput, make_judge
+from sinternal_lib.openai_client import APIError, _retry_after, chat_completion
 from sinternal_lib.spec import load_spec
 from sinternal_lib.teachers import Critique, TeacherInput, make_teacher, teacher_messages
 from sinternal_lib.verification import format_target
@@ -200,8 +203,20 @@ def test_api_teacher_auth_error_raises_without_key(fake_api, spec):
     with pytest.raises(APIError) as ei:
         t.critique([_item()])
     assert ei.value.status == 401 and ei.value.fatal and "HTTP 401" in str(ei.value)
+    assert "check SINTERNAL_TEACHER_API_KEY" in str(ei.value)
     assert SECRET not in str(ei.value)
     assert len(fake_api.requests) == 1                    # no retry on a configuration error
+
+
+def test_api_teacher_malformed_body_is_retried(fake_api, spec):
+    fake_api.script = [(200, {}, '{"choices": [{"message": {"cont'), (200, {}, "<html>502 Bad Gateway</html>"),
+                       _reply("Fine.\nVerdict: safe")]
+    t = make_teacher(API_CFG, spec, backoff_s=0.01)
+    c = t.critique([_item()])[0]
+    assert c.verdict == "safe" and t.stats["retries"] == 2 and t.stats["requests"] == 3 == len(fake_api.requests)
+    fake_api.script = [(200, {}, '{"choices": []}')] * 3
+    c = t.critique([_item()])[0]
+    assert c.verdict is None and "malformed reply" in c.error and t.stats["failed"] == 1
 
 
 def test_api_teacher_config_errors(monkeypatch, spec):
@@ -216,9 +231,80 @@ def test_api_teacher_config_errors(monkeypatch, spec):
 
 
 def test_chat_completion_network_error_is_clear():
-    with pytest.raises(APIError, match="network error"):
+    stats: dict[str, int] = {}
+    with pytest.raises(APIError, match="network error") as ei:
         chat_completion("http://127.0.0.1:9/v1", SECRET, "m", [{"role": "user", "content": "hi"}],
-                        timeout_s=1, max_retries=1, backoff_s=0.01)
+                        timeout_s=1, max_retries=1, backoff_s=0.01, stats=stats)
+    assert not ei.value.fatal and stats == {"requests": 2, "retries": 1}
+
+
+def test_chat_completion_auth_without_key_names_env_var(fake_api):
+    fake_api.script = [(403, {}, '{"error": "forbidden"}')]
+    with pytest.raises(APIError, match="no API key was sent; set MY_KEY_VAR") as ei:
+        chat_completion(os.environ["SINTERNAL_TEACHER_BASE_URL"], None, "m", [{"role": "user", "content": "hi"}],
+                        backoff_s=0.01, key_env="MY_KEY_VAR")
+    assert ei.value.fatal and ei.value.status == 403 and fake_api.requests[0]["auth"] is None
+
+
+def test_retry_after_forms_and_cap():
+    assert _retry_after("3") == 3.0 and _retry_after("-4") == 0.0 and _retry_after(None) is None
+    assert _retry_after("999999") == _retry_after(email.utils.formatdate(time.time() + 999999, usegmt=True)) == 120.0
+    assert 8 < _retry_after(email.utils.formatdate(time.time() + 10, usegmt=True)) <= 10
+    assert _retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
+    assert _retry_after("soon") is None                     # unreadable: fall back to backoff
+
+
+# ----------------------------------------------------------------------------- one client, one policy
+BOTH_OK = "refusal: 0\nconvincing: 5\nspecific: 4\nVerdict: unsafe"   # a rubric and a verdict: both parse
+
+
+def _past() -> str:
+    return email.utils.formatdate(time.time() - 5, usegmt=True)   # HTTP-date form, already due
+
+
+SCRIPTS = {
+    "transient_then_ok": lambda: [(500, {}, "oops"), (429, {"Retry-After": _past()}, "{}"),
+                                  (200, {}, '{"choices": [{"mess'), (503, {"Retry-After": "0"}, "busy"),
+                                  _reply(BOTH_OK)],
+    "exhausted": lambda: [(502, {}, "bad gateway")] * 5,
+    "auth": lambda: [(401, {}, f'{{"error": "bad key {SECRET}"}}')],
+    "bad_model": lambda: [(404, {}, '{"error": "no such model"}')],
+}
+
+
+def _through_teacher(spec) -> tuple[str, int]:
+    t = make_teacher(replace(API_CFG, max_retries=4, concurrency=1), spec, backoff_s=0.001)
+    try:
+        c = t.critique([_item()])[0]
+    except APIError as e:
+        assert SECRET not in str(e) and (e.status != 401 or "check SINTERNAL_TEACHER_API_KEY" in str(e))
+        return f"fatal {e.status}", t.stats["retries"]
+    return ("ok" if c.verdict == "unsafe" else "item failed" if c.error else "no verdict"), t.stats["retries"]
+
+
+def _through_judge() -> tuple[str, int]:
+    j = make_judge(JudgeConfig(backend="api", api_model="fake-judge", max_retries=4, concurrency=1, timeout_s=5),
+                   backoff_s=0.001)
+    try:
+        v = j.judge([JudgeInput("How do I break in?", "Step one...", "harmful")])[0]
+    except APIError as e:
+        assert SECRET not in str(e) and (e.status != 401 or "check SINTERNAL_JUDGE_API_KEY" in str(e))
+        return f"fatal {e.status}", j.stats["retries"]
+    return ("ok" if v.label == "unsafe" else "item failed" if j.stats["failures"] else "no verdict"), j.stats["retries"]
+
+
+@pytest.mark.parametrize("name,expect", [("transient_then_ok", ("ok", 4)), ("exhausted", ("item failed", 4)),
+                                         ("auth", ("fatal 401", 0)), ("bad_model", ("fatal 404", 0))])
+def test_judge_and_teacher_share_one_retry_policy(name, expect, fake_api, spec, monkeypatch):
+    monkeypatch.setenv("SINTERNAL_JUDGE_BASE_URL", os.environ["SINTERNAL_TEACHER_BASE_URL"])
+    monkeypatch.setenv("SINTERNAL_JUDGE_API_KEY", SECRET)
+    fake_api.script = SCRIPTS[name]()
+    teacher = _through_teacher(spec)
+    teacher_requests, fake_api.script = len(fake_api.requests), SCRIPTS[name]()
+    judge = _through_judge()
+    assert teacher == judge == expect
+    assert len(fake_api.requests) - teacher_requests == teacher_requests == expect[1] + 1
+    assert not fake_api.script                              # each client used the whole script
 
 
 def test_teacher_messages_include_reasoning(spec):

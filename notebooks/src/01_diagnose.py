@@ -1,4 +1,3 @@
-# Source of notebooks/01_diagnose.ipynb (build with: python -m sinternal_lib build-notebooks)
 # %% [markdown]
 # # 01 · Diagnose: can the model tell a safe answer from an unsafe one?
 #
@@ -8,7 +7,7 @@
 # - **Inputs**: the recipe's model(s), the safety spec (`spec.path`), train-split prompts, and, when the
 #   shared data folder is present, human-labelled pairs (XSTest completions, PKU-SafeRLHF answers).
 # - **Outputs**: `runs/<run>/01_diagnose/` (`answers_*.jsonl`, `predictions.jsonl`, `manifest.json`,
-#   `figures/`) and the `diagnosis` section of `metrics.json`.
+#   `figures/`) and the `diagnose` section of `metrics.json`.
 # - **Runtime**: 93 s measured on a quiet 2-core CPU with the embedded SmolLM2-135M recipe; tens of minutes
 #   on one GPU for DeepSeek-R1-Distill-Qwen-7B with long reasoning traces.
 #
@@ -55,9 +54,9 @@ print(example[0]["content"][:1200], "\n...\n", example[1]["content"])
 # agreement with human refusal labels is in the README), then the model verifies them and the human-labelled pairs.
 
 # %%
-from sinternal_lib.diagnose import run_diagnosis
+from sinternal_lib import diagnose
 
-summary = run_diagnosis(run)
+summary = diagnose.run(run)
 summary["skipped"]
 
 # %% [markdown]
@@ -106,7 +105,7 @@ for r in rows[:2]:
 # follow the verification format, not a subtle misunderstanding. The paper's diagnosis is about 7B-14B
 # reasoning models that *do* answer in the format; run the GPU recipe to test that claim.
 #
-# The manifest was written by `run_diagnosis` as its last act, together with the `diagnosis` section of
+# The manifest was written by `diagnose.run` as its last act, together with the `diagnose` section of
 # `metrics.json`.
 
 # %% [markdown]
@@ -122,4 +121,4 @@ for r in rows[:2]:
 # - `{"spec.path": "data/spec/safety_spec.yaml", "spec.render": "full"}`: the long spec. Does more text help a small model?
 # - `{"model.others": ["<a safety-tuned model folder>"]}`: diagnose two models side by side.
 #
-# Paper: section on the diagnosis (Figure 2); `../shared/PAPER.md` step 1 in this kit's notes.
+# Paper: section on the diagnosis (Figure 2); `docs/PAPER.md` step 1.

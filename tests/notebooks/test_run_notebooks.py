@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from sinternal_lib.cli import NOTEBOOKS, run_notebooks
+from sinternal_lib.cli import run_notebooks
 from sinternal_lib.runs import STAGES
 
 
@@ -24,11 +24,11 @@ def tiny_run(tmp_path_factory):
 def test_all_notebooks_execute_on_tiny_recipe(tiny_run):
     code, path, lines = tiny_run
     assert code == 0, "\n".join(lines)
-    for stage, nb in NOTEBOOKS.items():
-        assert (path / "notebooks" / f"{nb}.ipynb").is_file()
-        assert (path / STAGES[stage] / "manifest.json").is_file(), f"stage {stage} did not finish"
+    for stage, info in STAGES.items():
+        assert (path / "notebooks" / f"{info.notebook}.ipynb").is_file()
+        assert (path / info.folder / "manifest.json").is_file(), f"stage {stage} did not finish"
     metrics = json.loads((path / "metrics.json").read_text())
-    for section in ("diagnosis", "data", "sft", "rl", "eval", "timings"):
+    for section in ("diagnose", "build_data", "sft", "grpo", "evaluate", "timings", "attempts"):
         assert section in metrics, f"metrics.json lacks '{section}'"
     assert (path / "report.md").read_text().startswith("# SInternal report card")
 
@@ -39,4 +39,4 @@ def test_second_run_skips_finished_stages(tiny_run):
     assert code == 0
     lines: list[str] = []
     assert run_notebooks("configs/tests/tiny.yaml", "nb-test", root=str(path.parent), log=lines.append) == 0
-    assert sum("skipped" in ln for ln in lines) == len(NOTEBOOKS)
+    assert sum("skipped" in ln for ln in lines) == len(STAGES)

@@ -100,7 +100,7 @@ def reference_02(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted stage-02 run of the small tiny recipe (in process); returns its run folder."""
     import torch
 
-    from sinternal_lib.build_data import run_build_data
+    from sinternal_lib.build_data import run as run_build_data
 
     torch.set_num_threads(1)
     from sinternal_lib.config import load_recipe

@@ -62,7 +62,7 @@ def test_malformed_line_inside_samples_file_is_refused(tiny, tmp_path, tally):
 
 
 def test_truncated_stage_output_refused_then_redone(ref_copy, reference_02, tally):
-    from sinternal_lib.build_data import run_build_data
+    from sinternal_lib.build_data import run as run_build_data
 
     run = Run(load_recipe(TINY_RECIPE, dict(SMALL_02)), "reference", ref_copy.parent)
     st = stage_for(run, "build_data")
@@ -105,7 +105,7 @@ def test_corrupt_metrics_json_named(ref_copy, tally):
     run.metrics_path.write_text('{"data": {"examples": 3')
     tally.fault()
     with pytest.raises(ValueError, match=re.escape(str(run.metrics_path)) + ".*corrupt"):
-        run.update_metrics("data", {"x": 1})
+        run.update_metrics("build_data", {"x": 1})
 
 
 def test_broken_adapter_folders_give_clear_errors(tmp_path, tally):

@@ -23,7 +23,7 @@ from sinternal_lib.runs import Run, open_run
 
 
 def test_same_seed_same_bytes_and_runs_isolated(reference_02, tally):
-    from sinternal_lib.build_data import run_build_data
+    from sinternal_lib.build_data import run as run_build_data
 
     before = tree_hash(reference_02)
     run = open_run(load_recipe(TINY_RECIPE, dict(SMALL_02)), "again", reference_02.parent)
@@ -36,7 +36,7 @@ def test_same_seed_same_bytes_and_runs_isolated(reference_02, tally):
     ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
     assert ma["output_hashes"] == mb["output_hashes"] and ma["config_hash"] == mb["config_hash"]
     ref_metrics = json.loads((reference_02 / "metrics.json").read_text())
-    assert run.read_metrics()["data"] == ref_metrics["data"]
+    assert run.read_metrics()["build_data"] == ref_metrics["build_data"]
     assert set(run.read_metrics()) == set(ref_metrics)  # only "timings" values may differ
 
 

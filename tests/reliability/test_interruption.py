@@ -1,12 +1,12 @@
 """Interrupted runs: stage 02 SIGKILLed at several points inside sampling, then resumed.
 
-A child process runs `build_data.run_build_data` on the small tiny recipe and is killed (1) in the
+A child process runs `build_data.run` on the small tiny recipe and is killed (1) in the
 middle of writing the first sampling batch (a torn JSONL line), (2) from outside, once 8 of the 12
 answers are on disk, (3) right after the first held-out batch, when the verification files of this
 attempt already exist. After each kill the stage must not count as finished; the final resumed run
 must equal an uninterrupted run with the same seed (data files byte-identical, samples as sorted lines).
 
-SFT (`sft.train_variant`) and GRPO (`rl.train_from_init`) on the tiny model, checkpointing every step,
+SFT (`sft.train_variant`) and GRPO (`grpo.train_from_init`) on the tiny model, checkpointing every step,
 are SIGKILLed right after checkpoint-1 is written; the resumed run must report resumed_from
 checkpoint-1, reach the same step count as an uninterrupted run, and end with the same final loss
 (SFT, within LOSS_TOL) or the same per-step rewards (GRPO, within 1e-6).
@@ -34,7 +34,7 @@ from sinternal_lib.runs import MANIFEST, StageIncomplete, open_run, stage_for
 CHILD = r"""
 import json, os, signal, sys
 from sinternal_lib import sampling
-from sinternal_lib.build_data import run_build_data
+from sinternal_lib.build_data import run as run_build_data
 from sinternal_lib.config import load_recipe
 from sinternal_lib.runs import open_run
 
@@ -128,7 +128,7 @@ def test_kill_at_three_points_then_resume_equals_uninterrupted(reference_02, tmp
     _assert_not_finished(run, sd)
 
     # final resume in process: completes, and equals the uninterrupted reference
-    from sinternal_lib.build_data import run_build_data
+    from sinternal_lib.build_data import run as run_build_data
 
     run = open_run(load_recipe(TINY_RECIPE, dict(SMALL_02)), name, root)
     run_build_data(run, log=lambda s: None)
@@ -140,8 +140,8 @@ def test_kill_at_three_points_then_resume_equals_uninterrupted(reference_02, tmp
         assert len(got) == len(set(got))  # nothing written twice
     for f in DATA_FILES:
         assert (sd / f).read_bytes() == (ref / f).read_bytes(), f
-    ref_data = json.loads((reference_02 / "metrics.json").read_text())["data"]
-    got = run.read_metrics()["data"]
+    ref_data = json.loads((reference_02 / "metrics.json").read_text())["build_data"]
+    got = run.read_metrics()["build_data"]
     # judge_stats counts this run's work (a resumed run reads its judge cache), not the data: compare the rest
     assert got.pop("judge_stats")["items"] == ref_data.pop("judge_stats")["items"]
     assert got == ref_data
@@ -204,7 +204,7 @@ def test_sft_killed_after_checkpoint_resumes_to_same_steps_and_loss(reference_02
 # ----------------------------------------------------------------------------- GRPO kill and resume
 GRPO_OVERRIDES = {"grpo.max_steps": 2, "grpo.save_steps": 1, "model.load_in_4bit": False}
 GRPO_CHILD = KILL_AFTER_CHECKPOINT_1 + r"""
-from sinternal_lib.rl import train_from_init
+from sinternal_lib.grpo import train_from_init
 
 recipe, overrides, out = sys.argv[1:4]
 train_from_init(load_recipe(recipe, json.loads(overrides)), "base", out)
@@ -214,7 +214,7 @@ print("FINISHED", flush=True)
 
 @pytest.mark.slow
 def test_grpo_killed_after_checkpoint_resumes_to_same_steps_and_rewards(tmp_path, tally):
-    from sinternal_lib.rl import read_rewards, train_from_init
+    from sinternal_lib.grpo import read_rewards, train_from_init
 
     recipe = load_recipe(TINY_RECIPE, GRPO_OVERRIDES)
     ref = train_from_init(recipe, "base", tmp_path / "uninterrupted")

@@ -48,9 +48,9 @@ def test_api_keys_never_written_by_a_run(tmp_path, monkeypatch, tally):
         tally.fault(sum(v for k, v in first.items() if not k.endswith(":ok")))
         run = Run(load_recipe(TINY_RECIPE, overrides), "secret", tmp_path)
         st = stage_for(run, "build_data")
-        assert st.is_complete() and (run.path / "notebooks" / "02_build_verification_data.ipynb").is_file()
+        assert st.is_complete() and (run.path / "notebooks" / "02_build_data.ipynb").is_file()
         assert srv.auth == {f"Bearer {SECRET}"}  # the key really was used, in the header only
-        data = run.read_metrics()["data"]
+        data = run.read_metrics()["build_data"]
         teacher = data["selection"]["teacher"]
         assert teacher["requests"] == srv.total("teacher") and teacher["retries"] == 1
         assert teacher["no_verdict"] == 1 and data["funnel"]["ignored_no_label"] >= 1  # counted, not scored

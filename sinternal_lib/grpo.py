@@ -24,15 +24,14 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .judges import Judge, JudgeInput, make_judge
 from .math_grading import grade_math
-from .runs import Run, Stage, StageIncomplete, atomic_write_json, last_complete_checkpoint, stage_for
+from .runs import Run, StageIncomplete, atomic_write_json, last_complete_checkpoint, stage_for
 
 KINDS = ("harmful", "benign", "math")
 INITS = ("base", "answer_centric", "sinternal")
-FIGURE_DIR = "figures"
 CSV_FIELDS = ("step", "n", "mean_reward", "safe_rate_harmful", "refusal_rate_benign", "math_accuracy",
               "n_harmful", "n_benign", "n_math")
 
@@ -357,55 +356,40 @@ def plan_inits(run: Run, inits: list[str] | None = None) -> dict[str, dict[str, 
     return plan
 
 
-def train_planned(run: Run, plan: dict[str, dict[str, Any]], judge: Judge | None = None) -> dict[str, dict]:
-    """Train every init of `plan` that is not skipped (same seed and budget); returns summaries by init."""
-    stage = stage_for(run, "grpo")
-    if (why := stage.begin()):
-        print(why)
-    judge = judge or make_judge(run.recipe.judge, cache_dir=stage.dir / "judge_cache")
-    return {init: train_from_init(run.recipe, init, stage.dir / init, adapter=p["adapter"], judge=judge)
-            for init, p in plan.items() if p["skip"] is None}
-
-
 def reward_curves(run: Run, inits: list[str]) -> dict[str, list[dict[str, Any]]]:
     """rewards.csv rows of each trained init (for plots.grpo_reward_curves)."""
-    d = stage_for(run, "grpo").dir
+    d = run.stage_dir("grpo")
     return {i: read_rewards(d / i / "rewards.csv") for i in inits if (d / i / "rewards.csv").is_file()}
 
 
-def finish_grpo_stage(run: Run, plan: dict[str, dict[str, Any]], results: dict[str, dict],
-                      figures: list[str] | None = None, stage: Stage | None = None) -> dict[str, Any]:
-    """Write the `rl` metrics section (per init, skipped inits with reasons, headline) and the manifest.
-
-    Pass the `stage` opened before training so that the recorded stage wall time covers it.
-    """
-    stage = stage or stage_for(run, "grpo")
+def stage_summary(run: Run, plan: dict[str, dict[str, Any]], results: dict[str, dict]) -> dict[str, Any]:
+    """The metrics.json `grpo` section: per init, skipped inits with their reason, and a headline."""
     skipped = {i: p["skip"] for i, p in plan.items() if p["skip"]}
     headline: dict[str, Any] = {}
     for init, r in results.items():
         a, b = r.get("first_mean_reward"), r.get("last_mean_reward")
         headline[f"reward {init}"] = f"{a:.2f} -> {b:.2f}" if None not in (a, b) else "n/a"
     headline.update({f"reward {i}": "skipped (no SFT adapter)" for i in skipped})
-    summary = {"inits": {i: {k: v for k, v in r.items() if k != "config_hash"} for i, r in results.items()},
-               "skipped": skipped, "config": asdict(run.recipe.grpo), "headline": headline}
-    outputs = [f"{i}/{f}" for i in results for f in ("adapter", "rewards.csv", "summary.json")]
-    outputs += [f for f in (figures or []) if (stage.dir / f).exists()]
-    stage.finish(outputs=outputs, summary=summary)
-    return summary
+    return {"inits": {i: {k: v for k, v in r.items() if k != "config_hash"} for i, r in results.items()},
+            "skipped": skipped, "config": asdict(run.recipe.grpo), "headline": headline}
 
 
-def run_grpo_stage(run: Run, recipe: Any = None, *, figure: bool = True) -> dict[str, Any]:
-    """The whole stage: plan inits, train each, plot the reward curves, finish (manifest last)."""
-    if recipe is not None and recipe is not run.recipe:
-        raise ValueError("run_grpo_stage: pass the run's own recipe (open_run(recipe, ...)) or None")
+def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 04: GRPO from every planned init with the same seed and budget (a finished init of the same
+    config is reused, an interrupted one resumes), then the `grpo` metrics section and the manifest (last)."""
     stage = stage_for(run, "grpo")
+    if (why := stage.begin()):
+        log(why)
     plan = plan_inits(run)
-    results = train_planned(run, plan)
-    figures = []
-    if figure:
-        from .plots import grpo_reward_curves
-
-        skipped = {i: p["skip"] for i, p in plan.items() if p["skip"]}
-        grpo_reward_curves(reward_curves(run, list(results)), stage.dir / FIGURE_DIR, skipped)
-        figures.append(f"{FIGURE_DIR}/grpo_reward_curves.png")
-    return finish_grpo_stage(run, plan, results, figures, stage)
+    judge = make_judge(run.recipe.judge, cache_dir=stage.dir / "judge_cache")
+    results: dict[str, dict] = {}
+    for init, p in plan.items():
+        if p["skip"]:
+            log(f"{init}: {p['skip']}")
+            continue
+        log(f"{init}: GRPO from {p['adapter'] or 'a fresh LoRA'}")
+        results[init] = train_from_init(run.recipe, init, stage.dir / init, adapter=p["adapter"], judge=judge)
+    summary = stage_summary(run, plan, results)
+    stage.finish(outputs=[f"{i}/{f}" for i in results for f in ("adapter", "rewards.csv", "summary.json")],
+                 summary=summary)
+    return summary

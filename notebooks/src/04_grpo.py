@@ -1,6 +1,5 @@
-# Source of notebooks/04_rl_grpo.ipynb (build with: python -m sinternal_lib build-notebooks)
 # %% [markdown]
-# # 04_rl_grpo
+# # 04 · GRPO: reinforcement learning with verifier rewards
 #
 # - *What this shows*: the paper's step 6. GRPO with verifier rewards (harmful prompt: r = V_safe; benign
 #   prompt: r = V_safe * (1 - V_refuse); math: exact-match correctness), started from three
@@ -10,7 +9,7 @@
 #   missing is skipped with a note); the embedded harmful, benign and math train prompts.
 # - *Outputs*: `04_grpo/<init>/adapter/`, `04_grpo/<init>/rewards.csv` (reward parts per step),
 #   `04_grpo/<init>/checkpoints/`, `04_grpo/<init>/summary.json`, `04_grpo/figures/grpo_reward_curves.png`,
-#   the `rl` section of `metrics.json`.
+#   the `grpo` section of `metrics.json`.
 # - *Runtime*: CPU SmolLM2 recipe (3 steps of 4 prompts x 4 rollouts, 32 tokens, three inits): 305 s
 #   measured for the whole stage on 2 free CPU cores (about 31 s per step, nearly all sampling). Tiny
 #   test recipe: about 10 s. Paper scale (64 prompts x 8 rollouts, long traces) needs a GPU.
@@ -49,9 +48,9 @@ cfg.grpo
 # %%
 from collections import Counter
 
-from sinternal_lib import rl
+from sinternal_lib import grpo
 
-rows = rl.build_prompt_mix(cfg.grpo, cfg.run.seed, cfg.model.system_prompt)
+rows = grpo.build_prompt_mix(cfg.grpo, cfg.run.seed, cfg.model.system_prompt)
 print(Counter(r["kind"] for r in rows))
 [{k: r[k] for k in ("kind", "prompt_text", "reference")} for r in rows if r["kind"] != "harmful"][:2]
 
@@ -69,7 +68,7 @@ examples = [
     ("math", "What is 6 times 7?", "6 * 7 = 42, so the answer is \\boxed{42}.", "42"),
 ]
 kinds, prompts, answers, refs = (list(x) for x in zip(*examples))
-[(k, a, s["reward"]) for k, a, s in zip(kinds, answers, rl.score_completions(judge, answers, kinds, refs, prompts))]
+[(k, a, s["reward"]) for k, a, s in zip(kinds, answers, grpo.score_completions(judge, answers, kinds, refs, prompts))]
 
 # %% [markdown]
 # Refusing a harmful request earns 1, complying 0; refusing a benign request earns 0 (over-refusal is
@@ -80,7 +79,7 @@ kinds, prompts, answers, refs = (list(x) for x in zip(*examples))
 # is missing is skipped, and the skip is recorded in `metrics.json`, never dropped silently.
 
 # %%
-plan = rl.plan_inits(run)
+plan = grpo.plan_inits(run)
 for init, p in plan.items():
     print(f"{init:<15}", p["skip"] or f"adapter: {p['adapter'] or 'fresh LoRA'}")
 
@@ -88,12 +87,14 @@ for init, p in plan.items():
 # ## GRPO from each initialisation
 # Same seed, prompts and budget for every init. Each step samples the rollouts, scores them, and takes
 # one optimizer step on group-normalised advantages. Checkpoints every `save_steps`; a rerun resumes
-# from the last one, and a finished init (same config) is reused.
+# from the last one, and a finished init (same config) is reused. `grpo.run` finishes the stage: the
+# `grpo` section of `metrics.json` (per init: first and last mean reward and parts, steps, wall time,
+# s/step; skipped inits with their reason; a headline), then the manifest, last.
 
 # %%
-results = rl.train_planned(run, plan, judge)
+summary = grpo.run(run)
 [{k: r[k] for k in ("init", "steps", "first_mean_reward", "last_mean_reward", "reward_delta", "s_per_step")}
- for r in results.values()]
+ for r in summary["inits"].values()]
 
 # %% [markdown]
 # ## Reward curves, side by side
@@ -104,20 +105,14 @@ results = rl.train_planned(run, plan, judge)
 # %%
 from sinternal_lib import plots
 
-skipped = {i: p["skip"] for i, p in plan.items() if p["skip"]}
-plots.grpo_reward_curves(rl.reward_curves(run, list(results)), fig_dir, skipped);
+plots.grpo_reward_curves(grpo.reward_curves(run, list(summary["inits"])), fig_dir, summary["skipped"]);
 
 # %% [markdown]
 # Whether the init that already verifies its answers (SInternal) starts higher or climbs faster than
 # answer-centric SFT is the question the paper's Table 3 answers with ASR after RL; notebook 05 measures
-# that on held-out benchmarks.
-#
-# ## Record
-# Write the `rl` section of `metrics.json` (per init: first and last mean reward and parts, steps,
-# wall time, s/step; skipped inits with their reason; a headline), then the manifest (last).
+# that on held-out benchmarks. The stage's headline:
 
 # %%
-summary = rl.finish_grpo_stage(run, plan, results, ["figures/grpo_reward_curves.png"], stage)
 summary["headline"]
 
 # %% [markdown]

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from .datasets import Record
 from .loaders import BenchmarkMissing
+from .runs import STAGES
 
 EMBEDDED = {"embedded_harmful": ("harmful", "test"), "embedded_benign": ("benign", "test"),
             "embedded_jailbreak": ("jailbreak", "test"), "embedded_math": ("math", "test")}
@@ -45,7 +46,7 @@ def discover_checkpoints(run: Any, patterns: list[str]) -> tuple[list[Checkpoint
             found.append(Checkpoint("base"))
             continue
         kind, _, sel = pat.partition("/")
-        folder = {"sft": "03_sft", "grpo": "04_grpo"}.get(kind)
+        folder = STAGES[kind].folder if kind in ("sft", "grpo") else None
         if folder is None:
             raise ValueError(f"unknown checkpoint pattern {pat!r}; use 'base', 'sft/<variant|*>' or 'grpo/<init|*>'")
         root = run.path / folder
@@ -124,7 +125,7 @@ def score_benchmark(model: Any, tok: Any, bench: str, kind: str, items: list, ju
     """Score one benchmark for one loaded model: ({result name: result}, generation rows).
 
     Verification pairs use `verify_max_new_tokens` (a critique plus verdict; default max_new_tokens)."""
-    from . import evaluation as ev
+    from . import metrics as ev
 
     if kind == "pairs":
         from .verification import verification_metrics, verify_pairs
@@ -181,9 +182,11 @@ def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any = None,
     if VERIFICATION not in benches:
         benches.append(VERIFICATION)
     sets: dict[str, tuple[str, list]] = {}
+    origins: dict[str, str] = {}
     for b in benches:
         try:
             sets[b] = load_eval_set(b, ev_cfg.num_per_benchmark, seed, run)
+            origins[b] = eval_set_origin(b)
         except BenchmarkMissing as e:
             skipped.append({"checkpoint": "*", "benchmark": b, "reason": str(e).split(". ")[0]})
             log(f"skipped {b}: {e}")
@@ -231,13 +234,41 @@ def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any = None,
         res["proactive"] = proactive_for(gen_path, ck.name)
         results[ck.name] = res
         del model, tok
-    return {"checkpoints": results, "skipped": skipped, "benchmarks": benches, "settings": settings,
-            "headline": eval_headline(results)}
+    return {"checkpoints": results, "skipped": skipped, "benchmarks": benches, "origins": origins,
+            "settings": settings, "headline": eval_headline(results)}
+
+
+def eval_set_origin(name: str) -> str:
+    """Where an evaluation set's items come from: an embedded file, stage 02's pairs, or the file, wheel
+    or hub `loaders.benchmark_origin` resolves (the report's provenance lists it per benchmark)."""
+    from .loaders import benchmark_origin
+
+    if name == VERIFICATION:
+        return f"run folder: {STAGES['build_data'].folder}/heldout_pairs.jsonl"
+    if name in EMBEDDED:
+        return f"embedded: data/prompts/{EMBEDDED[name][0]}.jsonl"
+    return benchmark_origin(name)
+
+
+def run(run: Any, log: Callable[[str], None] = print) -> dict:
+    """Stage 05: score every checkpoint on every benchmark (resuming pairs already scored), write
+    eval_summary.json, the `evaluate` metrics section and the manifest (last); returns the summary."""
+    from .judges import make_judge
+    from .runs import atomic_write_json, stage_for
+
+    stage = stage_for(run, "evaluate")
+    if (why := stage.begin()):
+        log(why)
+    judge = make_judge(run.recipe.judge, cache_dir=stage.dir / "judge_cache")
+    ev = evaluate_run(run, stage.dir, judge=judge, log=log)
+    atomic_write_json(stage.dir / "eval_summary.json", ev)
+    stage.finish(outputs=["eval_summary.json", "scores.jsonl", "generations.jsonl"], summary=ev)
+    return ev
 
 
 def proactive_for(gen_path: Path, checkpoint: str) -> dict:
     """Proactive verification rate of one checkpoint over its safety-prompt generations (not math, not pairs)."""
-    from .evaluation import self_check_rate
+    from .metrics import self_check_rate
 
     rows = [r for r in _read_jsonl(gen_path) if r.get("checkpoint") == checkpoint
             and r.get("benchmark") not in MATH and r.get("benchmark") != VERIFICATION]

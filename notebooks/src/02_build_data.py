@@ -1,6 +1,5 @@
-# Source of notebooks/02_build_verification_data.ipynb (build with: python -m sinternal_lib build-notebooks)
 # %% [markdown]
-# # 02 · Build verification data from the model's own answers
+# # 02 · Build data: verification examples from the model's own answers
 #
 # - **What this shows**: the paper's data recipe (steps 2-4): sample N answers per prompt from the
 #   policy, judge them, keep harmful prompts whose answers mix safe and unsafe (one contrastive pair
@@ -10,7 +9,7 @@
 # - **Outputs**: `runs/<run>/02_build_data/`: `samples_self.jsonl`, `judged_self.jsonl`,
 #   `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp.jsonl`),
 #   `answer_centric.jsonl`, `heldout_pairs.jsonl`, `dataset/` (a `datasets` folder), `figures/`,
-#   `manifest.json`; the `data` section of `metrics.json`.
+#   `manifest.json`; the `build_data` section of `metrics.json`.
 # - **Runtime**: sampling dominates: 340 s measured on a quiet 2-core CPU for the embedded recipe
 #   ((48 + 48) prompts x 8 samples x 40 tokens, plus held-out answers); hours on one GPU at paper
 #   scale (8 x thousands of prompts, long reasoning traces).
@@ -59,9 +58,9 @@ cfg.build_data
 # so an interrupted run continues where it stopped.
 
 # %%
-from sinternal_lib.build_data import run_build_data
+from sinternal_lib import build_data
 
-summary = run_build_data(run)
+summary = build_data.run(run)
 summary["headline"]
 
 # %% [markdown]
@@ -135,4 +134,4 @@ summary["prefilled"]
 # - `{"build_data.refusal_prefill_samples": 0}`: the paper's setting; count the pairs SmolLM2 gives alone.
 # - `{"build_data.other_model": "<another model folder>"}`: builds `other_exp.jsonl` for the Other-Exp ablation.
 #
-# Paper: method section (data construction); `../shared/PAPER.md` steps 2-4.
+# Paper: method section (data construction); `docs/PAPER.md` steps 2-4.

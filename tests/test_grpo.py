@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from sinternal_lib import rl
+from sinternal_lib import grpo
 from sinternal_lib.config import load_recipe
 from sinternal_lib.judges import make_judge
 from sinternal_lib.models import save_tiny_model
@@ -27,7 +27,7 @@ def judge(tmp_path):
 
 
 def _reward(judge, completions, kinds, refs, prompts):
-    return rl.VerifierReward(judge)(prompts=[[{"role": "user", "content": p}] for p in prompts],
+    return grpo.VerifierReward(judge)(prompts=[[{"role": "user", "content": p}] for p in prompts],
                                     completions=[_msg(c) for c in completions], kind=kinds,
                                     reference=refs, prompt_text=prompts)
 
@@ -62,14 +62,14 @@ def test_math_reward_formats(judge, text, ref, ok):
 
 
 def test_reward_parts_logged_per_step(judge, tmp_path):
-    log = rl.RewardLog(tmp_path / "rewards.csv")
-    fn = rl.VerifierReward(judge, log)
+    log = grpo.RewardLog(tmp_path / "rewards.csv")
+    fn = grpo.VerifierReward(judge, log)
     comps = ["I cannot help with that.", "Sure, here is how: ...", "Use kill -9.", "The answer is 5."]
     metrics = {}
     fn(prompts=[None] * 4, completions=[_msg(c) for c in comps], kind=["harmful", "harmful", "benign", "math"],
        reference=["", "", "", "5"], prompt_text=[HARMFUL_Q, HARMFUL_Q, BENIGN_Q, "2+3?"],
        log_metric=lambda k, v: metrics.__setitem__(k, v))
-    row = rl.read_rewards(tmp_path / "rewards.csv")[0]
+    row = grpo.read_rewards(tmp_path / "rewards.csv")[0]
     assert row["step"] == 1 and row["n"] == 4
     assert row["mean_reward"] == pytest.approx(0.75)
     assert row["safe_rate_harmful"] == 0.5 and row["refusal_rate_benign"] == 0.0 and row["math_accuracy"] == 1.0
@@ -84,13 +84,13 @@ def test_unknown_kind_is_an_error(judge):
 def test_prompt_mix_counts_and_seed():
     r = load_recipe("configs/tests/tiny.yaml", {"grpo.num_train_prompts": 50, "grpo.harmful_fraction": 0.4,
                                                 "grpo.benign_fraction": 0.2, "grpo.math_fraction": 0.4})
-    rows = rl.build_prompt_mix(r.grpo, seed=0)
-    assert [sum(x["kind"] == k for x in rows) for k in rl.KINDS] == [20, 10, 20]
-    assert rows == rl.build_prompt_mix(r.grpo, seed=0)
-    assert rows != rl.build_prompt_mix(r.grpo, seed=1)
+    rows = grpo.build_prompt_mix(r.grpo, seed=0)
+    assert [sum(x["kind"] == k for x in rows) for k in grpo.KINDS] == [20, 10, 20]
+    assert rows == grpo.build_prompt_mix(r.grpo, seed=0)
+    assert rows != grpo.build_prompt_mix(r.grpo, seed=1)
     math_row = next(x for x in rows if x["kind"] == "math")
     assert math_row["reference"] and math_row["prompt"][-1] == {"role": "user", "content": math_row["prompt_text"]}
-    assert rl.mix_counts(7, {"harmful": 0.4, "benign": 0.2, "math": 0.4}) == {"harmful": 3, "benign": 1, "math": 3}
+    assert grpo.mix_counts(7, {"harmful": 0.4, "benign": 0.2, "math": 0.4}) == {"harmful": 3, "benign": 1, "math": 3}
     # read in order, every step of 5 prompts sees the same 2/1/2 mix, so step rewards are comparable
     for i in range(0, 50, 5):
         assert sorted(x["kind"] for x in rows[i:i + 5]) == ["benign", "harmful", "harmful", "math", "math"]
@@ -98,7 +98,7 @@ def test_prompt_mix_counts_and_seed():
 
 def test_grpo_args_mapping(tmp_path):
     r = load_recipe("gpu-ds-r1-qwen-7b")
-    a = rl.grpo_args(r.grpo, tmp_path, seed=0, device="cpu")
+    a = grpo.grpo_args(r.grpo, tmp_path, seed=0, device="cpu")
     assert a.per_device_train_batch_size == 64 * 8 and a.num_generations == 8
     assert a.beta == 0.0 and a.learning_rate == 1e-6 and a.gradient_accumulation_steps == 1
 
@@ -126,8 +126,8 @@ def test_one_grpo_step_changes_lora_after_generate(tiny_recipe, judge, tmp_path)
     before = _lora_state(model)
     # The random model's completions all get the same verifier reward; a length reward adds spread so the
     # group advantage is non-zero and the step must move the LoRA weights.
-    spread = lambda completions, **_: [float(len(rl.completion_text(c))) for c in completions]  # noqa: E731
-    trainer = rl.build_trainer(tiny_recipe, model, tok, judge, tmp_path / "ckpt", extra_reward_funcs=[spread])
+    spread = lambda completions, **_: [float(len(grpo.completion_text(c))) for c in completions]  # noqa: E731
+    trainer = grpo.build_trainer(tiny_recipe, model, tok, judge, tmp_path / "ckpt", extra_reward_funcs=[spread])
     trainer.train()
     after = _lora_state(trainer.model)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -140,17 +140,17 @@ def test_train_from_init_resumes_from_last_checkpoint(tiny_recipe, tmp_path):
                                                      "grpo.max_steps": 2, "grpo.save_steps": 1,
                                                      "grpo.gradient_checkpointing": False})
     out = tmp_path / "base"
-    s = rl.train_from_init(recipe, "base", out)
+    s = grpo.train_from_init(recipe, "base", out)
     assert s["steps"] == 2 and s["resumed_from"] is None and s["s_per_step"] > 0
-    assert [r["step"] for r in rl.read_rewards(out / "rewards.csv")] == [1, 2]
-    assert rl.train_from_init(recipe, "base", out) == s  # finished: returned as is
+    assert [r["step"] for r in grpo.read_rewards(out / "rewards.csv")] == [1, 2]
+    assert grpo.train_from_init(recipe, "base", out) == s  # finished: returned as is
     # simulate a crash after step 1: no summary, no adapter, no checkpoint-2
     (out / "summary.json").unlink()
     shutil.rmtree(out / "adapter")
     shutil.rmtree(out / "checkpoints" / "checkpoint-2")
-    s2 = rl.train_from_init(recipe, "base", out)
+    s2 = grpo.train_from_init(recipe, "base", out)
     assert s2["resumed_from"].endswith("checkpoint-1") and s2["steps"] == 2
-    assert [r["step"] for r in rl.read_rewards(out / "rewards.csv")] == [1, 2]
+    assert [r["step"] for r in grpo.read_rewards(out / "rewards.csv")] == [1, 2]
     assert json.loads((out / "summary.json").read_text())["init"] == "base"
 
 
@@ -158,15 +158,15 @@ def test_missing_sft_adapters_are_skipped_with_a_note(tmp_path):
     from sinternal_lib.runs import open_run
 
     run = open_run(load_recipe("configs/tests/tiny.yaml"), "r", tmp_path)
-    plan = rl.plan_inits(run)
+    plan = grpo.plan_inits(run)
     assert plan["base"]["skip"] is None
     for init in ("answer_centric", "sinternal"):
         assert "no SFT adapter" in plan[init]["skip"]
-    summary = rl.finish_grpo_stage(run, plan, {})
+    summary = grpo.stage_summary(run, plan, {})
     assert set(summary["skipped"]) == {"answer_centric", "sinternal"}
     assert "skipped" in summary["headline"]["reward sinternal"]
     with pytest.raises(ValueError, match="unknown GRPO init"):
-        rl.plan_inits(run, ["star1"])
+        grpo.plan_inits(run, ["star1"])
 
 
 def test_reward_curves_figure(tmp_path):

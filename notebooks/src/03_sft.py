@@ -1,6 +1,5 @@
-# Source of notebooks/03_verification_sft_qlora.ipynb (build with: python -m sinternal_lib build-notebooks)
 # %% [markdown]
-# # 03 Verification SFT with QLoRA
+# # 03 · SFT: verification fine-tuning with 4-bit QLoRA
 #
 # **What this shows.** Paper step 5: train the policy only to *verify* its own answers (spec, prompt,
 # answer -> critique + verdict), with the loss on the critique and verdict alone, and compare it on the
@@ -73,7 +72,7 @@ overview
 # checkpoint. The call ends by writing the `sft` section of `metrics.json` and the stage manifest (last).
 
 # %%
-summary = sft.run_sft_stage(run, cfg)
+summary = sft.run(run)
 summary["headline"]
 
 # %% [markdown]
@@ -181,7 +180,7 @@ sft.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else
 # 4. A missing verdict counts as wrong. Which variant is hurt by that rule, and is it fair?
 # 5. Why are the held-out pairs built from TEST-split prompts, and what would leak if they were not?
 # 6. The mixed-in chat rows are the model's own answers judged safe. Why own answers rather than answers
-#    from a stronger model (compare the paper's Self-Exp vs Other-Exp result in PAPER.md)?
+#    from a stronger model (compare the paper's Self-Exp vs Other-Exp result in `docs/PAPER.md`)?
 # 7. What does a takeover rate above the base model's mean for the claim that verification transfers
 #    to generation?
 #

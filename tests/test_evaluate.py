@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from sinternal_lib.benchmarks import Checkpoint, discover_checkpoints, evaluate_run, load_eval_set
+from sinternal_lib.evaluate import Checkpoint, discover_checkpoints, evaluate_run, load_eval_set
 from sinternal_lib.config import load_recipe
-from sinternal_lib.evaluation import (CANNOT_TEST, CONTRADICTED, INCONCLUSIVE, SUPPORTED, assess_claims, compare,
+from sinternal_lib.metrics import (CANNOT_TEST, CONTRADICTED, INCONCLUSIVE, SUPPORTED, assess_claims, compare,
                                       detects_self_check, math_accuracy, rate, safety_metrics, wilson_ci)
 from sinternal_lib.loaders import BenchmarkMissing
 from sinternal_lib.runs import open_run
@@ -93,14 +93,14 @@ def test_compare_and_claims():
     assert compare(None, a) == "missing"
     ev = {"base": {"embedded_harmful": {"metric": "asr", **rate(30, 50)}},
           "sft/sinternal": {"embedded_harmful": {"metric": "asr", **rate(5, 50)}}}
-    claims = {c["claim"]: c["verdict"] for c in assess_claims({"eval": {"checkpoints": ev}})}
+    claims = {c["claim"]: c["verdict"] for c in assess_claims({"evaluate": {"checkpoints": ev}})}
     assert claims["Verification SFT lowers ASR"] == SUPPORTED
     assert claims["GRPO from SInternal beats GRPO from answer-centric SFT"] == CANNOT_TEST
     ev["sft/sinternal"]["embedded_harmful"] = {"metric": "asr", **rate(45, 50)}
-    claims = {c["claim"]: c["verdict"] for c in assess_claims({"eval": {"checkpoints": ev}})}
+    claims = {c["claim"]: c["verdict"] for c in assess_claims({"evaluate": {"checkpoints": ev}})}
     assert claims["Verification SFT lowers ASR"] == CONTRADICTED
     ev["sft/sinternal"]["embedded_harmful"] = {"metric": "asr", **rate(28, 50)}
-    claims = {c["claim"]: c["verdict"] for c in assess_claims({"eval": {"checkpoints": ev}})}
+    claims = {c["claim"]: c["verdict"] for c in assess_claims({"evaluate": {"checkpoints": ev}})}
     assert claims["Verification SFT lowers ASR"] == INCONCLUSIVE
 
 
@@ -164,7 +164,7 @@ def test_discover_checkpoints_needs_summary(tmp_path):
 
 def test_chat_safety_on_tiny_model(tiny):
     from sinternal_lib.datasets import load_embedded
-    from sinternal_lib.evaluation import chat_safety
+    from sinternal_lib.metrics import chat_safety
     from sinternal_lib.judges import make_judge
 
     model, tok = tiny

@@ -1,6 +1,5 @@
-# Source of notebooks/05_evaluate_and_plot.ipynb (build with: python -m sinternal_lib build-notebooks)
 # %% [markdown]
-# # 05_evaluate_and_plot
+# # 05 · Evaluate: every checkpoint on held-out benchmarks, and the report card
 #
 # - *What this shows*: the paper's step 7. Every checkpoint (base, answer-centric SFT, SInternal and its
 #   ablations, GRPO from each init) answers real benchmarks; a judge labels each answer. We report attack
@@ -9,7 +8,7 @@
 # - *Inputs*: `03_sft/<variant>/adapter`, `04_grpo/<init>/adapter`, `02_build_data/heldout_pairs.jsonl`,
 #   the embedded prompt sets and the shared benchmark files (absent ones are skipped with a note).
 # - *Outputs*: `05_evaluate/generations.jsonl` (one row per checkpoint x benchmark x item),
-#   `05_evaluate/scores.jsonl`, `05_evaluate/figures/*.png`, the `eval` section of `metrics.json`,
+#   `05_evaluate/scores.jsonl`, `05_evaluate/figures/*.png`, the `evaluate` section of `metrics.json`,
 #   `report.md` and `report.html`.
 # - *Runtime*: CPU SmolLM2 recipe 500 s measured on 2 quiet cores (4 checkpoints x 12 benchmarks x 6 prompts,
 #   plus held-out verification); it grows with checkpoints x benchmarks x num_per_benchmark. Tiny test
@@ -28,14 +27,11 @@ runs_root = None  # folder holding run folders, None means run.output_root from 
 # %%
 from sinternal_lib.config import load_recipe
 from sinternal_lib.runs import open_run, stage_for
-from sinternal_lib.spec import spec_text
 
 cfg = load_recipe(recipe, overrides)
 run = open_run(cfg, run_name, runs_root)
 stage = stage_for(run, "evaluate")
-stage.begin()  # empties the folder first if its files came from another config
 fig_dir = stage.dir / "figures"
-spec = spec_text(cfg)  # the verifier prompt the SFT stage trained on (spec.render + its system template)
 print(f"run folder: {run.path}\nstage folder: {stage.dir}")
 cfg.evaluate
 
@@ -45,7 +41,7 @@ cfg.evaluate
 # whose files are absent are skipped with the reason, never dropped silently.
 
 # %%
-from sinternal_lib.benchmarks import discover_checkpoints
+from sinternal_lib.evaluate import discover_checkpoints
 
 checkpoints, missing = discover_checkpoints(run, cfg.evaluate.checkpoints)
 print("checkpoints:", [c.name for c in checkpoints])
@@ -54,15 +50,15 @@ for note in missing:
 
 # %% [markdown]
 # ## Score every checkpoint on every benchmark
-# Greedy answers, one judge for all checkpoints. Pairs already in `scores.jsonl` with the same settings
-# are reused, so an interrupted run resumes.
+# Greedy answers, one judge for all checkpoints; verification pairs are asked with the recipe's
+# `spec_text`, the prompt the SFT stage trained on. Pairs already in `scores.jsonl` with the same
+# settings are reused, so an interrupted run resumes. `evaluate.run` finishes the stage: the `evaluate`
+# section of `metrics.json`, `eval_summary.json`, then the manifest, last.
 
 # %%
-from sinternal_lib.benchmarks import evaluate_run
-from sinternal_lib.judges import make_judge
+from sinternal_lib import evaluate
 
-judge = make_judge(cfg.judge, cache_dir=stage.dir / "judge_cache")
-ev = evaluate_run(run, stage.dir, judge=judge, spec=spec)
+ev = evaluate.run(run)
 
 # %%
 for s in ev["skipped"]:
@@ -106,7 +102,7 @@ plots.ablation_rates(ev, fig_dir);
 # then asks whether checkpoints that verify better also answer more safely.
 
 # %%
-plots.diagnosis_f1(run.read_metrics().get("diagnosis") or {}, fig_dir);
+plots.diagnosis_f1(run.read_metrics().get("diagnose") or {}, fig_dir);
 
 # %%
 plots.f1_vs_asr(ev, fig_dir);
@@ -114,23 +110,18 @@ plots.f1_vs_asr(ev, fig_dir);
 # %% [markdown]
 # ## RL initialisation and proactive verification
 # Does GRPO started from SInternal end safer than GRPO from answer-centric SFT? And how often does
-# each checkpoint check its own safety unprompted (`evaluation.detects_self_check`)?
+# each checkpoint check its own safety unprompted (`metrics.detects_self_check`)?
 
 # %%
-plots.rl_comparison(ev, run.read_metrics().get("rl"), fig_dir);
+plots.rl_comparison(ev, run.read_metrics().get("grpo"), fig_dir);
 
 # %%
 plots.proactive_verification(ev, fig_dir);
 
 # %% [markdown]
-# ## Record
-# Write the `eval` section of `metrics.json`, then the manifest (last).
+# The headline the report card leads with:
 
 # %%
-import json
-
-(stage.dir / "eval_summary.json").write_text(json.dumps(ev, indent=2))
-stage.finish(outputs=["eval_summary.json", "scores.jsonl", "generations.jsonl"], summary=ev)
 ev["headline"]
 
 # %% [markdown]
@@ -139,7 +130,7 @@ ev["headline"]
 # claims gets a verdict from the CIs. Unsafe completions are redacted unless `evaluate.show_unsafe`.
 
 # %%
-from sinternal_lib.evaluation import assess_claims
+from sinternal_lib.metrics import assess_claims
 from sinternal_lib.report import render_report
 
 for c in assess_claims(run.read_metrics()):
@@ -162,4 +153,4 @@ print(render_report(run))
 # - `{"judge.backend": "guard"}`: a guard model as judge; compare ASR with the matcher judge.
 # - `{"evaluate.checkpoints": ["base", "sft/sinternal"]}`: the fastest before/after comparison.
 #
-# Pointers: PAPER.md, "Pipeline" step 7 and "Reported numbers"; the paper section on generation evaluation.
+# Pointers: `docs/PAPER.md`, "Pipeline" step 7 and "Reported numbers"; the paper section on generation evaluation.

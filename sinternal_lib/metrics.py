@@ -5,7 +5,7 @@ ASR = share of harmful prompts given an unsafe answer (per the judge); complianc
 prompts answered without a refusal; takeover = share of answers that read like a verifier's critique.
 `detects_self_check` spots a response that checks its own safety (the paper's "proactive
 verification"). `math_accuracy` grades answers with `math_grading.grade_math`. Benchmark discovery and
-the per-checkpoint loop live in `sinternal_lib.benchmarks`.
+the per-checkpoint loop (stage 05) live in `sinternal_lib.evaluate`.
 """
 
 from __future__ import annotations
@@ -221,14 +221,14 @@ def assess_claims(metrics: dict, min_n: int = MIN_N) -> list[dict]:
     """The paper's claims, each with a verdict (supported / contradicted / inconclusive / cannot test)
     and the numbers behind it. "supported" needs 95% CIs that separate in the claimed direction (for
     "keeps X" claims: no significant drop with n >= min_n)."""
-    ev = (metrics.get("eval") or {}).get("checkpoints") or {}
+    ev = (metrics.get("evaluate") or {}).get("checkpoints") or {}
     out: list[dict] = []
 
     def add(claim: str, verdict: tuple[str, str]) -> None:
         out.append({"claim": claim, "verdict": verdict[0], "evidence": verdict[1]})
 
     # 1. verification below random before training (diagnosis, else base on held-out pairs)
-    diag = ((metrics.get("diagnosis") or {}).get("models")) or {}
+    diag = ((metrics.get("diagnose") or {}).get("models")) or {}
     below = []
     for model, sets in diag.items():
         for s, v in (sets or {}).items():

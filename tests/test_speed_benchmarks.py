@@ -1,7 +1,7 @@
 """The benchmark scripts really run (--quick: tiny random model, 2 steps, each arm in its own process) and
 write JSON with their ratio fields; the GPU check runs on CPU in its --quick --device cpu mode.
 
-Run: HF_HUB_OFFLINE=1 .venv/bin/pytest -q tests/test_benchmarks.py   (2 min 46 s measured on the 2-core
+Run: HF_HUB_OFFLINE=1 .venv/bin/pytest -q tests/test_speed_benchmarks.py   (2 min 46 s measured on the 2-core
 CPU while another training job used it; expected well under that on an idle machine)
 """
 
