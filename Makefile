@@ -9,7 +9,7 @@ ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup reproduce test lab bench reliability report strip clean-venv
+.PHONY: setup reproduce test test-nodata lab bench reliability report strip clean-venv
 
 # Create .venv (CPU torch==2.13.0 first where no CUDA GPU is present, so no multi-GB CUDA build is
 # downloaded), install the kit, register its Jupyter kernel and convert the embedded model once.
@@ -37,9 +37,15 @@ $(VENV)/.sinternal-ready: pyproject.toml
 reproduce: setup
 	$(PY) -m sinternal_lib run --recipe $(RECIPE) $(if $(RUN),--run-name $(RUN)) $(ARGS)
 
-# Unit tests plus the five notebooks executed on the tiny test recipe. Called by .ci/run.
+# Unit tests plus the five notebooks executed on the tiny test recipe. Called by .ci/run. Tests that
+# need the real datasets (../shared/data or $$SINTERNAL_SHARED_DATA) skip with a how-to where absent.
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+# The fast tests as on a user's clone without the shared data folder (what `make test` runs there).
+# Called by .ci/run after `make test`, so the data-free path cannot break unseen.
+test-nodata: setup
+	SINTERNAL_SHARED_DATA=/nonexistent $(PY) -m pytest -q -m "not slow" --ignore=tests/test_speed_benchmarks.py $(ARGS)
 
 # JupyterLab with the kit's kernel ("SInternal (.venv)").
 lab: setup

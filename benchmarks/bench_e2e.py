@@ -4,8 +4,9 @@ Without --run it reports the `timings` section of a finished run's metrics.json 
 runs/cpu-smollm2; all five stages must be there), naming the file and its modification time. With --run
 it runs `python -m sinternal_lib run --recipe R --run-name bench-e2e` into a temporary runs root and
 times the whole command too (the difference to the stage sum is notebook start-up and report writing).
-It also measures how long one model load takes (generation weights, and 4-bit + LoRA for training) and
-counts the loads a reproduce does, an upper bound for what reusing loaded models could save.
+It also measures how long one model load takes (generation weights, and the 4-bit base prepared for
+training, to which the trainer adds the LoRA) and counts the loads a reproduce does, an upper bound for
+what reusing loaded models could save.
 Run:  .venv/bin/python benchmarks/bench_e2e.py [--run] [--run-dir runs/cpu-smollm2] [--quick]
 """
 
@@ -31,12 +32,10 @@ def load_times(recipe: Any, repeats: int = 2) -> dict:
     """Seconds per model load (best of `repeats`, after a first cold one), in a child process."""
     def work() -> dict:
         from sinternal_lib.models import load_policy
-        from sinternal_lib.sft import lora_settings
 
         out: dict[str, list[float]] = {"generation_load_s": [], "training_load_s": []}
         for _ in range(repeats):
-            for key, kw in (("generation_load_s", {}), ("training_load_s", {"for_training": True,
-                                                                             "lora": lora_settings(recipe.sft)})):
+            for key, kw in (("generation_load_s", {}), ("training_load_s", {"for_training": True})):
                 t0 = time.perf_counter()
                 model, _ = load_policy(recipe, **kw)
                 out[key].append(round(time.perf_counter() - t0, 2))

@@ -1,10 +1,10 @@
-"""Benchmark: the kit's GRPO (grpo.grpo_args on the 4-bit QLoRA policy) vs a default TRL GRPOConfig on the
+"""Benchmark: the kit's GRPO (grpo.training_configs on the 4-bit QLoRA policy) vs a default TRL GRPOConfig on the
 same model, prompt mix (grpo.build_prompt_mix) and verifier reward (grpo.VerifierReward, offline matcher).
 
 The default arm passes only what GRPO needs to be comparable: output_dir, use_cpu, report_to, the same
-num_generations, max_completion_length, max_steps and completions per step (per_device_train_batch_size),
-and the same seed. Each arm runs in its own child process. Reports seconds per step (all steps, and steps
-2..N without the warm-up) and generated completion tokens per second (lengths from TRL's completion_ids,
+num_generations, max_completion_length, max_steps and completions per step (per_device_train_batch_size and
+gradient_accumulation_steps), and the same seed; every arm gets the recipe's LoRA as peft_config. Each arm
+runs in its own child process. Reports seconds per step (all steps, and steps 2..N without the warm-up) and generated completion tokens per second (lengths from TRL's completion_ids,
 stop token included, padding not).
 Run:  .venv/bin/python benchmarks/bench_grpo.py [--steps 3] [--arms default kit kit-bf16] [--quick]
 """
@@ -39,16 +39,20 @@ class CountingReward:
         return self.inner(*args, **kw)
 
 
-def _grpo_args(spec: dict, g: Any, out: str, steps: int, seed: int, device: str) -> Any:
+def _grpo_args(spec: dict, recipe: Any, out: str, steps: int, device: str) -> Any:
     from trl import GRPOConfig
 
-    from sinternal_lib.grpo import grpo_args
+    from sinternal_lib.grpo import training_configs
 
+    g = recipe.grpo
     if spec["config"] == "kit":
-        return grpo_args(dataclasses.replace(g, max_steps=steps), out, seed=seed, device=device)
+        kit = dataclasses.replace(recipe, grpo=dataclasses.replace(g, max_steps=steps),
+                                  model=dataclasses.replace(recipe.model, device=device))
+        return training_configs(kit, out)["grpo"]
     return GRPOConfig(output_dir=out, use_cpu=device == "cpu", report_to="none", num_generations=g.num_generations,
-                      max_completion_length=g.max_completion_length, max_steps=steps, seed=seed,
-                      per_device_train_batch_size=g.num_prompts_per_step * g.num_generations, disable_tqdm=True)
+                      max_completion_length=g.max_completion_length, max_steps=steps, seed=recipe.run.seed,
+                      per_device_train_batch_size=g.per_device_train_batch_size,
+                      gradient_accumulation_steps=g.gradient_accumulation_steps, disable_tqdm=True)
 
 
 def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
@@ -58,16 +62,16 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
     from trl import GRPOTrainer
 
     from sinternal_lib.judges import make_judge
-    from sinternal_lib.models import LoraSettings, load_model
+    from sinternal_lib.models import load_model, lora_config
     from sinternal_lib.grpo import VerifierReward, build_prompt_mix
-    from sinternal_lib.runs import seed_everything
+    from transformers import set_seed
 
     spec = ARMS[name]
-    g, m, s = dataclasses.replace(recipe.grpo, **spec.get("grpo", {})), recipe.model, recipe.sft
-    seed_everything(recipe.run.seed)
+    g, m = dataclasses.replace(recipe.grpo, **spec.get("grpo", {})), recipe.model
+    recipe = dataclasses.replace(recipe, grpo=g)
+    set_seed(recipe.run.seed)
     t0 = time.perf_counter()
     model, tok = load_model(m.policy, dtype=m.dtype, device=device, load_in_4bit=m.load_in_4bit, trainable=True,
-                            lora=LoraSettings(s.lora_r, s.lora_alpha, s.lora_dropout, list(s.target_modules)),
                             gradient_checkpointing=g.gradient_checkpointing)
     load_s = time.perf_counter() - t0
     rows = build_prompt_mix(g, recipe.run.seed, m.system_prompt)
@@ -84,7 +88,8 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = GRPOTrainer(model=model, reward_funcs=[reward], train_dataset=Dataset.from_list(rows),
-                              args=_grpo_args(spec, g, out, steps, recipe.run.seed, device), processing_class=tok,
+                              args=_grpo_args(spec, recipe, out, steps, device), processing_class=tok,
+                              peft_config=lora_config(recipe.lora),
                               callbacks=[Clock()])
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -94,7 +99,8 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
     tok_steady = sum(reward.tokens[1:n]) if n > 1 else sum(reward.tokens)
     return {"arm": name, "steps": n, "wall_s": round(wall, 1), "load_s": round(load_s, 1),
             "s_per_step": round(wall / max(1, n), 2), "s_per_step_steady": round(steady / max(1, n - 1), 2),
-            "completions_per_step": g.num_prompts_per_step * g.num_generations, "gen_tokens": sum(reward.tokens[:n]),
+            "completions_per_step": g.per_device_train_batch_size * g.gradient_accumulation_steps,
+            "gen_tokens": sum(reward.tokens[:n]),
             "gen_tokens_per_s": round(tok_steady / steady, 1), "bf16": True if spec["config"] == "default" else g.bf16,
             "gradient_checkpointing": g.gradient_checkpointing}
 
@@ -121,13 +127,14 @@ def main(argv: list[str] | None = None) -> dict:
               {"what": "GRPO generated tokens/s, kit vs default GRPOConfig", "ratio": kit.get("tokens_ratio"),
                "goal": None, "met": None}]
     g = recipe.grpo
+    prompts = g.per_device_train_batch_size * g.gradient_accumulation_steps // g.num_generations
     result = {"benchmark": "GRPO speed: kit vs default TRL GRPOConfig", "model": recipe.model.policy,
               "quick": a.quick, "steps": steps, "num_generations": g.num_generations,
-              "prompts_per_step": g.num_prompts_per_step, "max_completion_length": g.max_completion_length,
+              "prompts_per_step": prompts, "max_completion_length": g.max_completion_length,
               "machine": bl.machine(), "arms": results, "ratios": ratios}
     cols = ["arm", "steps", "s_per_step", "s_per_step_steady", "step_speedup", "gen_tokens", "gen_tokens_per_s",
             "tokens_ratio", "peak_mem_mb", "mem_ratio", "error"]
-    notes = [f"{g.num_prompts_per_step} prompts x {g.num_generations} completions per step, at most "
+    notes = [f"{prompts} prompts x {g.num_generations} completions per step, at most "
              f"{g.max_completion_length} new tokens; steady figures exclude step 1",
              "completion lengths differ between arms (sampling), so compare tokens/s as well as s/step",
              f"the kit arm writes a checkpoint every {g.save_steps} steps (recipe grpo.save_steps), the default "

@@ -1,6 +1,6 @@
 """Benchmark: peak memory of 4-bit NF4 QLoRA vs bf16 LoRA (and fp32 LoRA) training on the same batches.
 
-Every arm trains the kit's SFT (sft.trl_config, same LoRA, same rows and seed, so the same batches) for a
+Every arm trains the kit's SFT (sft.training_configs, same LoRA, same rows and seed, so the same batches) for a
 few steps in its own child process (bench_sft.run_arm). Peak memory: CPU peak RSS of the arm's process
 (VmHWM, reset at arm start), CUDA torch.cuda.max_memory_allocated. Also reported: the weights alone
 (parameter + buffer bytes, and the process's memory growth while loading), which shows why the CPU
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
               {"what": "weights memory, 4-bit QLoRA vs bf16 LoRA", "ratio": q.get("weights_ratio_vs_bf16"),
                "goal": None, "met": None}]
     result = {"benchmark": "training memory: 4-bit QLoRA vs bf16 LoRA", "model": recipe.model.policy,
-              "quick": a.quick, "steps": steps, "batch_size": recipe.sft.batch_size, "device": a.device,
+              "quick": a.quick, "steps": steps, "batch_size": recipe.sft.per_device_train_batch_size, "device": a.device,
               "qlora_compute_dtype": recipe.model.dtype, "machine": bl.machine(), "arms": results, "ratios": ratios}
     cols = ["arm", "weights_mb", "load_growth_mb", "peak_mem_mb", "training_extra_mb", "peak_ratio_vs_bf16",
             "weights_ratio_vs_bf16", "tokens_per_s", "error"]

@@ -1,4 +1,4 @@
-"""Benchmark: the kit's verification SFT (sft.trl_config on the 4-bit QLoRA policy) vs a default TRL
+"""Benchmark: the kit's verification SFT (sft.training_configs on the 4-bit QLoRA policy) vs a default TRL
 SFTConfig on the same model, rows and step budget, plus one ablation arm per candidate optimisation.
 
 Rows: verification examples in the kit's format (verification_example + the recipe's rendered spec +
@@ -79,18 +79,20 @@ class CountingCollator:
         return b
 
 
-def _sft_args(spec: dict, cfg: Any, out: str, steps: int, seed: int, device: str) -> Any:
+def _sft_args(spec: dict, recipe: Any, out: str, steps: int, device: str) -> Any:
     from trl import SFTConfig
 
-    from sinternal_lib.sft import trl_config
+    from sinternal_lib.sft import training_configs
 
+    cfg, seed = recipe.sft, recipe.run.seed
     if spec["config"] == "default":  # only what a user must pass, with the same batch size and steps
-        args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=cfg.batch_size,
+        args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
                          report_to="none", use_cpu=device == "cpu", logging_steps=1, disable_tqdm=True,
                          seed=seed, data_seed=seed)  # + same seed: the same rows in the same order
     else:
-        args = dataclasses.replace(trl_config(dataclasses.replace(cfg, max_steps=steps), out, seed=seed,
-                                              device=device), logging_steps=1)
+        kit = dataclasses.replace(recipe, sft=dataclasses.replace(cfg, max_steps=steps, logging_steps=1),
+                                  model=dataclasses.replace(recipe.model, device=device))
+        args = training_configs(kit, out)["sft"]
     return dataclasses.replace(args, **spec.get("args", {})) if spec.get("args") else args
 
 
@@ -100,8 +102,8 @@ def run_arm(name: str, recipe: Any, rows: list[dict], steps: int, device: str, s
     from transformers import PrinterCallback, TrainerCallback
     from trl import SFTTrainer
 
-    from sinternal_lib.models import load_model, load_policy
-    from sinternal_lib.sft import build_dataset, lora_settings
+    from sinternal_lib.models import load_model, load_policy, lora_config
+    from sinternal_lib.sft import build_dataset
 
     from sinternal_lib.compact_loss import compact_lm_head
 
@@ -110,11 +112,11 @@ def run_arm(name: str, recipe: Any, rows: list[dict], steps: int, device: str, s
     recipe = dataclasses.replace(recipe, sft=cfg)
     t0 = time.perf_counter()
     if spec.get("model", "qlora") == "qlora":
-        model, tok = load_policy(recipe, for_training=True, lora=lora_settings(cfg))
+        model, tok = load_policy(recipe, for_training=True)
     else:
         dtype = "bfloat16" if spec["model"] == "bf16-lora" else "float32"
-        model, tok = load_model(recipe.model.policy, dtype=dtype, device=device, lora=lora_settings(cfg),
-                                trainable=True, gradient_checkpointing=cfg.gradient_checkpointing)
+        model, tok = load_model(recipe.model.policy, dtype=dtype, device=device, trainable=True,
+                                gradient_checkpointing=cfg.gradient_checkpointing)
     load_s, rss_loaded = time.perf_counter() - t0, bl.rss_mb()
     if device.startswith("cuda"):
         rss_loaded = torch.cuda.memory_allocated() / 2**20
@@ -129,7 +131,8 @@ def run_arm(name: str, recipe: Any, rows: list[dict], steps: int, device: str, s
 
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = SFTTrainer(model=model, args=_sft_args(spec, cfg, out, steps, recipe.run.seed, device),
+        trainer = SFTTrainer(model=model, args=_sft_args(spec, recipe, out, steps, device),
+                             peft_config=lora_config(recipe.lora),  # every arm: the recipe's LoRA
                              train_dataset=ds, processing_class=tok, callbacks=[Clock()])
         trainer.remove_callback(PrinterCallback)
         counter = trainer.data_collator = CountingCollator(trainer.data_collator)
@@ -157,13 +160,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", help="stage-02 verification JSONL (default: build rows from embedded prompts)")
     ap.add_argument("--chat", help="stage-02 answer_centric.jsonl to mix in at sft.chat_mix_fraction")
     a = ap.parse_args(argv)
-    from sinternal_lib.sft import mix_chat, read_jsonl
+    from sinternal_lib import jsonl
+    from sinternal_lib.sft import mix_chat
 
     recipe = bl.bench_recipe(a, "sft")
     steps, arms = (2, a.arms or QUICK_ARMS) if a.quick else (a.steps, a.arms or list(ARMS))
     if a.data:
-        rows = read_jsonl(a.data)
-        rows = mix_chat(rows, read_jsonl(a.chat), recipe.sft.chat_mix_fraction, recipe.run.seed) if a.chat else rows
+        rows = jsonl.read(a.data)
+        rows = mix_chat(rows, jsonl.read(a.chat), recipe.sft.chat_mix_fraction, recipe.run.seed) if a.chat else rows
     else:
         rows = build_rows(recipe, 4, 2, "(spec omitted in --quick)") if a.quick else build_rows(recipe, 8, 8)
     peak = bl.matmul_peak(256 if a.quick else 2048, 2 if a.quick else 5, device=a.device)
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
               {"what": "SFT model FLOP/s share of the matmul peak (kit arm, %)", "ratio": kit.get("mfu_pct"),
                "goal": None, "met": None}]
     result = {"benchmark": "SFT throughput: kit vs default TRL SFTConfig", "model": recipe.model.policy,
-              "quick": a.quick, "steps": steps, "batch_size": recipe.sft.batch_size, "rows": len(rows),
+              "quick": a.quick, "steps": steps, "batch_size": recipe.sft.per_device_train_batch_size, "rows": len(rows),
               "data": a.data or "built from embedded prompts (kit verification format + chat mix)",
               "flops_formula": "6 * N * non-padding tokens, N = linear weights incl. LM head",
               "matmul_peak": peak, "machine": bl.machine(), "arms": results, "ratios": ratios}

@@ -15,41 +15,23 @@ Claude-4-Sonnet; the embedded recipe uses the offline spec-grounded teacher, whi
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+from . import jsonl
 from .datasets import BENIGN, HARMFUL, Record
 from .judges import JudgeInput, make_judge
 from .loaders import load_prompts
 from .models import load_policy
-from .runs import Run, atomic_write_text, stage_for
+from .runs import Run, stage_for
 from .sampling import Sample, sample_responses
 from .spec import load_spec, spec_text
 from .teachers import TeacherInput, make_teacher
 from .verification import VARIANTS, select_examples, verification_example
 
 SAFE, UNSAFE = "safe", "unsafe"
-
-
-def write_jsonl(rows: list[dict], path: Path) -> Path:
-    """Write rows as JSONL atomically."""
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read JSONL rows; a malformed line raises naming the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: malformed JSON line ({e}); delete the file to rebuild it") from e
-    return rows
 
 
 def judge_samples(samples: list[Sample], records: dict[str, Record], judge: Any) -> list[dict]:
@@ -194,7 +176,7 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
         judged = sample_and_judge(model, tok, harmful + benign, judge, out / f"samples_{tag}.jsonl",
                                   num_samples=cfg.num_samples, cfg=cfg, seed=seed, model_name=ref,
                                   reasoning_style=recipe.model.reasoning_style)
-        write_jsonl(judged, out / f"judged_{tag}.jsonl")
+        jsonl.write(judged, out / f"judged_{tag}.jsonl")
         selected, funnel = select_examples(judged, seed=seed)
         teacher = make_teacher(recipe.teacher, load_spec(recipe.resolve_path(recipe.spec.path)), judge=judge)
         by_variant, tstats = critique_and_format(selected, teacher, spec, cfg.require_teacher_agreement,
@@ -202,17 +184,17 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
         (out / "verification").mkdir(exist_ok=True)
         if tag == "self":
             for v, rows in by_variant.items():
-                write_jsonl(rows, out / "verification" / f"{v}.jsonl")
+                jsonl.write(rows, out / "verification" / f"{v}.jsonl")
                 outputs.append(f"verification/{v}.jsonl")
             ac = answer_centric_rows(judged, seed)
-            write_jsonl(ac, out / "answer_centric.jsonl")
+            jsonl.write(ac, out / "answer_centric.jsonl")
             outputs += ["answer_centric.jsonl", f"judged_{tag}.jsonl"]
             log(f"[self] held-out: sampling {min(cfg.num_samples, 4)} answers for {len(test_h)} + {len(test_b)} test prompts")
             held = sample_and_judge(model, tok, test_h + test_b, judge, out / "samples_heldout.jsonl",
                                     num_samples=min(cfg.num_samples, 4), cfg=cfg, seed=seed + 1, model_name=ref,
                                     reasoning_style=recipe.model.reasoning_style)
             pairs = heldout_pairs(held, cfg.heldout_num_pairs, seed)
-            write_jsonl(pairs, out / "heldout_pairs.jsonl")
+            jsonl.write(pairs, out / "heldout_pairs.jsonl")
             outputs.append("heldout_pairs.jsonl")
             summary.update({
                 "funnel": funnel, "selection": tstats, "answer_centric_examples": len(ac),
@@ -226,7 +208,7 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
                 "category_counts": dict(Counter(r["category"] or "none" for r in by_variant["sinternal"])),
             })
         else:
-            write_jsonl(by_variant["sinternal"], out / "verification" / "other_exp.jsonl")
+            jsonl.write(by_variant["sinternal"], out / "verification" / "other_exp.jsonl")
             outputs.append("verification/other_exp.jsonl")
             summary["other_exp"] = {"model": ref, "funnel": funnel, "selection": tstats,
                                     "examples": len(by_variant["sinternal"])}
@@ -247,7 +229,7 @@ def _save_hf_dataset(out: Path, outputs: list[str]) -> None:
     parts = {}
     for rel in outputs:
         if rel.startswith("verification/") or rel == "answer_centric.jsonl":
-            rows = read_jsonl(out / rel)
+            rows = jsonl.read(out / rel)
             if rows:
                 parts[Path(rel).stem] = Dataset.from_list(rows)
     tmp = out / ".dataset.tmp"

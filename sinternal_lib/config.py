@@ -1,7 +1,10 @@
 """Recipes: one YAML file per run configuration, loaded into typed dataclasses.
 
-A recipe has top-level sections `run`, `model`, `spec`, `data`, `judge`, `teacher` and one per stage
-(`diagnose`, `build_data`, `sft`, `grpo`, `evaluate`); each maps to one dataclass below. A recipe may
+A recipe has top-level sections `run`, `model`, `spec`, `data`, `judge`, `teacher`, `lora` (the adapter
+SFT and GRPO train) and one per stage (`diagnose`, `build_data`, `sft`, `grpo`, `evaluate`); each maps to
+one dataclass below. A key of `lora`, `sft` or `grpo` that is a PEFT `LoraConfig` / TRL `SFTConfig` /
+`GRPOConfig` field has that field's name and reaches it unchanged (LORA_PEFT_FIELDS, SFT_TRL_FIELDS,
+GRPO_TRL_FIELDS); keys of older recipes fail with their new name (RENAMED). A recipe may
 name one `base:` recipe (one level only) and override some keys. Unknown keys are errors, so a typo
 never silently falls back to a default. Overrides (`{"sft.learning_rate": 1e-3}` from a notebook, or
 `--set sft.learning_rate=1e-3` on the CLI) go through `apply_overrides`, the one place that does it.
@@ -131,22 +134,33 @@ class BuildDataConfig:
 
 
 @dataclass
+class LoraSection:
+    """The recipe's `lora:` section: the fresh LoRA adapter of SFT and of GRPO's "base" init. Every key is a
+    field of PEFT's `LoraConfig` under its own name (`models.lora_config` builds the LoraConfig from it)."""
+
+    r: int = 16  # paper
+    lora_alpha: int = 32  # paper
+    lora_dropout: float = 0.05  # not in paper
+    target_modules: list[str] = field(  # the one default list: every attention and MLP projection
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class SftConfig:
+    """Keys named as TRL `SFTConfig` fields (SFT_TRL_FIELDS) go to it unchanged; the rest are the kit's."""
+
     variants: list[str] = field(
         default_factory=lambda: ["sinternal", "verdict_only", "critique_only", "answer_centric"]
     )
-    lora_r: int = 16  # paper
-    lora_alpha: int = 32  # paper
-    lora_dropout: float = 0.05  # not in paper
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
     learning_rate: float = 2e-4  # paper
     lr_scheduler_type: str = "constant"
-    num_epochs: float = 2.0  # paper
-    max_steps: int = -1  # > 0 overrides num_epochs
-    batch_size: int = 4
-    grad_accum: int = 1
+    num_train_epochs: float = 2.0  # paper
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    # The kit's own limit (not passed to TRL): rows longer than this are dropped before training, never
+    # truncated (TRL would keep the start and cut the target off); SFTConfig gets max_length=None.
     max_length: int = 1024
     save_steps: int = 50
     logging_steps: int = 5
@@ -170,9 +184,16 @@ class SftConfig:
 
 @dataclass
 class GrpoConfig:
+    """Keys named as TRL `GRPOConfig` fields (GRPO_TRL_FIELDS) go to it unchanged; the rest are the kit's.
+
+    TRL's batch: one optimizer step trains on per_device_train_batch_size x gradient_accumulation_steps
+    completions (one generation batch; single process), i.e. that / num_generations prompts.
+    """
+
     inits: list[str] = field(default_factory=lambda: ["base", "answer_centric", "sinternal"])
-    num_prompts_per_step: int = 64  # paper: 64 prompts x 8 rollouts per step
-    num_generations: int = 8  # paper
+    num_generations: int = 8  # paper: 8 rollouts per prompt
+    per_device_train_batch_size: int = 512  # paper: 64 prompts x 8 rollouts = 512 completions per step
+    gradient_accumulation_steps: int = 1  # > 1 splits the step's completions into micro-batches
     learning_rate: float = 1e-6  # paper
     beta: float = 0.0  # paper: no KL penalty
     max_steps: int = 100  # not in paper
@@ -185,6 +206,36 @@ class GrpoConfig:
     save_steps: int = 25
     bf16: bool = False
     gradient_checkpointing: bool = True
+
+
+# Recipe keys that are TRL / PEFT fields under the same name, passed to them unchanged in one hop
+# (sft.training_configs, grpo.training_configs, models.lora_config). A test checks each is a real field of
+# trl.SFTConfig / trl.GRPOConfig / peft.LoraConfig, so a rename upstream fails a test, not a run.
+SFT_TRL_FIELDS: tuple[str, ...] = (
+    "learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "save_steps", "logging_steps", "bf16", "gradient_checkpointing", "padding_free",
+)
+GRPO_TRL_FIELDS: tuple[str, ...] = (
+    "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "beta",
+    "max_steps", "max_completion_length", "temperature", "save_steps", "bf16", "gradient_checkpointing",
+)
+LORA_PEFT_FIELDS: tuple[str, ...] = ("r", "lora_alpha", "lora_dropout", "target_modules")
+
+# Keys of older recipes, with what replaced them: loading one is a RecipeError that says so.
+RENAMED: dict[str, str] = {
+    "sft.lora_r": "was renamed to lora.r (PEFT LoraConfig's name; the lora section serves SFT and GRPO)",
+    "sft.lora_alpha": "was renamed to lora.lora_alpha (PEFT LoraConfig's name; the lora section serves SFT and GRPO)",
+    "sft.lora_dropout": "was renamed to lora.lora_dropout (PEFT LoraConfig's name; the lora section serves SFT "
+                        "and GRPO)",
+    "sft.target_modules": "was renamed to lora.target_modules (PEFT LoraConfig's name; the lora section serves "
+                          "SFT and GRPO)",
+    "sft.num_epochs": "was renamed to sft.num_train_epochs (TRL SFTConfig's name)",
+    "sft.batch_size": "was renamed to sft.per_device_train_batch_size (TRL SFTConfig's name)",
+    "sft.grad_accum": "was renamed to sft.gradient_accumulation_steps (TRL SFTConfig's name)",
+    "grpo.num_prompts_per_step": "was replaced by grpo.per_device_train_batch_size (TRL GRPOConfig's name), which "
+                                 "counts completions: prompts per step x grpo.num_generations (divided by "
+                                 "grpo.gradient_accumulation_steps when a step is split into micro-batches)",
+}
 
 
 @dataclass
@@ -211,6 +262,7 @@ SECTIONS: dict[str, type] = {
     "teacher": TeacherConfig,
     "diagnose": DiagnoseConfig,
     "build_data": BuildDataConfig,
+    "lora": LoraSection,
     "sft": SftConfig,
     "grpo": GrpoConfig,
     "evaluate": EvaluateConfig,
@@ -227,6 +279,7 @@ class Recipe:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     build_data: BuildDataConfig = field(default_factory=BuildDataConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
     sft: SftConfig = field(default_factory=SftConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -279,7 +332,7 @@ class Bound:
         return True
 
     def describe(self, what: str = "a number") -> str:
-        """E.g. "a number in [0, 1)", "-1 (train num_epochs epochs) or an integer >= 1"."""
+        """E.g. "a number in [0, 1)", "-1 (train num_train_epochs epochs) or an integer >= 1"."""
         if self.lo is not None and self.hi is not None:
             rng = f" in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
         elif self.lo is not None:
@@ -331,14 +384,14 @@ RANGES: dict[str, Bound] = {
     "build_data.heldout_num_prompts": COUNT,
     "build_data.heldout_num_pairs": COUNT,
     "build_data.refusal_prefill_samples": COUNT,  # and <= num_samples (RULES)
-    "sft.lora_r": AT_LEAST_1,
-    "sft.lora_alpha": POSITIVE,
-    "sft.lora_dropout": Bound(lo=0, hi=1, hi_open=True),
+    "lora.r": AT_LEAST_1,
+    "lora.lora_alpha": POSITIVE,
+    "lora.lora_dropout": Bound(lo=0, hi=1, hi_open=True),
     "sft.learning_rate": POSITIVE,
-    "sft.num_epochs": POSITIVE,
-    "sft.max_steps": Bound(lo=1, also=((-1, "train num_epochs epochs"),)),  # TRL: -1 = use epochs
-    "sft.batch_size": AT_LEAST_1,
-    "sft.grad_accum": AT_LEAST_1,
+    "sft.num_train_epochs": POSITIVE,
+    "sft.max_steps": Bound(lo=1, also=((-1, "train num_train_epochs epochs"),)),  # TRL: -1 = use epochs
+    "sft.per_device_train_batch_size": AT_LEAST_1,
+    "sft.gradient_accumulation_steps": AT_LEAST_1,
     "sft.max_length": AT_LEAST_1,
     "sft.save_steps": AT_LEAST_1,
     "sft.logging_steps": AT_LEAST_1,
@@ -347,11 +400,12 @@ RANGES: dict[str, Bound] = {
     "sft.eval_num_prompts": COUNT,
     "sft.eval_num_human_pairs": COUNT,
     "sft.eval_max_new_tokens": AT_LEAST_1,
-    "grpo.num_prompts_per_step": AT_LEAST_1,
     "grpo.num_generations": Bound(lo=2),  # TRL: group advantages need >= 2 rollouts per prompt
+    "grpo.per_device_train_batch_size": AT_LEAST_1,  # a multiple of num_generations per step (RULES)
+    "grpo.gradient_accumulation_steps": AT_LEAST_1,
     "grpo.learning_rate": POSITIVE,
     "grpo.beta": Bound(lo=0),
-    "grpo.max_steps": AT_LEAST_1,  # grpo_args sets no epochs: steps are the only budget
+    "grpo.max_steps": AT_LEAST_1,  # grpo.training_configs sets no epochs: steps are the only budget
     "grpo.max_completion_length": AT_LEAST_1,
     "grpo.temperature": POSITIVE,  # rollouts are sampled; 0 is not a sampling temperature
     "grpo.harmful_fraction": FRACTION,  # the three are normalised by their sum (grpo.py mix_counts); RULES
@@ -375,6 +429,10 @@ RULES: list[tuple[tuple[str, ...], Callable[["Recipe"], bool], str]] = [
      lambda r: r.grpo.harmful_fraction + r.grpo.benign_fraction + r.grpo.math_fraction > 0,
      "grpo.harmful_fraction + grpo.benign_fraction + grpo.math_fraction must be > 0 "
      "(the prompt mix is normalised by their sum)"),
+    (("grpo.per_device_train_batch_size", "grpo.gradient_accumulation_steps", "grpo.num_generations"),
+     lambda r: r.grpo.per_device_train_batch_size * r.grpo.gradient_accumulation_steps % r.grpo.num_generations == 0,
+     "grpo.per_device_train_batch_size x grpo.gradient_accumulation_steps (completions per step) must be a "
+     "multiple of grpo.num_generations (whole groups of rollouts per prompt)"),
 ]
 
 
@@ -493,8 +551,13 @@ def _build_section(name: str, values: Mapping[str, Any], where: str = "recipe") 
     known = [f.name for f in dataclasses.fields(cls)]
     for k in values:
         if k not in known:
-            raise RecipeError(f"{where}: {_unknown(k, known, name)}")
+            raise RecipeError(f"{where}: {_renamed(f'{name}.{k}') or _unknown(k, known, name)}")
     return cls(**values)
+
+
+def _renamed(key: str) -> str | None:
+    """"sft.lora_r was renamed to lora.r (...)" for a key of an older recipe (RENAMED), else None."""
+    return f"{key} {RENAMED[key]}" if key in RENAMED else None
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -674,7 +737,7 @@ def _apply(data: dict[str, dict], overrides: Mapping[str, Any] | list[str], sour
             raise RecipeError(f"{text}: {_unknown(section, list(SECTIONS))}")
         known = [f.name for f in dataclasses.fields(SECTIONS[section])]
         if name not in known:
-            raise RecipeError(f"{text}: {_unknown(name, known, section)}")
+            raise RecipeError(f"{text}: {_renamed(key) or _unknown(name, known, section)}")
         data[section][name] = value
         where[key] = text
     return where

@@ -9,7 +9,6 @@ This module is the schema: the loaders import it, it never imports them (so no i
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -17,6 +16,9 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable
+
+from . import jsonl
+from .config import REPO_ROOT
 
 HARMFUL, BENIGN = "harmful", "benign"
 PROMPT_LABELS = (HARMFUL, BENIGN)
@@ -53,28 +55,18 @@ class Record:
 
 
 def write_records(records: Iterable[Record], path: str | os.PathLike) -> Path:
-    """Write records as JSONL atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write records as JSONL atomically (`jsonl.write`)."""
+    return jsonl.write((r.to_dict() for r in records), path)
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:
-    """Read a JSONL file of records; a malformed line raises with its file and line number."""
+    """Read a JSONL file of records (`jsonl.read`); a malformed line or row raises naming the file."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Record.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as e:
-                raise ValueError(f"{path}:{i}: malformed record ({e}); delete the file to rebuild it") from e
+    for i, row in enumerate(jsonl.read(path), 1):
+        try:
+            out.append(Record.from_dict(row))
+        except TypeError as e:
+            raise ValueError(f"{path}: row {i} is not a record ({e}); delete the file to rebuild it") from e
     return out
 
 
@@ -84,7 +76,6 @@ def read_records(path: str | os.PathLike) -> list[Record]:
 # ---------------------------------------------------------------------------------------------
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS_DIR = REPO_ROOT / "data" / "prompts"
 JAILBREAK_TEMPLATES_PATH = PROMPTS_DIR / "jailbreak_templates.yaml"
 EMBEDDED_KINDS = ("harmful", "benign", "math", "jailbreak")

@@ -15,7 +15,8 @@ import random
 from collections import Counter
 from typing import Any, Callable
 
-from .build_data import judge_samples, write_jsonl
+from . import jsonl
+from .build_data import judge_samples
 from .datasets import BENIGN, HARMFUL, Record
 from .judges import make_judge
 from .loaders import BenchmarkMissing, load_benchmark, load_prompts
@@ -109,7 +110,7 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
             all_rows += rows
             results[ref][set_name] = score_rows(rows, seed) if rows else {"n": 0}
         del model
-    write_jsonl(all_rows, stage.dir / "predictions.jsonl")
+    jsonl.write(all_rows, stage.dir / "predictions.jsonl")
     lead = results[recipe.model.policy]["own_answers"]
     summary = {
         "models": results,
@@ -127,23 +128,3 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
     }
     stage.finish(["predictions.jsonl"], summary)
     return summary
-
-
-def diagnosis_table(summary: dict[str, Any]) -> "Any":
-    """One row per (model, pair set): balanced accuracy, macro-F1, F1 and its baselines, no-verdict rate."""
-    import pandas as pd
-
-    rows = []
-    for ref, sets in summary["models"].items():
-        for set_name, m in sets.items():
-            if not m.get("n"):
-                continue
-            b = m["baselines"]
-            rows.append({
-                "model": ref, "pairs": set_name, "n": m["n"], "unsafe_share": m["base_rate_unsafe"],
-                "balanced_acc": m["balanced_accuracy"], "bal_acc_ci95": m["ci95"]["balanced_accuracy"],
-                "macro_f1": m["macro_f1"], "f1_unsafe": m["f1"], "f1_ci95": m["ci95"]["f1"],
-                "f1_coin_flip": b["coin_flip"]["f1"], "f1_always_unsafe": b["always_unsafe"]["f1"],
-                "no_verdict_rate": m["no_verdict_rate"],
-            })
-    return pd.DataFrame(rows).round(3)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import jsonl
 from .datasets import Record
 from .loaders import BenchmarkMissing
 from .runs import STAGES
@@ -74,7 +75,7 @@ def load_eval_set(name: str, n: int = 0, seed: int = 0, run: Any = None) -> tupl
             path = run.require("build_data", "heldout_pairs.jsonl")
         except (StageIncomplete, AttributeError) as e:
             raise BenchmarkMissing(f"held-out verification pairs unavailable: {e}") from None
-        pairs = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        pairs = jsonl.read(path)
         if n and n < len(pairs):
             import random
 
@@ -98,24 +99,6 @@ def _score_key(ckpt: Checkpoint, bench: str, settings: dict) -> str:
 
     adapter = hash_path(ckpt.adapter)[:16] if ckpt.adapter is not None else "none"
     return json.dumps([ckpt.name, bench, adapter, settings], sort_keys=True)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a truncated last line from a killed write: that pair is simply redone
-    return out
-
-
-def _append_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
 
 
 def score_benchmark(model: Any, tok: Any, bench: str, kind: str, items: list, judge: Any, spec: Any,
@@ -208,7 +191,8 @@ def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any = None,
     gen_path.touch()
     score_path.touch()
     load = load or (lambda ck: load_checkpoint(run.recipe, ck))
-    done = {s["key"]: s for s in _read_jsonl(score_path) if "key" in s}
+    jsonl.read_resumable(gen_path)  # cut a torn tail a killed run left, so appends start on a clean line
+    done = {s["key"]: s for s in jsonl.read_resumable(score_path) if "key" in s}
     results: dict[str, dict] = {}
     for ck in ckpts:
         todo = [b for b in sets if _score_key(ck, b, settings) not in done]
@@ -226,8 +210,8 @@ def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any = None,
                                         system_prompt=run.recipe.model.system_prompt,
                                         verify_max_new_tokens=verify_tokens,
                                         reasoning_style=run.recipe.model.reasoning_style)
-            _append_jsonl(gen_path, [{"checkpoint": ck.name, "benchmark": b, **r} for r in rows])
-            _append_jsonl(score_path, [{"key": key, "checkpoint": ck.name, "benchmark": b, "results": out}])
+            jsonl.append([{"checkpoint": ck.name, "benchmark": b, **r} for r in rows], gen_path)
+            jsonl.append([{"key": key, "checkpoint": ck.name, "benchmark": b, "results": out}], score_path)
             res.update(out)
             log(f"{ck.name:<20} {b:<20} " + ", ".join(f"{k} {v['metric']} {v['rate']}" for k, v in out.items()
                                                      if not k.endswith(":takeover")))
@@ -270,7 +254,7 @@ def proactive_for(gen_path: Path, checkpoint: str) -> dict:
     """Proactive verification rate of one checkpoint over its safety-prompt generations (not math, not pairs)."""
     from .metrics import self_check_rate
 
-    rows = [r for r in _read_jsonl(gen_path) if r.get("checkpoint") == checkpoint
+    rows = [r for r in jsonl.read(gen_path) if r.get("checkpoint") == checkpoint
             and r.get("benchmark") not in MATH and r.get("benchmark") != VERIFICATION]
     seen, uniq = set(), []
     for r in rows:  # a resumed file may hold a pair twice; count each item once

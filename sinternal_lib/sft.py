@@ -1,7 +1,8 @@
 """Verification SFT (paper step 5) with QLoRA, its ablations, and the answer-centric baseline.
 
-Each variant trains a fresh LoRA on the 4-bit NF4 base with TRL's `SFTTrainer` on conversational
-prompt/completion rows from stage 02, so the loss falls on the completion only (critique + verdict for
+Each variant trains a fresh LoRA (`peft_config=`) on the 4-bit NF4 base with TRL's `SFTTrainer` (all
+three configs from `training_configs`) on conversational prompt/completion rows from stage 02, so the
+loss falls on the completion only (critique + verdict for
 "sinternal"; verdict line for "verdict_only"; critique for "critique_only"; an own judged-safe answer for
 "answer_centric"). All variants share one recipe and one step budget. Outputs per variant under
 `03_sft/<variant>/`: `adapter/` (LoRA + tokenizer), `checkpoints/` (every save_steps; an interrupted
@@ -26,10 +27,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from . import jsonl
 from .compact_loss import compact_lm_head
-from .config import Recipe, SftConfig
+from .config import SFT_TRL_FIELDS, Recipe, SftConfig
 from .datasets import Record, load_embedded
-from .models import LoraSettings, load_policy, pick_device
+from .models import load_policy, lora_config, pick_device, policy_quantization
 from .runs import STAGES, Run, atomic_write_json, hash_path, stage_for, last_complete_checkpoint
 from .verification import verification_metrics, verify_pairs
 
@@ -51,12 +53,6 @@ def variant_file(variant: str) -> str:
     if variant in VERIFICATION_VARIANTS:
         return f"verification/{variant}.jsonl"
     raise ValueError(f"unknown SFT variant {variant!r}; known: {ALL_VARIANTS} (recipe key sft.variants)")
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Rows of a JSONL file (blank lines ignored)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def mix_chat(rows: Sequence[dict], chat_pool: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
@@ -112,10 +108,10 @@ def build_dataset(rows: Sequence[dict], tok: Any, max_length: int, seed: int = 0
 
 def variant_rows(run: Run, variant: str, cfg: SftConfig, seed: int) -> list[dict]:
     """A variant's training rows from stage 02, with own chat mixed into verification variants."""
-    rows = read_jsonl(run.require("build_data", variant_file(variant)))
+    rows = jsonl.read(run.require("build_data", variant_file(variant)))
     if variant == ANSWER_CENTRIC or cfg.chat_mix_fraction == 0:
         return rows
-    return mix_chat(rows, read_jsonl(run.require("build_data", CHAT_POOL)), cfg.chat_mix_fraction, seed)
+    return mix_chat(rows, jsonl.read(run.require("build_data", CHAT_POOL)), cfg.chat_mix_fraction, seed)
 
 
 def available_variants(run: Run, variants: Sequence[str]) -> list[str]:
@@ -130,26 +126,25 @@ def available_variants(run: Run, variants: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- training
-def lora_settings(cfg: SftConfig) -> LoraSettings:
-    return LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                        target_modules=list(cfg.target_modules))
+def training_configs(recipe: Recipe, output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The configs a variant trains with: {"quantization": BitsAndBytesConfig or None (the base model),
+    "lora": peft LoraConfig (the fresh adapter), "sft": trl SFTConfig (checkpoints under `output_dir`)}.
 
-
-def trl_config(cfg: SftConfig, output_dir: str | os.PathLike, *, seed: int = 0, device: str = "cpu") -> Any:
-    """TRL `SFTConfig` from the recipe's sft section (completion-only loss; checkpoints every save_steps)."""
+    The sft keys named in SFT_TRL_FIELDS go to SFTConfig unchanged; the rest are fixed by the kit.
+    """
     from trl import SFTConfig
 
-    return SFTConfig(
-        output_dir=str(output_dir), learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
-        num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        # padding-free needs max_length None in TRL; build_dataset already drops rows over cfg.max_length
-        gradient_accumulation_steps=cfg.grad_accum, max_length=None if cfg.padding_free else cfg.max_length, save_strategy="steps",
-        save_steps=cfg.save_steps, logging_steps=cfg.logging_steps, bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing, completion_only_loss=True, packing=False,
-        padding_free=cfg.padding_free, use_cpu=(device == "cpu"), seed=seed, data_seed=seed, report_to="none",
-        save_total_limit=2, include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
-        disable_tqdm=True,
+    cfg, seed = recipe.sft, recipe.run.seed
+    args = SFTConfig(
+        output_dir=str(output_dir), **{f: getattr(cfg, f) for f in SFT_TRL_FIELDS},
+        completion_only_loss=True,  # loss on the critique + verdict (the completion) only
+        max_length=None,  # build_dataset drops rows over sft.max_length, so TRL has nothing to truncate
+        packing=False, save_strategy="steps", save_total_limit=2, seed=seed, data_seed=seed,
+        use_cpu=pick_device(recipe.model.device) == "cpu", report_to="none",
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=True,
     )
+    return {"quantization": policy_quantization(recipe, for_training=True), "lora": lora_config(recipe.lora),
+            "sft": args}
 
 
 def last_checkpoint(folder: str | os.PathLike) -> str | None:
@@ -180,30 +175,40 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def load_for_training(recipe: Recipe) -> tuple[Any, Any]:
-    """The recipe's policy with a fresh trainable LoRA (4-bit NF4 base when model.load_in_4bit)."""
-    return load_policy(recipe, for_training=True, lora=lora_settings(recipe.sft))
+def load_for_training(recipe: Recipe, quantization_config: Any = None) -> tuple[Any, Any]:
+    """The recipe's policy prepared for training, without an adapter (4-bit NF4 base when
+    model.load_in_4bit): the trainer adds the fresh LoRA from `training_configs(...)["lora"]`."""
+    return load_policy(recipe, for_training=True, quantization_config=quantization_config)
+
+
+def make_trainer(recipe: Recipe, model: Any, tok: Any, train_dataset: Any, output_dir: str | os.PathLike,
+                 configs: dict[str, Any] | None = None) -> Any:
+    """`SFTTrainer` for `model` (from `load_for_training`) with the recipe's SFTConfig and a fresh LoRA
+    (`peft_config=`), checkpoints under `output_dir`; `configs` from `training_configs` when already built."""
+    from trl import SFTTrainer
+
+    configs = configs or training_configs(recipe, output_dir)
+    return SFTTrainer(model=model, args=configs["sft"], peft_config=configs["lora"], train_dataset=train_dataset,
+                      processing_class=tok)
 
 
 def train_variant(recipe: Recipe, rows: Sequence[dict], out_dir: str | os.PathLike, *,
                   model: Any = None, tok: Any = None) -> tuple[Any, Any, dict[str, Any]]:
-    """Train one variant's LoRA on `rows`; save adapter, tokenizer and loss.csv under `out_dir`.
+    """Train one variant's fresh LoRA on `rows`; save adapter, tokenizer and loss.csv under `out_dir`.
 
     Resumes from the newest checkpoint in `out_dir/checkpoints` when there is one. Pass a preloaded
-    trainable (model, tok) to reuse it; otherwise a fresh 4-bit + LoRA policy is loaded.
-    Returns (model, tok, train stats).
+    (model, tok) from `load_for_training` to reuse it; otherwise the base is loaded with
+    `training_configs(...)["quantization"]`. Returns (trained PEFT model, tok, train stats).
     """
-    from trl import SFTTrainer
-
     cfg, out = recipe.sft, Path(out_dir)
     device = pick_device(recipe.model.device)
-    if model is None:
-        model, tok = load_for_training(recipe)
-    ds, counts = build_dataset(rows, tok, cfg.max_length, recipe.run.seed)
     ckpt_dir = out / "checkpoints"
+    configs = training_configs(recipe, ckpt_dir)
+    if model is None:
+        model, tok = load_for_training(recipe, configs["quantization"])
+    ds, counts = build_dataset(rows, tok, cfg.max_length, recipe.run.seed)
     resume = last_checkpoint(ckpt_dir)
-    trainer = SFTTrainer(model=model, args=trl_config(cfg, ckpt_dir, seed=recipe.run.seed, device=device),
-                         train_dataset=ds, processing_class=tok)
+    trainer = make_trainer(recipe, model, tok, ds, ckpt_dir, configs)
     t0 = time.time()
     with compact_lm_head(cfg.compact_lm_head) as compact:
         result = trainer.train(resume_from_checkpoint=resume)
@@ -221,14 +226,14 @@ def train_variant(recipe: Recipe, rows: Sequence[dict], out_dir: str | os.PathLi
         "tokens_seen": tokens, "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
         "peak_mem_mb": round(peak_memory_mb(device), 1), "compact_lm_head": compact, "data": counts,
     }
-    model.eval()
+    trainer.model.eval()
     return trainer.model, tok, stats
 
 
 # ----------------------------------------------------------------------------- evaluation
 def heldout_pairs(path: str | os.PathLike, n: int, seed: int = 0) -> list[dict]:
     """A seeded subsample of n held-out pairs, balanced safe/unsafe where the file allows it."""
-    rows = read_jsonl(path)
+    rows = jsonl.read(path)
     rng = random.Random(seed)
     by = {lab: [r for r in rows if r["label"] == lab] for lab in ("unsafe", "safe")}
     for v in by.values():
@@ -293,12 +298,6 @@ def eval_human_pairs(cfg: SftConfig, seed: int, log: Any = print) -> tuple[dict[
             skipped[name] = str(e).splitlines()[0]
             log(f"held-out human set {name} skipped: {skipped[name]}")
     return sets, skipped
-
-
-def _write_rows(rows: Sequence[dict], path: Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=str) + "\n")
 
 
 def results_table(results: dict[str, dict]) -> "Any":
@@ -374,8 +373,8 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
             del model  # evaluate on a fresh load: the adapter on the generation weights (models.load_policy)
         model, tok = load_policy(recipe, adapter=out / "adapter" if name != "base" else None)
         metrics, eval_rows = evaluate_variant(model, tok, spec, pairs, prompts, judge, cfg, **eval_kw)
-        _write_rows(eval_rows["verification"], out / "verification_eval.jsonl")
-        _write_rows(eval_rows["chat"], out / "chat_eval.jsonl")
+        jsonl.write(eval_rows["verification"], out / "verification_eval.jsonl")
+        jsonl.write(eval_rows["chat"], out / "chat_eval.jsonl")
         results[name] = {"variant": name, **stats, **metrics}
         atomic_write_json(out / SUMMARY, results[name])  # last: marks the variant done
         del model
@@ -457,7 +456,7 @@ def side_by_side(stage_dir: str | os.PathLike, models: Sequence[str], n: int = 2
     """The same held-out chat prompts answered by each model (first n of `label`), answers shortened."""
     import pandas as pd
 
-    answers = {m: {r["id"]: r for r in read_jsonl(Path(stage_dir) / m / "chat_eval.jsonl")} for m in models}
+    answers = {m: {r["id"]: r for r in jsonl.read(Path(stage_dir) / m / "chat_eval.jsonl")} for m in models}
     ids = [i for i, r in answers[models[0]].items() if r["label"] == label][:n]
     return pd.DataFrame([{"prompt": answers[models[0]][i]["prompt"][:80],
                           **{m: answers[m][i]["response"][:width] for m in models}} for i in ids])

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .config import REPO_ROOT
+
 DEFAULT_SPEC_PATH = REPO_ROOT / "data" / "spec" / "safety_spec.yaml"
 ALT_SPEC_PATH = REPO_ROOT / "data" / "spec" / "alt_spec_minimal.yaml"
 

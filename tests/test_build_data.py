@@ -8,11 +8,13 @@ from collections import Counter
 
 import pytest
 
-from sinternal_lib.build_data import answer_centric_rows, heldout_pairs, read_jsonl, write_jsonl
+from sinternal_lib import jsonl
+from sinternal_lib.build_data import answer_centric_rows, heldout_pairs
 from sinternal_lib.build_data import run as run_build_data
 from sinternal_lib.config import load_recipe
 from sinternal_lib.datasets import Record
-from sinternal_lib.diagnose import diagnosis_table, human_pairs, xstest_safety_label
+from sinternal_lib.diagnose import human_pairs, xstest_safety_label
+from sinternal_lib.views import diagnosis_table
 from sinternal_lib.diagnose import run as run_diagnosis
 from sinternal_lib.runs import open_run, stage_for
 
@@ -46,14 +48,6 @@ def test_heldout_pairs_balanced_one_per_prompt_and_label():
     assert heldout_pairs(judged, n=8, seed=1) == pairs  # deterministic
 
 
-def test_jsonl_roundtrip_and_malformed_line(tmp_path):
-    p = write_jsonl([{"a": 1}, {"b": "ü"}], tmp_path / "x.jsonl")
-    assert read_jsonl(p) == [{"a": 1}, {"b": "ü"}]
-    p.write_text('{"a": 1}\n{"b": \n')
-    with pytest.raises(ValueError, match="x.jsonl:2"):
-        read_jsonl(p)
-
-
 @pytest.mark.parametrize("label,human,expected", [
     ("harmful", "compliance", "unsafe"), ("harmful", "refusal", "safe"), ("harmful", "partial", None),
     ("benign", "refusal", "safe"), ("benign", "compliance", "safe")])
@@ -74,13 +68,13 @@ def test_stages_01_and_02_on_tiny_model(tmp_path):
     st = stage_for(run, "build_data")
     assert st.is_complete()
     for v in ("sinternal", "verdict_only", "critique_only"):
-        rows = read_jsonl(st.dir / "verification" / f"{v}.jsonl")
+        rows = jsonl.read(st.dir / "verification" / f"{v}.jsonl")
         assert len(rows) == data["examples"]
         for r in rows:
             target = r["completion"][0]["content"]
             assert r["prompt"][0]["role"] == "system" and "Verdict:" not in r["prompt"][1]["content"][-20:]
             assert ("Verdict:" in target) == (v != "critique_only")
-    samples = read_jsonl(st.dir / "samples_self.jsonl")
+    samples = jsonl.read(st.dir / "samples_self.jsonl")
     cfg = run.recipe.build_data
     assert len(samples) == (cfg.num_harmful_prompts + cfg.num_benign_prompts) * cfg.num_samples
     assert json.loads((run.path / "metrics.json").read_text())["build_data"]["funnel"]["prompts_total"] == 10
@@ -104,3 +98,24 @@ def test_judge_that_labels_nothing_stops_the_stage(monkeypatch):
     samples = [Sample("h1", 0, "do harm", "ok here", None, "ok here", 3, "stop", "m", 0)]
     with pytest.raises(RuntimeError, match="no verdict for any of 1 answers"):
         judge_samples(samples, {"h1": rec}, judge)
+
+
+def test_training_example_shows_template_target_and_redacts_unsafe():
+    from sinternal_lib.models import bundled_tokenizer_dir
+    from sinternal_lib.verification import verification_example
+    from sinternal_lib.views import pick_example, training_example
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bundled_tokenizer_dir())
+    safe = {**verification_example("SPEC-TEXT", "How do I pick a lock?", "I can't help with that.",
+                                   "The answer refuses.", "safe"), "label": "safe", "prompt_label": "harmful"}
+    unsafe = {**verification_example("SPEC-TEXT", "How do I pick a lock?", "UNSAFE-ANSWER-TEXT",
+                                     "The answer gives steps.", "unsafe"), "label": "unsafe", "prompt_label": "harmful"}
+    assert pick_example([unsafe, safe]) is safe and pick_example([]) is None
+    text = training_example(safe, tok)
+    head, target = text.split("=== target")
+    assert "SPEC-TEXT" in head and "I can't help with that." in head and "<|im_start|>assistant" in head
+    assert "The answer refuses." in target and "Verdict: safe" in target and "SPEC-TEXT" not in target
+    shown = training_example(unsafe, tok)
+    assert "UNSAFE-ANSWER-TEXT" not in shown and "redacted" in shown and "Verdict: unsafe" in shown
+    assert "UNSAFE-ANSWER-TEXT" in training_example(unsafe, tok, show_unsafe=True)

@@ -13,8 +13,9 @@ import sys
 import pytest
 
 from sinternal_lib.config import (
-    CONFIG_DIR, NO_RANGE, RANGES, REPO_ROOT, SECTIONS, Recipe, RecipeError, allowed, apply_overrides, dump_recipe,
-    load_recipe, parse_override_strings, validate,
+    CONFIG_DIR, GRPO_TRL_FIELDS, LORA_PEFT_FIELDS, NO_RANGE, RANGES, RENAMED, REPO_ROOT, SECTIONS, SFT_TRL_FIELDS,
+    GrpoConfig, LoraSection, Recipe, RecipeError, SftConfig, allowed, apply_overrides, dump_recipe, load_recipe,
+    parse_override_strings, validate,
 )
 
 
@@ -28,8 +29,12 @@ def test_every_shipped_recipe_loads(path):
 def test_gpu_recipe_has_paper_settings():
     r = load_recipe("gpu-ds-r1-qwen-7b")
     assert r.model.policy == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
-    assert (r.build_data.num_samples, r.sft.lora_r, r.sft.lora_alpha, r.sft.learning_rate, r.sft.num_epochs) == (8, 16, 32, 2e-4, 2.0)
-    assert (r.grpo.num_prompts_per_step, r.grpo.num_generations, r.grpo.learning_rate, r.grpo.beta) == (64, 8, 1e-6, 0.0)
+    assert (r.build_data.num_samples, r.lora.r, r.lora.lora_alpha, r.sft.learning_rate,
+            r.sft.num_train_epochs) == (8, 16, 32, 2e-4, 2.0)
+    g = r.grpo  # paper: 64 prompts x 8 rollouts = 512 completions per step, here in 8 micro-batches of 64
+    assert g.per_device_train_batch_size * g.gradient_accumulation_steps == 64 * g.num_generations
+    assert g.num_generations == 8
+    assert (g.learning_rate, g.beta) == (1e-6, 0.0)
 
 
 def test_overrides_dict_and_strings():
@@ -121,10 +126,11 @@ def test_bad_structure(tmp_path, text, expected):
 
 
 @pytest.mark.parametrize("text, field, expected", [
-    ("sft: {max_steps: many}", "sft.max_steps", "-1 (train num_epochs epochs) or an integer >= 1, got 'many'"),
-    ("sft: {lora_r: 2.5}", "sft.lora_r", "an integer >= 1, got 2.5"),
-    ("sft: {max_steps: }", "sft.max_steps", "-1 (train num_epochs epochs) or an integer >= 1, got None"),
-    ("sft: {batch_size: true}", "sft.batch_size", "an integer >= 1, got True"),  # bools are not ints
+    ("sft: {max_steps: many}", "sft.max_steps", "-1 (train num_train_epochs epochs) or an integer >= 1, got 'many'"),
+    ("lora: {r: 2.5}", "lora.r", "an integer >= 1, got 2.5"),
+    ("sft: {max_steps: }", "sft.max_steps", "-1 (train num_train_epochs epochs) or an integer >= 1, got None"),
+    ("sft: {gradient_accumulation_steps: true}", "sft.gradient_accumulation_steps",
+     "an integer >= 1, got True"),  # bools are not ints
     ("sft: {learning_rate: fast}", "sft.learning_rate", "a number > 0, got 'fast'"),
     ("sft: {learning_rate: .nan}", "sft.learning_rate", "a number > 0, got nan"),
     ("model: {load_in_4bit: 'yes'}", "model.load_in_4bit", "true or false, got 'yes'"),
@@ -145,18 +151,18 @@ def test_ints_for_floats_and_yaml_1_1_exponents_are_fine(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, expected", [
-    ("sft.max_steps", 0, "-1 (train num_epochs epochs) or an integer >= 1"),
-    ("sft.max_steps", -5, "-1 (train num_epochs epochs) or an integer >= 1"),
+    ("sft.max_steps", 0, "-1 (train num_train_epochs epochs) or an integer >= 1"),
+    ("sft.max_steps", -5, "-1 (train num_train_epochs epochs) or an integer >= 1"),
     ("grpo.max_steps", -1, "an integer >= 1"),
-    ("sft.num_epochs", 0, "a number > 0"),
+    ("sft.num_train_epochs", 0, "a number > 0"),
     ("build_data.num_samples", 0, "an integer >= 1"),
     ("build_data.batch_size", 0, "an integer >= 1"),
     ("build_data.max_new_tokens", 0, "an integer >= 1"),
     ("sft.max_length", 0, "an integer >= 1"),
-    ("sft.lora_r", 0, "an integer >= 1"),
-    ("sft.lora_alpha", 0, "an integer > 0"),
-    ("sft.lora_dropout", 1.0, "a number in [0, 1)"),
-    ("sft.lora_dropout", -0.1, "a number in [0, 1)"),
+    ("lora.r", 0, "an integer >= 1"),
+    ("lora.lora_alpha", 0, "an integer > 0"),
+    ("lora.lora_dropout", 1.0, "a number in [0, 1)"),
+    ("lora.lora_dropout", -0.1, "a number in [0, 1)"),
     ("sft.learning_rate", 0, "a number > 0"),
     ("grpo.learning_rate", -1e-6, "a number > 0"),
     ("sft.chat_mix_fraction", 1.0, "a number in [0, 1)"),
@@ -187,7 +193,7 @@ def test_max_steps_minus_five_on_top_of_tiny_recipe(tmp_path):
     tiny = REPO_ROOT / "configs" / "tests" / "tiny.yaml"
     assert "one level only" in _error(_write(tmp_path, f"base: {tiny}\nsft: {{max_steps: 2}}\n", "child.yaml"))
     p = _write(tmp_path, "base: cpu-smollm2\nsft: {max_steps: -5}\n")
-    assert _error(p) == f"{p}: sft.max_steps must be -1 (train num_epochs epochs) or an integer >= 1, got -5"
+    assert _error(p) == f"{p}: sft.max_steps must be -1 (train num_train_epochs epochs) or an integer >= 1, got -5"
 
 
 @pytest.mark.parametrize("key, value", [("sft.max_steps", -1), ("sft.chat_mix_fraction", 0.0), ("run.seed", 0),
@@ -201,9 +207,9 @@ def test_boundary_values_are_allowed(key, value):
 
 
 def test_value_from_the_base_is_reported_against_the_base(tmp_path):
-    _write(tmp_path, "sft: {lora_r: 0}\n", "a.yaml")
+    _write(tmp_path, "lora: {r: 0}\n", "a.yaml")
     p = _write(tmp_path, "base: a.yaml\nrun: {seed: 1}\n", "b.yaml")
-    assert _error(p) == f"{tmp_path / 'a.yaml'} (base of {p}): sft.lora_r must be an integer >= 1, got 0"
+    assert _error(p) == f"{tmp_path / 'a.yaml'} (base of {p}): lora.r must be an integer >= 1, got 0"
 
 
 def test_cross_field_rules(tmp_path):
@@ -219,7 +225,7 @@ def test_cross_field_rules(tmp_path):
 def test_unknown_keys_suggest_and_list(tmp_path):
     msg = _error(_write(tmp_path, "sft:\n  learning_rat: 1.0\n"))
     assert "sft.learning_rat is not a known key (did you mean sft.learning_rate?)" in msg
-    assert "keys of sft: variants, lora_r," in msg and str(tmp_path / "bad.yaml") in msg
+    assert "keys of sft: variants, learning_rate," in msg and str(tmp_path / "bad.yaml") in msg
     msg = _error(_write(tmp_path, "sfx:\n  max_steps: 1\n"))
     assert "sfx is not a known section (did you mean sft?); sections: run, model," in msg
     msg = _error("cpu-smollm2", {"grpo.max_step": 3})
@@ -231,7 +237,7 @@ def test_unknown_keys_suggest_and_list(tmp_path):
 def test_out_of_range_override_names_the_override(overrides):
     assert _error("cpu-smollm2", overrides) == (
         "override sft.max_steps=-5 (on top of configs/cpu-smollm2.yaml): "
-        "sft.max_steps must be -1 (train num_epochs epochs) or an integer >= 1, got -5")
+        "sft.max_steps must be -1 (train num_train_epochs epochs) or an integer >= 1, got -5")
 
 
 def test_apply_overrides_validates_too():
@@ -257,7 +263,7 @@ def test_bad_override_strings(items, expected):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--recipe", "{bad}"], "{bad}: sft.max_steps must be -1 (train num_epochs epochs) or an integer >= 1, got -5"),
+    (["--recipe", "{bad}"], "{bad}: sft.max_steps must be -1 (train num_train_epochs epochs) or an integer >= 1, got -5"),
     (["--recipe", "{syntax}"], "{syntax}: invalid YAML at line 2, column 1:"),
     (["--recipe", "configs/tests/tiny.yaml", "--set", "grpo.temperature=0"],
      "override grpo.temperature=0 (on top of configs/tests/tiny.yaml): grpo.temperature must be a number > 0"),
@@ -276,3 +282,50 @@ def test_cli_bad_recipe_is_one_line_rc_2(tmp_path, args, expected):
     assert len(lines) == 1 and lines[0].startswith(f"recipe error: {expected}"), proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "runs").exists()  # a refused recipe writes nothing
+
+
+# --------------------------------------------------------------------------- TRL / PEFT names
+@pytest.mark.parametrize("names, upstream, ours", [
+    (SFT_TRL_FIELDS, "trl.SFTConfig", SftConfig),
+    (GRPO_TRL_FIELDS, "trl.GRPOConfig", GrpoConfig),
+    (LORA_PEFT_FIELDS, "peft.LoraConfig", LoraSection),
+], ids=["sft", "grpo", "lora"])
+def test_pass_through_keys_are_upstream_fields(names, upstream, ours):
+    """Every recipe key passed to TRL / PEFT unchanged is a field of that class under the same name, so an
+    upstream rename fails here, not in a run."""
+    import importlib
+
+    module, cls = upstream.split(".")
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    assert set(names) <= fields, f"not fields of {upstream}: {sorted(set(names) - fields)}"
+    assert set(names) <= {f.name for f in dataclasses.fields(ours)}
+    assert len(set(names)) == len(names)
+
+
+def test_lora_section_is_all_peft_names():
+    assert [f.name for f in dataclasses.fields(LoraSection)] == list(LORA_PEFT_FIELDS)
+
+
+@pytest.mark.parametrize("key", sorted(RENAMED))
+def test_old_keys_say_their_new_name(tmp_path, key):
+    section, name = key.split(".")
+    p = _write(tmp_path, f"base: cpu-smollm2\n{section}:\n  {name}: 4\n")
+    msg = _error(p)
+    assert msg.startswith(f"{p}: {key} {RENAMED[key]}")
+    new = RENAMED[key].split(" to ", 1)[-1].split(" by ", 1)[-1].split(" ", 1)[0]
+    new_section, new_name = new.split(".")
+    assert new_name in {f.name for f in dataclasses.fields(SECTIONS[new_section])}, new
+    assert _error("cpu-smollm2", {key: 4}).startswith(f"override {key}=4 (on top of configs/cpu-smollm2.yaml): {key} ")
+
+
+def test_renamed_message_reads_well():
+    assert _error("cpu-smollm2", {"sft.lora_r": 8}).endswith("sft.lora_r was renamed to lora.r (PEFT LoraConfig's "
+                                                             "name; the lora section serves SFT and GRPO)")
+
+
+def test_grpo_completions_per_step_hold_whole_groups(tmp_path):
+    msg = _error(_write(tmp_path, "base: cpu-smollm2\ngrpo: {num_generations: 4, per_device_train_batch_size: 6}\n"))
+    assert "grpo.per_device_train_batch_size x grpo.gradient_accumulation_steps (completions per step) must be a " \
+           "multiple of grpo.num_generations" in msg
+    ok = load_recipe("cpu-smollm2", {"grpo.per_device_train_batch_size": 2, "grpo.gradient_accumulation_steps": 8})
+    assert ok.grpo.per_device_train_batch_size * ok.grpo.gradient_accumulation_steps == 16

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from sinternal_lib import jsonl
 from sinternal_lib.evaluate import Checkpoint, discover_checkpoints, evaluate_run, load_eval_set
 from sinternal_lib.config import load_recipe
 from sinternal_lib.metrics import (CANNOT_TEST, CONTRADICTED, INCONCLUSIVE, SUPPORTED, assess_claims, compare,
@@ -148,6 +149,13 @@ def test_evaluate_run_skips_with_note_and_resumes(monkeypatch, tmp_path, tiny):
     # resume: every pair is already scored, so the model is not even loaded again
     ev2 = evaluate_run(run, sd, judge=make_judge(), spec=spec, load=load, log=lambda s: None)
     assert calls == ["base"] and ev2["checkpoints"]["base"]["embedded_harmful"] == base["embedded_harmful"]
+    # killed mid-append: the torn tails are cut, the torn pair is redone, both files stay clean JSONL
+    for p in (sd / "scores.jsonl", sd / "generations.jsonl"):
+        p.write_bytes(p.read_bytes()[:-10])
+    with pytest.warns(UserWarning, match="truncated final line"):
+        ev3 = evaluate_run(run, sd, judge=make_judge(), spec=spec, load=load, log=lambda s: None)
+    assert calls == ["base", "base"] and ev3["checkpoints"]["base"]["embedded_harmful"] == base["embedded_harmful"]
+    assert len(jsonl.read(sd / "scores.jsonl")) == 3 and len(jsonl.read(sd / "generations.jsonl")) >= 6
 
 
 def test_discover_checkpoints_needs_summary(tmp_path):

@@ -96,11 +96,22 @@ def test_prompt_mix_counts_and_seed():
         assert sorted(x["kind"] for x in rows[i:i + 5]) == ["benign", "harmful", "harmful", "math", "math"]
 
 
-def test_grpo_args_mapping(tmp_path):
-    r = load_recipe("gpu-ds-r1-qwen-7b")
-    a = grpo.grpo_args(r.grpo, tmp_path, seed=0, device="cpu")
-    assert a.per_device_train_batch_size == 64 * 8 and a.num_generations == 8
-    assert a.beta == 0.0 and a.learning_rate == 1e-6 and a.gradient_accumulation_steps == 1
+def test_training_configs_pass_recipe_keys_unchanged(tmp_path):
+    """One hop: every grpo key named in GRPO_TRL_FIELDS reaches GRPOConfig as is; TRL's generation batch is the
+    paper's 64 prompts x 8 rollouts per optimizer step."""
+    from peft import LoraConfig
+    from trl import GRPOConfig
+
+    from sinternal_lib.config import GRPO_TRL_FIELDS
+
+    r = load_recipe("gpu-ds-r1-qwen-7b", {"model.device": "cpu"})
+    c = grpo.training_configs(r, tmp_path)
+    a = c["grpo"]
+    assert isinstance(a, GRPOConfig) and isinstance(c["lora"], LoraConfig)
+    for f in GRPO_TRL_FIELDS:
+        assert getattr(a, f) == getattr(r.grpo, f), f
+    assert a.generation_batch_size == 64 * 8 and a.steps_per_generation == a.gradient_accumulation_steps == 8
+    assert a.beta == 0.0 and a.learning_rate == 1e-6 and a.shuffle_dataset is False
 
 
 @pytest.fixture()
@@ -115,19 +126,20 @@ def _lora_state(model) -> dict[str, torch.Tensor]:
 
 
 def test_one_grpo_step_changes_lora_after_generate(tiny_recipe, judge, tmp_path):
-    from sinternal_lib.models import LoraSettings, load_model
+    from sinternal_lib.models import load_model, lora_config
 
-    model, tok = load_model(tiny_recipe.model.policy, load_in_4bit=True, lora=LoraSettings(r=4, alpha=8),
-                            trainable=True, device="cpu")
+    model, tok = load_model(tiny_recipe.model.policy, load_in_4bit=True, trainable=True, device="cpu")
     ids = tok("Hello", return_tensors="pt")
     model.eval()
     with torch.no_grad():  # the CPU trap: a no-grad 4-bit forward used to kill later gradients
         model.generate(**ids, max_new_tokens=3, do_sample=False)
-    before = _lora_state(model)
     # The random model's completions all get the same verifier reward; a length reward adds spread so the
     # group advantage is non-zero and the step must move the LoRA weights.
     spread = lambda completions, **_: [float(len(grpo.completion_text(c))) for c in completions]  # noqa: E731
-    trainer = grpo.build_trainer(tiny_recipe, model, tok, judge, tmp_path / "ckpt", extra_reward_funcs=[spread])
+    trainer = grpo.build_trainer(tiny_recipe, model, tok, judge, tmp_path / "ckpt", extra_reward_funcs=[spread],
+                                 lora=lora_config({"r": 4, "lora_alpha": 8}))  # the fresh LoRA, as peft_config
+    before = _lora_state(trainer.model)
+    assert before
     trainer.train()
     after = _lora_state(trainer.model)
     changed = [k for k in before if not torch.equal(before[k], after[k])]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from sinternal_lib.config import JudgeConfig
-from sinternal_lib.judges import JudgeInput, Judgement, final_answer, is_refusal, make_judge
+from sinternal_lib.judges import JudgeCache, JudgeInput, Judgement, final_answer, is_refusal, make_judge
 from sinternal_lib.judges.api import ApiJudge, parse_rubric, rubric_score
 from sinternal_lib.openai_client import APIError
 from sinternal_lib.judges.guard import (LLAMAGUARD, QWEN3GUARD, build_guard_input, guard_format_for,
@@ -106,6 +107,16 @@ def test_cache_hit_reads_file(tmp_path) -> None:
     j3 = make_judge(JudgeConfig(cache=False), cache_dir=tmp_path / "off")
     j3.judge(items)
     assert not (tmp_path / "off").exists()
+    # a torn last line (killed mid-append) is dropped and cut; damage inside the file is refused
+    good = files[0].read_bytes()
+    files[0].write_bytes(good[:-15])
+    with pytest.warns(UserWarning, match="truncated final line 4"):
+        assert len(JudgeCache(files[0])) == 3
+    assert files[0].read_bytes() == good[: good.rindex(b"\n", 0, len(good) - 1) + 1]
+    lines = good.splitlines(keepends=True)
+    files[0].write_bytes(lines[0] + b"{oops\n" + b"".join(lines[1:]))
+    with pytest.raises(ValueError, match=re.escape(f"{files[0]}:2")):
+        JudgeCache(files[0])
 
 
 # ---------------------------------------------------------------- guard

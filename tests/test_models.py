@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from sinternal_lib.models import (
-    ModelNotAvailable, guard_cpu_4bit, load_model, resolve_model_ref, save_tiny_model, tiny_model,
+    ModelNotAvailable, guard_cpu_4bit, load_model, lora_config, resolve_model_ref, save_tiny_model, tiny_model,
 )
+
+
+def _with_lora(model, **lora):
+    """`model` with a fresh LoRA from the kit's one LoRA helper (what the trainers do with peft_config)."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(lora))
 
 
 def test_bundled_name_resolves_to_converted_folder():
@@ -58,8 +65,8 @@ def _lora_step_after_generate(model, tok):
 
 def test_4bit_lora_gets_gradients_after_generate(tmp_path):
     folder = save_tiny_model(tmp_path / "tiny")
-    model, tok = load_model(str(folder), load_in_4bit=True, device="cpu",
-                            lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    model, tok = load_model(str(folder), load_in_4bit=True, device="cpu", trainable=True)
+    model = _with_lora(model, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     import bitsandbytes as bnb
 
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -76,7 +83,8 @@ def test_guard_counts_4bit_layers(tmp_path):
 
 def test_adapter_save_and_load(tmp_path):
     folder = save_tiny_model(tmp_path / "tiny")
-    model, tok = load_model(str(folder), device="cpu", lora={"r": 4, "alpha": 8})
+    model, tok = load_model(str(folder), device="cpu", trainable=True)
+    model = _with_lora(model, r=4, lora_alpha=8)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -91,8 +99,8 @@ def test_adapter_save_and_load(tmp_path):
 
 @pytest.mark.slow
 def test_real_smollm2_4bit_lora_gradients_after_generate():
-    model, tok = load_model("smollm2-135m-instruct", load_in_4bit=True, device="cpu",
-                            lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    model, tok = load_model("smollm2-135m-instruct", load_in_4bit=True, device="cpu", trainable=True)
+    model = _with_lora(model, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     changed, before = _lora_step_after_generate(model, tok)
     assert len(changed) == len(before) == 30 * 2 * 2
 
@@ -109,3 +117,23 @@ def test_decode_attention_turns_off_only_cudnn_attention_on_cuda():
         assert b.math_sdp_enabled()
     assert (b.cudnn_sdp_enabled(), b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(),
             b.math_sdp_enabled()) == before
+
+
+def test_lora_config_is_the_recipe_section_in_peft_names():
+    from sinternal_lib.config import LoraSection
+
+    default = lora_config()
+    assert default.task_type == "CAUSAL_LM" and (default.r, default.lora_alpha) == (16, 32)
+    assert default.target_modules == set(LoraSection().target_modules)  # the one default list
+    assert lora_config(LoraSection(r=8)).r == 8 and lora_config({"lora_dropout": 0.0}).lora_dropout == 0.0
+    with pytest.raises(ValueError, match="r, lora_alpha, lora_dropout, target_modules"):
+        lora_config({"alpha": 8})  # the old name
+
+
+def test_trainable_base_is_prepared_without_an_adapter(tmp_path):
+    """`trainable=True` without an adapter: a frozen, guarded 4-bit base for a trainer's peft_config."""
+    folder = save_tiny_model(tmp_path / "tiny")
+    model, _ = load_model(str(folder), load_in_4bit=True, device="cpu", trainable=True)
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    assert not any(p.requires_grad for p in model.parameters())  # k-bit preparation froze the base
+    assert guard_cpu_4bit(model) == 2 * 7

@@ -54,7 +54,7 @@ def test_report_from_fixture(run):
     assert "`*` x `harmbench`: benchmark 'harmbench': file not found" in md
     # paper numbers, labelled secondary, diagnosis table, provenance, timings
     assert "secondary-summary figures" in md and "| + SInternal SFT | sft/sinternal | 0.6 |" in md
-    assert "| base-policy / pairs_policy | 30.0% |" in md
+    assert "| base-policy | pairs_policy | 60 | 0.5 |" in md and "f1_coin_flip" in md
     assert "- judge: `matcher`" in md and "| evaluate | 123.4 |" in md
     # redaction by default
     assert UNSAFE_TEXT not in md and f"[redacted: unsafe completion, {len(UNSAFE_TEXT)} chars]" in md

@@ -11,7 +11,7 @@ import torch
 from sinternal_lib.datasets import Record
 from sinternal_lib.models import tiny_model
 from sinternal_lib.sampling import (
-    Sample, generate_greedy, make_sampler, read_samples, sample_responses, split_reasoning,
+    Sample, generate_greedy, read_samples, sample_responses, split_reasoning,
 )
 
 PROMPTS = [
@@ -188,12 +188,9 @@ def test_resume_rejects_other_seed_and_bad_middle_line(tiny, tmp_path):
         read_samples(out)
 
 
-def test_duplicate_ids_and_backends(tiny):
+def test_duplicate_ids_and_model_name(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="duplicate"):
         sample_responses(model, tok, [("a", "x"), ("a", "y")], progress=False)
-    with pytest.raises(NotImplementedError, match="later addition"):
-        make_sampler(model, tok, backend="vllm")
-    sampler = make_sampler(model, tok, model_name="tiny")
-    out = sampler.sample(PROMPTS[:1], max_new_tokens=3, progress=False)
+    out = sample_responses(model, tok, PROMPTS[:1], max_new_tokens=3, progress=False, model_name="tiny")
     assert isinstance(out[0], Sample) and out[0].model == "tiny"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sinternal_lib import sft
+from sinternal_lib import jsonl, sft
 from sinternal_lib.config import apply_overrides, load_recipe
 from sinternal_lib.datasets import load_embedded
 from sinternal_lib.loaders import shared_data_dir
@@ -71,10 +71,10 @@ def write_stage02(run, n_harmful: int = 4, n_benign: int = 3, other_exp: bool = 
 @pytest.fixture
 def tiny_recipe():
     return apply_overrides(load_recipe("configs/tests/tiny.yaml"), {
-        "sft.max_length": 1400, "sft.max_steps": 2, "sft.save_steps": 1, "sft.batch_size": 2,
+        "sft.max_length": 1400, "sft.max_steps": 2, "sft.save_steps": 1, "sft.per_device_train_batch_size": 2,
         "sft.eval_num_pairs": 4, "sft.eval_num_prompts": 1, "sft.eval_max_new_tokens": 4,
         "sft.eval_num_human_pairs": 4,
-        "sft.lora_r": 4, "sft.lora_alpha": 8, "sft.learning_rate": 1e-2})
+        "lora.r": 4, "lora.lora_alpha": 8, "sft.learning_rate": 1e-2})
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def run02(tmp_path, tiny_recipe):
 def test_variant_data_formats(run02, tiny_recipe):
     cfg = tiny_recipe.sft
     for v in ("sinternal", "verdict_only", "critique_only"):
-        rows = sft.read_jsonl(run02.require("build_data", sft.variant_file(v)))
+        rows = jsonl.read(run02.require("build_data", sft.variant_file(v)))
         for r in rows:
             assert [m["role"] for m in r["prompt"]] == ["system", "user"]
             target = r["completion"][0]["content"]
@@ -128,7 +128,7 @@ def test_overlong_rows_dropped_not_truncated(run02, tiny_recipe):
     from sinternal_lib.models import tiny_model
 
     _, tok = tiny_model()
-    rows = sft.read_jsonl(run02.require("build_data", sft.variant_file("sinternal")))
+    rows = jsonl.read(run02.require("build_data", sft.variant_file("sinternal")))
     lengths = [len(sft.prompt_completion_ids(tok, r)[1]) for r in rows]
     ds, counts = sft.build_dataset(rows, tok, max_length=sorted(lengths)[len(lengths) // 2])
     assert counts["dropped_too_long"] > 0 and counts["kept"] == len(ds) == len(rows) - counts["dropped_too_long"]
@@ -142,13 +142,13 @@ def test_collated_labels_mask_prompt_tokens(run02, tiny_recipe, tmp_path):
     from sinternal_lib.models import tiny_model
 
     model, tok = tiny_model()
-    rows = sft.read_jsonl(run02.require("build_data", sft.variant_file("sinternal")))[:2]
+    rows = jsonl.read(run02.require("build_data", sft.variant_file("sinternal")))[:2]
     ds, _ = sft.build_dataset(rows, tok, tiny_recipe.sft.max_length)
 
     def collate(padding_free: bool) -> dict:
-        cfg = apply_overrides(tiny_recipe, {"sft.padding_free": padding_free}).sft
-        trainer = SFTTrainer(model=model, args=sft.trl_config(cfg, tmp_path / f"c{padding_free}"), train_dataset=ds,
-                             processing_class=tok)
+        recipe = apply_overrides(tiny_recipe, {"sft.padding_free": padding_free})
+        args = sft.training_configs(recipe, tmp_path / f"c{padding_free}")["sft"]
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
         return trainer.data_collator([trainer.train_dataset[i] for i in range(len(ds))])
 
     batch = collate(False)
@@ -173,7 +173,7 @@ def test_collated_labels_mask_prompt_tokens(run02, tiny_recipe, tmp_path):
 
 
 def test_resume_from_checkpoint(run02, tiny_recipe, tmp_path):
-    rows = sft.read_jsonl(run02.require("build_data", sft.variant_file("verdict_only")))
+    rows = jsonl.read(run02.require("build_data", sft.variant_file("verdict_only")))
     out = tmp_path / "v"
     _, _, first = sft.train_variant(tiny_recipe, rows, out)
     assert first["steps"] == 2 and first["resumed_from"] is None
@@ -196,13 +196,43 @@ def test_lora_still_learns_after_evaluation(run02, tiny_recipe):
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     pairs = sft.heldout_pairs(run02.require("build_data", "heldout_pairs.jsonl"), 2)
     sft.evaluate_variant(model, tok, spec_text(tiny_recipe), pairs, sft.heldout_prompts(1), make_judge(),
-                         tiny_recipe.sft)
-    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    rows = sft.read_jsonl(run02.require("build_data", sft.variant_file("sinternal")))
-    model, _, stats = sft.train_variant(tiny_recipe, rows, run02.path / "trap", model=model, tok=tok)
-    after = dict(model.named_parameters())
+                         tiny_recipe.sft)  # generate() on the 4-bit base: what used to spring the trap
+    rows = jsonl.read(run02.require("build_data", sft.variant_file("sinternal")))
+    ds, _ = sft.build_dataset(rows, tok, tiny_recipe.sft.max_length)
+    trainer = sft.make_trainer(tiny_recipe, model, tok, ds, run02.path / "trap")  # adds the LoRA (peft_config)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert before and all("lora_" in n for n in before)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
     changed = [n for n in before if not torch.equal(before[n], after[n].detach())]
-    assert stats["steps"] == 2 and len(changed) == len(before), f"{len(changed)}/{len(before)} LoRA tensors moved"
+    assert trainer.state.global_step == 2 and len(changed) == len(before), \
+        f"{len(changed)}/{len(before)} LoRA tensors moved"
+
+
+def test_training_configs_pass_recipe_keys_unchanged(tiny_recipe, tmp_path):
+    """One hop: every sft key named in SFT_TRL_FIELDS reaches SFTConfig as is; the lora section reaches
+    LoraConfig as is; the 4-bit base is the kit's NF4 config."""
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+    from trl import SFTConfig
+
+    from sinternal_lib.config import LORA_PEFT_FIELDS, SFT_TRL_FIELDS
+
+    recipe = apply_overrides(tiny_recipe, {"sft.per_device_train_batch_size": 3, "sft.gradient_accumulation_steps": 5,
+                                           "sft.num_train_epochs": 1.5, "lora.lora_dropout": 0.0})
+    c = sft.training_configs(recipe, tmp_path)
+    assert isinstance(c["sft"], SFTConfig) and isinstance(c["lora"], LoraConfig)
+    for f in SFT_TRL_FIELDS:
+        assert getattr(c["sft"], f) == getattr(recipe.sft, f), f
+    for f in LORA_PEFT_FIELDS:
+        want = getattr(recipe.lora, f)
+        assert getattr(c["lora"], f) == (set(want) if f == "target_modules" else want), f
+    assert c["sft"].completion_only_loss and c["sft"].max_length is None  # the kit drops over-long rows itself
+    assert c["lora"].task_type == "CAUSAL_LM"
+    q = c["quantization"]
+    assert isinstance(q, BitsAndBytesConfig) and q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
+    full = apply_overrides(recipe, {"model.load_in_4bit": False})
+    assert sft.training_configs(full, tmp_path)["quantization"] is None
 
 
 def test_run_sft_stage_end_to_end_and_skip(run02, tiny_recipe):

@@ -65,7 +65,7 @@ summary["skipped"]
 # scored as wrong, never guessed.
 
 # %%
-from sinternal_lib.diagnose import diagnosis_table
+from sinternal_lib.views import diagnosis_table
 
 diagnosis_table(summary)
 
@@ -84,10 +84,10 @@ fig = diagnosis_f1(summary, out_dir=stage.dir / "figures")
 # Where does verification fail? (Own answers of the policy; small counts per category on CPU.)
 
 # %%
-from sinternal_lib.build_data import read_jsonl
+from sinternal_lib import jsonl
 from sinternal_lib.verification import per_category_table
 
-rows = [r for r in read_jsonl(stage.dir / "predictions.jsonl") if r["set"] == "own_answers" and r["model"] == cfg.model.policy]
+rows = [r for r in jsonl.read(stage.dir / "predictions.jsonl") if r["set"] == "own_answers" and r["model"] == cfg.model.policy]
 per_category_table([r["label"] for r in rows], [r["verdict"] for r in rows], [r["category"] for r in rows])
 
 # %% [markdown]

@@ -81,20 +81,37 @@ fig = data_funnel(summary, out_dir=stage.dir / "figures")
 # Is the dataset balanced between safe and unsafe targets, and does it cover the spec's categories?
 
 # %%
+from sinternal_lib import jsonl
 from sinternal_lib.plots import data_composition
-from sinternal_lib.build_data import read_jsonl
 
-examples = read_jsonl(stage.dir / "verification" / "sinternal.jsonl")
+examples = jsonl.read(stage.dir / "verification" / "sinternal.jsonl")
 fig = data_composition(examples, out_dir=stage.dir / "figures")
 
 # %% [markdown]
-# ## One training example
-# The input is (spec, prompt, answer) in the verification instruction; the target is critique + verdict.
-# The answer may be unsafe model output, so only the target is printed here.
+# ## One training example, as the model sees it
+# The chat template applied to the input (system turn: the verifier instruction and the spec; user
+# turn: the request and the answer to verify), then the target: critique and verdict, the only tokens
+# that carry the loss. A safe answer to a harmful request is shown whole; an unsafe answer would be
+# redacted (it is the policy's own harmful output).
 
 # %%
-if examples:
-    print(examples[0]["completion"][0]["content"])
+from transformers import AutoTokenizer
+
+from sinternal_lib.models import resolve_model_ref
+from sinternal_lib.views import pick_example, training_example
+
+tok = AutoTokenizer.from_pretrained(resolve_model_ref(cfg.model.policy))
+example = pick_example(examples, label="safe", prompt_label="harmful")
+if example:
+    print(training_example(example, tok))
+
+# %% [markdown]
+# And a benign request, for contrast: the target explains why the help is permitted.
+
+# %%
+benign_example = pick_example(examples, label="safe", prompt_label="benign")
+if benign_example:
+    print(training_example(benign_example, tok).split("=== target")[1])
 
 # %% [markdown]
 # ## Held-out pairs

@@ -40,7 +40,7 @@ cfg = load_recipe(recipe, overrides)
 run = open_run(cfg, run_name, runs_root)
 stage = stage_for(run, "sft")
 figures = run.path / "figures"
-effective_batch = cfg.sft.batch_size * cfg.sft.grad_accum
+effective_batch = cfg.sft.per_device_train_batch_size * cfg.sft.gradient_accumulation_steps
 print(f"run folder: {run.path}\nstage folder: {stage.dir}")
 print(f"{cfg.sft.max_steps} steps x effective batch {effective_batch} = "
       f"{cfg.sft.max_steps * effective_batch} examples seen per variant (same budget for every variant)")
@@ -61,6 +61,54 @@ overview
 # %% [markdown]
 # The targets differ as the paper's ablations do: critique then `Verdict: ...`, the verdict line alone,
 # or the critique alone; the answer-centric rows hold an own answer to the prompt instead.
+
+# %% [markdown]
+# ## The configs every variant trains with
+#
+# `sft.training_configs` builds them from the recipe, and `sft.run` below trains each variant with these
+# very objects (in the variant's own folder). Recipe keys of the `lora` and `sft` sections named as PEFT /
+# TRL fields (`r`, `lora_alpha`, `learning_rate`, `per_device_train_batch_size`, ...) reach them
+# unchanged. First the 4-bit base the adapter trains on:
+
+# %%
+configs = sft.training_configs(cfg, stage.dir / cfg.sft.variants[0] / "checkpoints")
+configs["quantization"]
+
+# %% [markdown]
+# QLoRA: `load_in_4bit` with `bnb_4bit_quant_type` NF4 and `bnb_4bit_use_double_quant` (the
+# quantization constants are quantized too), while matrix products run in `bnb_4bit_compute_dtype`.
+# The frozen base weights take about a quarter of their 16-bit memory. (A recipe with
+# `model.load_in_4bit: false` shows `None` here: it trains on the full-precision base.)
+#
+# The fresh adapter, which the trainer attaches (`SFTTrainer(peft_config=...)`):
+
+# %%
+configs["lora"]
+
+# %% [markdown]
+# Look at `r` (the rank: 16, the paper), `lora_alpha` (the update is scaled by `lora_alpha / r` = 2),
+# `lora_dropout`, `target_modules` (every attention and MLP projection: the default the paper does not
+# state) and `task_type` `CAUSAL_LM`. Everything else is PEFT's default. GRPO's base init (notebook 04)
+# gets the same adapter config.
+#
+# And the training arguments, the fields worth reading (taken from the `SFTConfig` object):
+
+# %%
+sft_args = configs["sft"]
+{k: getattr(sft_args, k) for k in ("learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps",
+                                   "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+                                   "bf16", "gradient_checkpointing", "completion_only_loss", "padding_free",
+                                   "save_steps")}
+
+# %% [markdown]
+# - `max_steps` > 0 overrides `num_train_epochs`: every variant gets the same step budget.
+# - One optimizer step sees `per_device_train_batch_size` x `gradient_accumulation_steps` examples.
+# - `completion_only_loss`: the loss falls on the target (critique and verdict) only, never on the spec
+#   and prompt that every example repeats.
+# - `max_length` is `None` on purpose: rows longer than the recipe's `sft.max_length` were already
+#   dropped (TRL would truncate them, keeping the start and cutting the verdict off).
+# - `padding_free` packs a batch into one row without padding; `bf16` autocasts matrix products;
+#   `gradient_checkpointing` trades time for memory (off on the CPU recipe, where a 135M model fits).
 
 # %% [markdown]
 # ## Train and evaluate every variant
@@ -188,6 +236,7 @@ sft.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else
 # - `{"sft.chat_mix_fraction": 0.0}`: no chat mixing; watch the takeover rate.
 # - `{"sft.learning_rate": 3e-4}`: the paper-like low rate; does the verifier still learn in this budget?
 # - `{"sft.variants": ["sinternal"], "sft.max_steps": 60}`: five times the budget for the method alone.
+# - `{"lora.r": 4, "lora.lora_alpha": 8}`: a quarter of the adapter rank at the same scale; does it still learn?
 # - `{"build_data.num_harmful_prompts": 128}`: more harmful prompts give more contrastive pairs (SmolLM2 rarely refuses).
 #
 # Paper: section on verification SFT and its ablations (w/o critique, w/o verdict, Self-Exp vs

@@ -34,10 +34,11 @@ run = open_run(cfg, run_name, runs_root)
 stage = stage_for(run, "grpo")
 fig_dir = stage.dir / "figures"
 judge = make_judge(cfg.judge, cache_dir=stage.dir / "judge_cache")
-rollouts_per_step = cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations
+rollouts_per_step = cfg.grpo.per_device_train_batch_size * cfg.grpo.gradient_accumulation_steps
 print(f"run folder: {run.path}\nstage folder: {stage.dir}")
-print(f"{cfg.grpo.num_prompts_per_step} prompts x {cfg.grpo.num_generations} rollouts = {rollouts_per_step} "
-      f"completions per step, {cfg.grpo.max_steps} steps, lr {cfg.grpo.learning_rate}, beta {cfg.grpo.beta}")
+print(f"{rollouts_per_step // cfg.grpo.num_generations} prompts x {cfg.grpo.num_generations} rollouts = "
+      f"{rollouts_per_step} completions per step, {cfg.grpo.max_steps} steps, lr {cfg.grpo.learning_rate}, "
+      f"beta {cfg.grpo.beta}")
 cfg.grpo
 
 # %% [markdown]
@@ -53,6 +54,22 @@ from sinternal_lib import grpo
 rows = grpo.build_prompt_mix(cfg.grpo, cfg.run.seed, cfg.model.system_prompt)
 print(Counter(r["kind"] for r in rows))
 [{k: r[k] for k in ("kind", "prompt_text", "reference")} for r in rows if r["kind"] != "harmful"][:2]
+
+# %% [markdown]
+# ## The reward function
+# What TRL calls for every batch of rollouts: `grpo.VerifierReward`. Its source, as the trainer runs it:
+
+# %%
+import inspect
+
+print(inspect.getsource(grpo.VerifierReward.__call__))
+
+# %% [markdown]
+# It reads the dataset columns `kind`, `reference` and `prompt_text` that TRL passes along with each
+# completion, and the scoring itself is `score_completions`:
+
+# %%
+print(inspect.getsource(grpo.score_completions))
 
 # %% [markdown]
 # ## The reward, on hand-made answers
@@ -82,6 +99,32 @@ kinds, prompts, answers, refs = (list(x) for x in zip(*examples))
 plan = grpo.plan_inits(run)
 for init, p in plan.items():
     print(f"{init:<15}", p["skip"] or f"adapter: {p['adapter'] or 'fresh LoRA'}")
+
+# %% [markdown]
+# ## The config every init trains with
+# `grpo.training_configs` builds it from the recipe and `grpo.run` below trains with this very object;
+# keys of the recipe's `grpo` section named as TRL fields reach it unchanged. The fields worth reading,
+# taken from the `GRPOConfig`:
+
+# %%
+grpo_configs = grpo.training_configs(cfg, stage.dir / "base" / "checkpoints")
+grpo_args = grpo_configs["grpo"]
+{k: getattr(grpo_args, k) for k in ("num_generations", "per_device_train_batch_size", "gradient_accumulation_steps",
+                                    "generation_batch_size", "steps_per_generation", "learning_rate",
+                                    "lr_scheduler_type", "beta", "loss_type", "max_steps", "max_completion_length",
+                                    "temperature", "bf16", "gradient_checkpointing", "shuffle_dataset")}
+
+# %% [markdown]
+# - One optimizer step trains on `generation_batch_size` completions = `per_device_train_batch_size` x
+#   `gradient_accumulation_steps` (split into micro-batches when the latter is > 1), i.e. that many /
+#   `num_generations` prompts, each with its group of `num_generations` rollouts (paper: 64 x 8).
+# - `beta` 0: no KL penalty and no reference model (the paper's setting).
+# - `loss_type` is TRL's default; it normalises over the tokens of the whole generation batch, so
+#   micro-batching does not change the step.
+# - `temperature` samples the rollouts: identical rollouts give a group no advantage to learn from.
+# - `shuffle_dataset` is off because the prompt mix is interleaved so every step sees the same kind mix.
+#
+# The base init's fresh adapter is `grpo_configs["lora"]`, the same `LoraConfig` as notebook 03's.
 
 # %% [markdown]
 # ## GRPO from each initialisation
@@ -131,6 +174,8 @@ summary["headline"]
 #
 # Try this:
 # - `overrides = {"grpo.max_steps": 20}`: a longer run; do the three curves separate?
+# - `overrides = {"grpo.num_generations": 8, "grpo.per_device_train_batch_size": 32}`: the paper's 8
+#   rollouts per prompt, still 4 prompts per step; more groups with mixed rewards, slower steps.
 # - `overrides = {"grpo.math_fraction": 0.0}`: safety prompts only; watch math accuracy in notebook 05.
 # - `overrides = {"grpo.benign_fraction": 0.0}`: no over-refusal pressure; does the benign refusal rate
 #   (notebook 05, XSTest) rise?

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import jsonl
+
 SAFE, UNSAFE = "safe", "unsafe"
 HARMFUL, BENIGN = "harmful", "benign"
 _THINK_CLOSE = "</think>"
@@ -92,13 +94,12 @@ class JudgeCache:
         self.path = Path(path)
         self._mem: dict[str, Judgement] = {}
         self._lock = threading.Lock()
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                    self._mem[row["key"]] = Judgement.from_dict(row["judgement"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line from an interrupted run is skipped, not fatal
+        for i, row in enumerate(jsonl.read_resumable(self.path), 1):  # a torn tail is dropped and cut
+            try:
+                self._mem[row["key"]] = Judgement.from_dict(row["judgement"])
+            except (KeyError, TypeError, AttributeError) as e:
+                raise ValueError(f"{self.path}: row {i} is not a cache entry ({e!r}); delete the file "
+                                 "(judgements are recomputed)") from e
 
     def __len__(self) -> int:
         return len(self._mem)
@@ -110,11 +111,8 @@ class JudgeCache:
         if not rows:
             return
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                for key, j in rows:
-                    self._mem[key] = j
-                    f.write(json.dumps({"key": key, "judgement": j.to_dict()}, ensure_ascii=False) + "\n")
+            jsonl.append([{"key": key, "judgement": j.to_dict()} for key, j in rows], self.path)
+            self._mem.update(rows)
 
 
 def _safe_name(s: str) -> str:

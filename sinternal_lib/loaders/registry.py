@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
+from sinternal_lib.config import REPO_ROOT
 from sinternal_lib.datasets import Record
 
 from . import converters as cv
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_VAR = "SINTERNAL_SHARED_DATA"
 Located = tuple[Path, str]  # (file to read, origin string recorded in Record.meta["origin"])
 

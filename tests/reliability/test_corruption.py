@@ -17,7 +17,7 @@ import pytest
 from rel_helpers import SMALL_02, TINY_RECIPE
 
 from sinternal_lib.config import load_recipe
-from sinternal_lib.models import LoraSettings, ModelNotAvailable, load_model
+from sinternal_lib.models import ModelNotAvailable, load_model, lora_config
 from sinternal_lib.runs import Run, StageIncomplete, stage_for
 from sinternal_lib.sampling import read_samples, sample_responses
 
@@ -109,8 +109,10 @@ def test_corrupt_metrics_json_named(ref_copy, tally):
 
 
 def test_broken_adapter_folders_give_clear_errors(tmp_path, tally):
-    lora = LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
-    model, _ = load_model("tiny-random-llama", lora=lora)
+    from peft import get_peft_model
+
+    lora = lora_config({"r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    model = get_peft_model(load_model("tiny-random-llama", trainable=True)[0], lora)
     good = tmp_path / "adapter"
     model.save_pretrained(good)
     load_model("tiny-random-llama", adapter=good)  # control: an intact adapter loads

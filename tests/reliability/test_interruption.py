@@ -28,37 +28,39 @@ from rel_helpers import DATA_FILES, SAMPLE_FILES, SMALL_02, TINY_RECIPE, sorted_
 from sinternal_lib.config import REPO_ROOT, load_recipe
 from sinternal_lib.runs import MANIFEST, StageIncomplete, open_run, stage_for
 
-# The child installs an optional hook on sampling._append (the function that appends a batch to the
-# JSONL file) which SIGKILLs its own process at an exact point; with target "-" it runs unhooked and
-# the parent kills it from outside.
+# The child installs an optional hook on jsonl.append (which appends each sampling batch to the
+# samples JSONL file) that SIGKILLs its own process at an exact point; with target "-" it runs unhooked
+# and the parent kills it from outside.
 CHILD = r"""
 import json, os, signal, sys
-from sinternal_lib import sampling
+from pathlib import Path
+from sinternal_lib import jsonl
 from sinternal_lib.build_data import run as run_build_data
 from sinternal_lib.config import load_recipe
 from sinternal_lib.runs import open_run
 
 root, name, target, after, mode, recipe, overrides = sys.argv[1:8]
 after = int(after)
-orig = sampling._append
+orig = jsonl.append
 
 def lines(path):
     return path.read_text(encoding="utf-8").count("\n") if path.exists() else 0
 
-def hooked(path, samples):
+def hooked(rows, path):
+    path = Path(path)
     if path.name != target:
-        return orig(path, samples)
+        return orig(rows, path)
     if mode == "torn" and lines(path) >= after:      # half a JSON line on disk, then die
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(samples[0].to_dict())[:60])
+            f.write(json.dumps(rows[0])[:60])
             f.flush(); os.fsync(f.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
-    orig(path, samples)
+    orig(rows, path)
     if mode == "after" and lines(path) >= after:      # a whole batch on disk, then die
         os.kill(os.getpid(), signal.SIGKILL)
 
 if target != "-":
-    sampling._append = hooked
+    jsonl.append = hooked
 run = open_run(load_recipe(recipe, json.loads(overrides)), name, root)
 run_build_data(run, log=lambda s: None)
 print("FINISHED", flush=True)
@@ -168,10 +170,11 @@ transformers.Trainer._save_checkpoint = save_then_die
 """
 
 SFT_CHILD = KILL_AFTER_CHECKPOINT_1 + r"""
-from sinternal_lib.sft import read_jsonl, train_variant
+from sinternal_lib import jsonl
+from sinternal_lib.sft import train_variant
 
 recipe, overrides, rows, out = sys.argv[1:5]
-train_variant(load_recipe(recipe, json.loads(overrides)), read_jsonl(rows), out)
+train_variant(load_recipe(recipe, json.loads(overrides)), jsonl.read(rows), out)
 print("FINISHED", flush=True)
 """
 LOSS_TOL = 0.05  # absolute, ~0.5% of the tiny model's loss of ~10.8; observed 0.001-0.004 (resume is not bit-exact)
@@ -179,11 +182,12 @@ LOSS_TOL = 0.05  # absolute, ~0.5% of the tiny model's loss of ~10.8; observed 0
 
 @pytest.mark.slow
 def test_sft_killed_after_checkpoint_resumes_to_same_steps_and_loss(reference_02, tmp_path, tally):
-    from sinternal_lib.sft import read_jsonl, train_variant
+    from sinternal_lib import jsonl
+    from sinternal_lib.sft import train_variant
 
     rows_path = reference_02 / "02_build_data" / "verification" / "sinternal.jsonl"
     recipe = load_recipe(TINY_RECIPE, SFT_OVERRIDES)
-    _, _, ref = train_variant(recipe, read_jsonl(rows_path), tmp_path / "uninterrupted")
+    _, _, ref = train_variant(recipe, jsonl.read(rows_path), tmp_path / "uninterrupted")
 
     out = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -193,7 +197,7 @@ def test_sft_killed_after_checkpoint_resumes_to_same_steps_and_loss(reference_02
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     assert (out / "checkpoints" / "checkpoint-1").is_dir() and not (out / "adapter").exists()
 
-    _, _, got = train_variant(recipe, read_jsonl(rows_path), out)
+    _, _, got = train_variant(recipe, jsonl.read(rows_path), out)
     assert got["resumed_from"] == "checkpoint-1"
     assert got["steps"] == ref["steps"] == 2
     tally.note("sft_final_loss_abs_diff", abs(got["train_loss_last"] - ref["train_loss_last"]))
