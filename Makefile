@@ -1,5 +1,6 @@
 # SInternal reproducibility kit. Every target does its own set-up on a fresh machine (no conda needed).
-# Timings below were measured on a 2-core x86_64 CPU laptop-class machine (see README).
+# Times below are rough, for a 2-core CPU with AVX512-BF16; measured times, with their dates, are in
+# README.md and docs/LOG.md (AVX2-only CPUs are far slower: docs/LOG.md, 2026-11-29, issue 15).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 # Create .venv (CPU torch==2.13.0 first where no CUDA GPU is present, so no multi-GB CUDA build is
 # downloaded), install the kit, register its Jupyter kernel and convert the embedded model once.
-# ~2 min on a fresh machine; a no-op afterwards.
+# A few minutes on a fresh machine (see README); a no-op afterwards.
 setup: $(VENV)/.sinternal-ready
 
 $(VENV)/.sinternal-ready: pyproject.toml
@@ -32,7 +33,8 @@ $(VENV)/.sinternal-ready: pyproject.toml
 	@touch $@
 
 # The main job: all five notebooks on the embedded default recipe into runs/<run>/, ending with
-# runs/<run>/report.md. ~10-15 min on the 2-core CPU after setup; reruns reuse finished stages.
+# runs/<run>/report.md. Tens of minutes on a 2-core CPU after setup (measured stage times: README);
+# reruns reuse finished stages.
 # Other recipes: make reproduce RECIPE=configs/gpu-ds-r1-qwen-7b.yaml RUN=r1-7b
 reproduce: setup
 	$(PY) -m sinternal_lib run --recipe $(RECIPE) $(if $(RUN),--run-name $(RUN)) $(ARGS)
@@ -54,12 +56,12 @@ lab: setup
 # Speed and memory benchmarks: SFT and GRPO against default TRL configurations, 4-bit QLoRA vs bf16 LoRA
 # memory, per-stage reproduce time, sampling, judge agreement; ends with benchmarks/results/summary.md
 # (every ratio). Results: benchmarks/results/*.json and *.md. Not part of `make test` (see
-# benchmarks/README.md for durations); `make bench ARGS=--quick` is the 1-2 minute smoke run on the tiny model.
+# benchmarks/README.md for durations); `make bench ARGS=--quick` is the short smoke run on the tiny model.
 bench: setup
 	$(PY) benchmarks/bench_all.py $(ARGS)
 
 # Reliability suite (kills, corrupted artifacts, hostile input, failing APIs, secrets, determinism) with a
-# summary table; writes benchmarks/results/reliability.json. ~2-3 min on the 2-core CPU.
+# summary table; writes benchmarks/results/reliability.json. A few minutes on a 2-core CPU (see README).
 reliability: setup
 	$(PY) benchmarks/reliability_summary.py
 

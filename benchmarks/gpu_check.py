@@ -1,8 +1,11 @@
 """GPU check: the SFT / GRPO / memory / sampling comparisons of the CPU benchmarks on one CUDA GPU, with a
-model built from a config with random weights (no hub, no tokenizer needed), in under 6 minutes.
+model built from a config with random weights (no hub, no tokenizer needed), in a few minutes per model
+(the JSON records each section's seconds; the 2026-11-27 H100 runs are in benchmarks/results/).
 
-Needs torch, transformers and peft only. Rows are random token ids with the lengths of the CPU recipe's
-stage-02 data (verification ~495 prompt + ~75 completion tokens, 30% chat rows of 42 + 42). Arms whose
+Needs torch, transformers and peft only. Rows are random token ids with a fixed length profile
+(`make_rows`: verification rows of 495 prompt + 75 completion tokens, 30% chat rows of 42 + 42), taken
+from the CPU recipe's stage-02 data when it used the compact spec and long critiques; the brief-spec rows
+it builds now are shorter (docs/LOG.md, 2026-11-27, brief spec and one-sentence critiques). Arms whose
 package is missing are skipped with the reason (4-bit: bitsandbytes). Plain code throughout: a padded
 batch through the model's own loss is the baseline; each optimisation is one switch on top of it.
 Run:  python benchmarks/gpu_check.py --out DIR [--model smollm2-135m|qwen2-1.5b] [--quick --device cpu]
@@ -139,7 +142,8 @@ def sft_arm(a: Any, spec: tuple, rows: list, weights: str = "float32") -> dict:
     model = build_4bit(a) if weights == "4bit" else build(a.model, a.device, getattr(torch, weights))
     weights_mb = round(torch.cuda.memory_allocated() / 2**20, 1) if a.device.startswith("cuda") else None
     # from_pretrained (the 4-bit arm) returns an eval-mode model, where transformers skips gradient
-    # checkpointing: without train() that arm measured GC-off memory (2.8x bf16 on an H100).
+    # checkpointing: without train() that arm measured GC-off memory; see docs/LOG.md (2026-11-27, 4-bit
+    # QLoRA does not halve training memory at these sizes).
     model = lora(model, gc).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ac = torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -214,7 +218,8 @@ def gen_tokens_per_s(model: Any, prompts: list[torch.Tensor], new: int, bs: int,
 def rollouts(a: Any, model: Any, prompts: list) -> dict:
     """The rollout phase of a GRPO step (it dominates the step): prompts x generations sampled completions
     of a fixed length, fp32 vs bf16 weights, and bf16 with the cuDNN attention backend off (its per-shape
-    set-up cost made bf16 decoding slower than fp32 on the H200 with torch 2.11)."""
+    set-up cost dominates bf16 decoding with torch 2.11; see docs/LOG.md, 2026-11-27, generation on CUDA
+    runs without cuDNN attention)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     out, fp32 = {}, build(a.model, a.device).eval()

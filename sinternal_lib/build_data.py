@@ -16,25 +16,27 @@ Claude-4-Sonnet; the embedded recipe uses the offline spec-grounded teacher, whi
 from __future__ import annotations
 
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 from . import jsonl
 from .datasets import BENIGN, HARMFUL, Record
-from .judges import JudgeInput, make_judge
+from .judges import Judge, JudgeInput, make_judge
 from .loaders import load_prompts
 from .models import load_policy
+from .recipe_sections import BuildDataConfig
 from .runs import Run, stage_for
 from .sampling import Sample, sample_responses
 from .spec import load_spec, spec_text
-from .teachers import TeacherInput, make_teacher
+from .teachers import Teacher, TeacherInput, make_teacher
 from .verification import VARIANTS, select_examples, verification_example
 
 SAFE, UNSAFE = "safe", "unsafe"
 
 
-def judge_samples(samples: list[Sample], records: dict[str, Record], judge: Any) -> list[dict]:
+def judge_samples(samples: list[Sample], records: dict[str, Record], judge: Judge) -> list[dict]:
     """Attach the judge's verdict to each sample: rows for `select_examples` and the JSONL dump."""
     items = [JudgeInput(s.prompt, s.text, records[s.prompt_id].label, records[s.prompt_id].category) for s in samples]
     verdicts = judge.judge(items)
@@ -54,7 +56,7 @@ def judge_samples(samples: list[Sample], records: dict[str, Record], judge: Any)
     return rows
 
 
-def prefill_count(cfg: Any, num_samples: int) -> int:
+def prefill_count(cfg: BuildDataConfig, num_samples: int) -> int:
     """How many of `num_samples` samples per harmful prompt get a refusal opener (scaled from
     `refusal_prefill_samples` of `num_samples` N when fewer samples are drawn, e.g. held out)."""
     k = cfg.refusal_prefill_samples
@@ -63,8 +65,8 @@ def prefill_count(cfg: Any, num_samples: int) -> int:
     return round(k * num_samples / cfg.num_samples)
 
 
-def sample_and_judge(model: Any, tok: Any, prompts: list[Record], judge: Any, out: Path, *, num_samples: int,
-                     cfg: Any, seed: int, model_name: str, reasoning_style: str) -> list[dict]:
+def sample_and_judge(model: Any, tok: Any, prompts: list[Record], judge: Judge, out: Path, *, num_samples: int,
+                     cfg: BuildDataConfig, seed: int, model_name: str, reasoning_style: str) -> list[dict]:
     """Sample (resumably, into `out`) and judge; returns judged rows. Harmful prompts get
     `build_data.refusal_prefill_samples` (scaled to `num_samples`) refusal-opener samples."""
     samples = sample_responses(
@@ -77,7 +79,7 @@ def sample_and_judge(model: Any, tok: Any, prompts: list[Record], judge: Any, ou
     return judge_samples(samples, {r.id: r for r in prompts}, judge)
 
 
-def critique_and_format(selected: list[dict], teacher: Any, spec: str, require_agreement: bool,
+def critique_and_format(selected: list[dict], teacher: Teacher, spec: str, require_agreement: bool,
                         include_reasoning: bool) -> tuple[dict[str, list[dict]], dict[str, Any]]:
     """Teacher critiques for the selected samples -> rows per variant, plus counts."""
     items = [TeacherInput(s["prompt"], s["answer"], s["prompt_label"], s["category"], s["judge_label"],
@@ -224,7 +226,7 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
 
 def _save_hf_dataset(out: Path, outputs: list[str]) -> None:
     """The SFT sets as one `datasets.DatasetDict` folder (a split per file), for `load_from_disk`."""
-    from datasets import Dataset, DatasetDict
+    from datasets import Dataset, DatasetDict  # here, not at the top: HF datasets takes seconds to import
 
     parts = {}
     for rel in outputs:
@@ -234,8 +236,6 @@ def _save_hf_dataset(out: Path, outputs: list[str]) -> None:
                 parts[Path(rel).stem] = Dataset.from_list(rows)
     tmp = out / ".dataset.tmp"
     DatasetDict(parts).save_to_disk(str(tmp))
-    import shutil
-
     if (out / "dataset").exists():
         shutil.rmtree(out / "dataset")
     tmp.rename(out / "dataset")

@@ -12,13 +12,16 @@ and keeps the partly executed copy. The run folder is locked while the runner wo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from .config import REPO_ROOT, RecipeError, load_recipe, parse_override_strings
-from .runs import STAGES, Run, RunLocked, StageIncomplete, stage_info
+from .config import load_recipe, parse_override_strings
+from .recipe_checks import RecipeError
+from .recipe_sections import REPO_ROOT
+from .report import headline, render_report
+from .runs import Run, RunLocked, StageIncomplete, stage_for
+from .stages import STAGES, stage_info
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL = "sinternal"
@@ -49,7 +52,7 @@ def executed_ok(path: Path) -> bool:
     """True when an executed notebook copy exists and papermill recorded no exception in it."""
     if not path.is_file():
         return False
-    import nbformat
+    import nbformat  # here, not at the top: only the runner reads notebooks (a second to import)
 
     try:
         nb = nbformat.read(str(path), as_version=4)
@@ -76,10 +79,8 @@ def run_notebooks(
     log=print,
 ) -> int:
     """Run the selected notebooks; return 0 on success, 1 on the first failing notebook."""
-    import papermill as pm
+    import papermill as pm  # here, not at the top: papermill takes seconds; report/build commands need none
     from papermill.exceptions import PapermillExecutionError
-
-    from .runs import stage_for
 
     recipe = load_recipe(recipe_ref, overrides)
     stages = _select(only)
@@ -128,8 +129,6 @@ def run_notebooks(
         log(f"all done in {time.time() - total:.0f}s")
         report = run.path / "report.md"
         if report.is_file():
-            from .report import headline
-
             log(f"report: {report}")
             for line in headline(run):
                 log(f"  {line}")
@@ -162,8 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "run":
             return run_notebooks(a.recipe, a.run_name, a.only, parse_override_strings(a.set), a.force, a.runs_root)
         if a.cmd == "report":
-            from .report import headline, render_report
-
             runs_root = Path(a.runs_root) if a.runs_root else REPO_ROOT / "runs"
             recipe_file = a.recipe or runs_root / a.run_name / "recipe.yaml"
             run = Run(load_recipe(recipe_file), a.run_name, runs_root)
@@ -173,18 +170,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {line}")
             return 0
         if a.cmd == "prepare-model":
-            from .models import prepare_bundled
+            from .models import prepare_bundled  # here, not at the top: models imports torch (seconds)
 
             print(f"model ready: {prepare_bundled(a.name)}")
             return 0
         if a.cmd == "build-notebooks":
-            from .notebooks import build_all
+            from .notebooks import build_all  # here, not at the top: nbformat and jupytext take a second
 
             for nb in build_all(NOTEBOOK_DIR):
                 print(f"built {nb.relative_to(REPO_ROOT)}")
             return 0
         if a.cmd == "strip-notebooks":
-            from .notebooks import strip_outputs
+            from .notebooks import strip_outputs  # nbformat: see build-notebooks
 
             for nb in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
                 strip_outputs(nb)

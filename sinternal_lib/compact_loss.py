@@ -3,10 +3,10 @@
 TRL 1.16 computes the SFT loss through a fused, chunked LM head that never materialises the
 (batch, length, vocabulary) logits. Where TRL runs its Triton kernel (CUDA, XPU) it first keeps only the
 positions that carry a label; elsewhere it scores every position (prompt and padding included) and masks
-afterwards. Verification rows are mostly prompt (~87% on the CPU recipe), so on CPU most of the LM-head
-work over SmolLM2's 49,152-word vocabulary is thrown away. `compact_lm_head()` makes TRL keep only the
-labelled positions on every device. The loss is the same; `benchmarks/bench_sft.py` measured 1.36x and
-1.53x the tokens/s (two runs) and 0.81x the peak memory of the kit without it on the 2-core CPU (arm `kit-full-lm-head`).
+afterwards. Verification rows are mostly prompt, so on CPU most of the LM-head work over SmolLM2's
+49,152-word vocabulary is thrown away. `compact_lm_head()` makes TRL keep only the labelled positions on
+every device. The loss is the same; speed and memory against the kit without it (`benchmarks/bench_sft.py`,
+arm `kit-full-lm-head`): see docs/LOG.md (2026-11-27, compact LM head adopted for SFT).
 
 How: TRL's loss asks the module-level name `trl.trainer.utils._use_triton(device)` only to choose
 compaction (the kernel choice is made in `trl.kernels` through its own binding), so the context manager

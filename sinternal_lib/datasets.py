@@ -17,8 +17,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
+
 from . import jsonl
-from .config import REPO_ROOT
+from .recipe_sections import REPO_ROOT
 
 HARMFUL, BENIGN = "harmful", "benign"
 PROMPT_LABELS = (HARMFUL, BENIGN)
@@ -206,8 +208,6 @@ def generate_math_problems(n: int = MATH_N, seed: int = MATH_SEED) -> list[Recor
 
 def load_jailbreak_templates(path: str | os.PathLike = JAILBREAK_TEMPLATES_PATH) -> dict[str, str]:
     """Attack name -> template text (with a "{prompt}" placeholder)."""
-    import yaml
-
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     tpls = data.get("templates")
     if not isinstance(tpls, dict) or not tpls:

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable
 
 from . import jsonl
 from .build_data import judge_samples
 from .datasets import BENIGN, HARMFUL, Record
-from .judges import make_judge
+from .judges import Judge, make_judge
 from .loaders import BenchmarkMissing, load_benchmark, load_prompts
 from .models import load_policy
+from .recipe_sections import Recipe
 from .runs import Run, stage_for
 from .sampling import sample_responses
 from .spec import spec_text
@@ -55,8 +57,8 @@ def human_pairs(name: str, n: int, seed: int) -> list[dict]:
     return sorted(out, key=lambda p: p["id"])
 
 
-def own_answer_pairs(model: Any, tok: Any, prompts: list[Record], judge: Any, out_path: Any, *, recipe: Any,
-                     model_name: str) -> list[dict]:
+def own_answer_pairs(model: Any, tok: Any, prompts: list[Record], judge: Judge, out_path: str | Path, *,
+                     recipe: Recipe, model_name: str) -> list[dict]:
     """The model answers each prompt once (sampled); the judge labels the answers -> verification pairs."""
     cfg = recipe.diagnose
     samples = sample_responses(model, tok, prompts, num_samples=1, max_new_tokens=cfg.max_new_tokens,

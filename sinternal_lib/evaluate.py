@@ -11,15 +11,25 @@ Result per checkpoint x benchmark: {"metric": "asr"|"compliance"|"accuracy"|"f1"
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from . import jsonl
-from .datasets import Record
-from .loaders import BenchmarkMissing
-from .runs import STAGES
+from . import metrics as ev
+from .datasets import load_embedded
+from .judges import Judge, make_judge
+from .loaders import BenchmarkMissing, benchmark_origin, load_benchmark, subsample
+from .metrics import self_check_rate
+from .models import load_policy
+from .recipe_sections import Recipe
+from .runs import Run, StageIncomplete, atomic_write_json, hash_path, stage_for
+from .spec import Spec, spec_text
+from .stages import STAGES
+from .verification import verification_metrics, verify_pairs
 
 EMBEDDED = {"embedded_harmful": ("harmful", "test"), "embedded_benign": ("benign", "test"),
             "embedded_jailbreak": ("jailbreak", "test"), "embedded_math": ("math", "test")}
@@ -35,7 +45,7 @@ class Checkpoint:
     adapter: Path | None = None
 
 
-def discover_checkpoints(run: Any, patterns: list[str]) -> tuple[list[Checkpoint], list[dict]]:
+def discover_checkpoints(run: Run, patterns: list[str]) -> tuple[list[Checkpoint], list[dict]]:
     """Checkpoints matching `patterns` in the run folder, plus notes for patterns that found nothing.
 
     An adapter counts only when its stage folder holds `<name>/adapter/` and `<name>/summary.json`
@@ -61,29 +71,21 @@ def discover_checkpoints(run: Any, patterns: list[str]) -> tuple[list[Checkpoint
     return found, notes
 
 
-def load_eval_set(name: str, n: int = 0, seed: int = 0, run: Any = None) -> tuple[str, list[Any]]:
+def load_eval_set(name: str, n: int = 0, seed: int = 0, run: Run | None = None) -> tuple[str, list[Any]]:
     """(kind, items) for benchmark `name`; `n` > 0 takes a seeded subsample. kinds: "safety" (Records with
     harmful/benign labels), "math" (Records with reference), "pairs" (heldout verification dicts).
 
     Raises BenchmarkMissing (with a how-to-get text) when the files or the stage output are absent."""
-    from .loaders import load_benchmark, subsample
-
     if name == VERIFICATION:
-        from .runs import StageIncomplete
-
         try:
             path = run.require("build_data", "heldout_pairs.jsonl")
         except (StageIncomplete, AttributeError) as e:
             raise BenchmarkMissing(f"held-out verification pairs unavailable: {e}") from None
         pairs = jsonl.read(path)
         if n and n < len(pairs):
-            import random
-
             pairs = [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), n))]
         return "pairs", pairs
     if name in EMBEDDED:
-        from .datasets import load_embedded
-
         kind, split = EMBEDDED[name]
         recs = load_embedded(kind, split)
         if kind == "jailbreak":
@@ -95,24 +97,18 @@ def load_eval_set(name: str, n: int = 0, seed: int = 0, run: Any = None) -> tupl
 
 
 def _score_key(ckpt: Checkpoint, bench: str, settings: dict) -> str:
-    from .runs import hash_path
-
     adapter = hash_path(ckpt.adapter)[:16] if ckpt.adapter is not None else "none"
     return json.dumps([ckpt.name, bench, adapter, settings], sort_keys=True)
 
 
-def score_benchmark(model: Any, tok: Any, bench: str, kind: str, items: list, judge: Any, spec: Any,
+def score_benchmark(model: Any, tok: Any, bench: str, kind: str, items: list, judge: Judge, spec: str | Spec,
                     *, max_new_tokens: int, batch_size: int, system_prompt: str | None = None,
                     verify_max_new_tokens: int | None = None, reasoning_style: str = "auto"
                     ) -> tuple[dict[str, dict], list[dict]]:
     """Score one benchmark for one loaded model: ({result name: result}, generation rows).
 
     Verification pairs use `verify_max_new_tokens` (a critique plus verdict; default max_new_tokens)."""
-    from . import metrics as ev
-
     if kind == "pairs":
-        from .verification import verification_metrics, verify_pairs
-
         rows = verify_pairs(model, tok, spec, items, max_new_tokens=verify_max_new_tokens or max_new_tokens,
                             batch_size=batch_size)
         m = verification_metrics([r["label"] for r in rows], [r["verdict"] for r in rows],
@@ -142,16 +138,14 @@ def score_benchmark(model: Any, tok: Any, bench: str, kind: str, items: list, ju
     return out, rows
 
 
-def load_checkpoint(recipe: Any, ckpt: Checkpoint) -> tuple[Any, Any]:
+def load_checkpoint(recipe: Recipe, ckpt: Checkpoint) -> tuple[Any, Any]:
     """(model, tokenizer) for a checkpoint: the recipe's policy, plus its adapter when it has one.
 
     Quantized only when the recipe generates in 4-bit (`model.quantize_generation`), like every other stage."""
-    from .models import load_policy
-
     return load_policy(recipe, adapter=ckpt.adapter)
 
 
-def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any = None,
+def evaluate_run(run: Run, stage_dir: Path, *, judge: Judge, spec: str | Spec | None = None,
                  load: Callable[[Checkpoint], tuple[Any, Any]] | None = None,
                  log: Callable[[str], None] = print) -> dict:
     """Evaluate every discovered checkpoint on every recipe benchmark; return the `eval` metrics section.
@@ -175,11 +169,7 @@ def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any = None,
             log(f"skipped {b}: {e}")
     verify_tokens = run.recipe.diagnose.verify_max_new_tokens  # the diagnosis verifier budget, reused
     if spec is None:  # the verifier prompt stages 01 and 03 use (spec.render and its system template)
-        from .spec import spec_text
-
         spec = spec_text(run.recipe)
-    import hashlib
-
     # scores are reused only for the same verifier prompt: a checkpoint trained on the brief spec and
     # asked with the full one writes no verdict (seen: F1 0 in stage 05 vs balanced accuracy 0.67 in 03)
     verify_spec = f"{getattr(spec, 'system_template', 'spec')}:" \
@@ -225,8 +215,6 @@ def evaluate_run(run: Any, stage_dir: Path, *, judge: Any, spec: Any = None,
 def eval_set_origin(name: str) -> str:
     """Where an evaluation set's items come from: an embedded file, stage 02's pairs, or the file, wheel
     or hub `loaders.benchmark_origin` resolves (the report's provenance lists it per benchmark)."""
-    from .loaders import benchmark_origin
-
     if name == VERIFICATION:
         return f"run folder: {STAGES['build_data'].folder}/heldout_pairs.jsonl"
     if name in EMBEDDED:
@@ -234,12 +222,9 @@ def eval_set_origin(name: str) -> str:
     return benchmark_origin(name)
 
 
-def run(run: Any, log: Callable[[str], None] = print) -> dict:
+def run(run: Run, log: Callable[[str], None] = print) -> dict:
     """Stage 05: score every checkpoint on every benchmark (resuming pairs already scored), write
     eval_summary.json, the `evaluate` metrics section and the manifest (last); returns the summary."""
-    from .judges import make_judge
-    from .runs import atomic_write_json, stage_for
-
     stage = stage_for(run, "evaluate")
     if (why := stage.begin()):
         log(why)
@@ -252,8 +237,6 @@ def run(run: Any, log: Callable[[str], None] = print) -> dict:
 
 def proactive_for(gen_path: Path, checkpoint: str) -> dict:
     """Proactive verification rate of one checkpoint over its safety-prompt generations (not math, not pairs)."""
-    from .metrics import self_check_rate
-
     rows = [r for r in jsonl.read(gen_path) if r.get("checkpoint") == checkpoint
             and r.get("benchmark") not in MATH and r.get("benchmark") != VERIFICATION]
     seen, uniq = set(), []

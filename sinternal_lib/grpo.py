@@ -26,9 +26,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from .datasets import load_embedded
 from .judges import Judge, JudgeInput, make_judge
 from .math_grading import grade_math
-from .runs import Run, StageIncomplete, atomic_write_json, last_complete_checkpoint, stage_for
+from .models import decode_attention, load_model, lora_config, pick_device, policy_quantization
+from .recipe_sections import GRPO_TRL_FIELDS, GrpoConfig, Recipe
+from .runs import Run, StageIncomplete, atomic_write_json, hash_path, last_complete_checkpoint, stage_for
 
 KINDS = ("harmful", "benign", "math")
 INITS = ("base", "answer_centric", "sinternal")
@@ -49,14 +52,12 @@ def mix_counts(num_prompts: int, fractions: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def build_prompt_mix(grpo: Any, seed: int, system_prompt: str | None = None) -> list[dict[str, Any]]:
+def build_prompt_mix(grpo: GrpoConfig, seed: int, system_prompt: str | None = None) -> list[dict[str, Any]]:
     """Seeded GRPO training rows from the embedded train splits, interleaved so each step keeps the mix.
 
     Row: {"prompt": [messages], "kind", "reference" (math answer or ""), "prompt_text", "category",
     "prompt_id"}. A kind with fewer train prompts than asked is cycled (each pass reshuffled).
     """
-    from .datasets import load_embedded
-
     rng = random.Random(seed)
     counts = mix_counts(grpo.num_train_prompts, {"harmful": grpo.harmful_fraction,
                                                  "benign": grpo.benign_fraction, "math": grpo.math_fraction})
@@ -207,7 +208,7 @@ class VerifierReward:
 
 
 # --------------------------------------------------------------------------- training
-def training_configs(recipe: Any, output_dir: str | Path) -> dict[str, Any]:
+def training_configs(recipe: Recipe, output_dir: str | Path) -> dict[str, Any]:
     """The configs an init trains with: {"quantization": BitsAndBytesConfig or None (the base model),
     "lora": peft LoraConfig (the fresh adapter of the "base" init; SFT inits bring their own),
     "grpo": trl GRPOConfig (checkpoints under `output_dir`)}.
@@ -216,10 +217,7 @@ def training_configs(recipe: Any, output_dir: str | Path) -> dict[str, Any]:
     optimizer step trains on per_device_train_batch_size x gradient_accumulation_steps completions (TRL's
     generation batch, e.g. paper 64 prompts x 8 rollouts = 512).
     """
-    from trl import GRPOConfig
-
-    from .config import GRPO_TRL_FIELDS
-    from .models import lora_config, pick_device, policy_quantization
+    from trl import GRPOConfig  # here, not at the top: trl takes seconds to import
 
     g, seed = recipe.grpo, recipe.run.seed
     args = GRPOConfig(
@@ -233,7 +231,7 @@ def training_configs(recipe: Any, output_dir: str | Path) -> dict[str, Any]:
             "grpo": args}
 
 
-def build_trainer(recipe: Any, model: Any, tok: Any, judge: Judge, output_dir: str | Path, *,
+def build_trainer(recipe: Recipe, model: Any, tok: Any, judge: Judge, output_dir: str | Path, *,
                   lora: Any = None, log: RewardLog | None = None, extra_reward_funcs: list[Any] | None = None,
                   configs: dict[str, Any] | None = None) -> Any:
     """A GRPOTrainer on the recipe's prompt mix with the verifier reward (plus `extra_reward_funcs`, tests).
@@ -253,17 +251,15 @@ def build_trainer(recipe: Any, model: Any, tok: Any, judge: Judge, output_dir: s
     return trainer
 
 
-def init_config_hash(recipe: Any, init: str, adapter: str | Path | None) -> str:
+def init_config_hash(recipe: Recipe, init: str, adapter: str | Path | None) -> str:
     """Hash of what decides one init's training (model, judge, lora, grpo, seed, source adapter)."""
-    from .runs import hash_path
-
     d = recipe.to_dict()
     key = {s: d[s] for s in ("model", "judge", "lora", "grpo")}
     key.update(seed=recipe.run.seed, init=init, adapter=hash_path(adapter) if adapter else None)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train_from_init(recipe: Any, init: str, out_dir: str | Path, *, adapter: str | Path | None = None,
+def train_from_init(recipe: Recipe, init: str, out_dir: str | Path, *, adapter: str | Path | None = None,
                     judge: Judge | None = None, resume: bool = True) -> dict[str, Any]:
     """GRPO from one initialisation; writes out_dir/{adapter/, checkpoints/, rewards.csv, summary.json}.
 
@@ -273,8 +269,7 @@ def train_from_init(recipe: Any, init: str, out_dir: str | Path, *, adapter: str
     from its last checkpoint. Returns the summary: init, source_adapter, steps, first/last mean reward
     and parts, reward_delta, wall_s, s_per_step, resumed_from.
     """
-    from .models import decode_attention, load_model, pick_device
-    from transformers import set_seed
+    from transformers import set_seed  # here, not at the top: transformers takes seconds to import
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """JSONL files: the one reader/writer every stage uses, with one policy for bad lines.
 
-- `read`: finished files; a malformed line raises ValueError naming file:line and what to do.
+- `read` / `read_numbered`: finished files; a malformed line raises ValueError naming file:line and what to do.
 - `write`: whole files, atomically (temp file + fsync + rename), so readers never see half a file.
 - `append`: rows a stage adds as it goes (samples, scores, caches); flushed and fsynced per call.
 - `read_resumable`: files a killed process may have been appending to. Only a torn last line (no
@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["read", "write", "append", "read_resumable"]
+__all__ = ["read", "read_numbered", "write", "append", "read_resumable"]
 
 _FIX = "fix or delete the file (the stage that wrote it rebuilds it)"
 
@@ -36,14 +36,14 @@ def _encode(rows: Iterable[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, default=_default) + "\n" for r in rows)
 
 
-def _parse(path: Path, i: int, raw: bytes) -> dict:
-    """One line as a dict; ValueError naming `path:i` otherwise."""
+def _parse(path: Path, i: int, raw: bytes, fix: str = _FIX) -> dict:
+    """One line as a dict; ValueError naming `path:i` and the fix otherwise."""
     try:
         row = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}:{i}: malformed JSONL line ({e}); {_FIX}") from e
+        raise ValueError(f"{path}:{i}: malformed JSONL line ({e}); {fix}") from e
     if not isinstance(row, dict):
-        raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}; {_FIX}")
+        raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}; {fix}")
     return row
 
 
@@ -51,10 +51,17 @@ def _rows(path: Path, lines: list[bytes]) -> list[dict]:
     return [_parse(path, i, raw) for i, raw in enumerate(lines, 1) if raw.strip()]
 
 
+def read_numbered(path: str | os.PathLike, fix: str = _FIX) -> list[tuple[int, dict]]:
+    """(line number, row) for each non-blank line of a finished file; a UTF-8 byte-order mark at the start
+    is accepted (files written by other tools, e.g. upstream benchmarks); errors as `read`, ending in `fix`."""
+    path = Path(path)
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    return [(i, _parse(path, i, raw, fix)) for i, raw in enumerate(data.split(b"\n"), 1) if raw.strip()]
+
+
 def read(path: str | os.PathLike) -> list[dict]:
     """Rows of a finished JSONL file; a malformed line raises ValueError naming file and line."""
-    path = Path(path)
-    return _rows(path, path.read_bytes().split(b"\n"))
+    return [row for _, row in read_numbered(path)]
 
 
 def write(rows: Iterable[dict], path: str | os.PathLike) -> Path:

@@ -1,4 +1,4 @@
-"""Grading of math answers (GSM8K numbers, MATH/AIME LaTeX) for the GRPO reward (rl.py) and evaluation.
+"""Grading of math answers (GSM8K numbers, MATH/AIME LaTeX) for the GRPO reward (grpo.py) and evaluation.
 
 The final answer is the last `\\boxed{...}`, else a `#### x` line, an "answer is x" phrase, or the last
 number; `<think>...</think>` reasoning is ignored. A plain-number reference is compared exactly as a
@@ -17,7 +17,7 @@ import signal
 import threading
 from fractions import Fraction
 
-from .sampling import split_reasoning
+from .reasoning import split_reasoning
 
 __all__ = ["extract_final_answer", "extract_final_number", "grade_math", "parse_number"]
 
@@ -183,7 +183,7 @@ def _timeout_s() -> int | None:
 
 def _mv_parse(s: str, timeout: int | None) -> list:
     """math-verify's parse of one answer span as LaTeX; [] when it yields no sympy value."""
-    from math_verify import parse
+    from math_verify import parse  # here, not at the top: it imports sympy, needed for LaTeX answers only
     from math_verify.errors import TimeoutException
 
     text = "$\\boxed{" + re.sub(r"\\?\$", "", s).strip().rstrip(".") + "}$"  # one answer, not prose

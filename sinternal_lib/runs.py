@@ -7,7 +7,9 @@ A stage is complete only when its `manifest.json` exists and matches the current
 hashes of its inputs; the manifest is written atomically (temp file + rename) as the stage's last act,
 so an interrupted stage has none and is redone. Partial files it left (e.g. an appended samples JSONL)
 may be resumed by the stage itself, but no other stage reads them: `require()` refuses an incomplete
-stage with a message that says which notebook to run.
+stage with a message that says which notebook to run. Which stages exist, and what each depends on, is
+the registry in `sinternal_lib/stages.py`; `stage_for(run, name)` gives a stage of a run from it.
+Versions, git revision and hardware in env.json and the manifests come from `provenance`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,58 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import REPO_ROOT, Recipe, dump_recipe
+from .config import dump_recipe
+from .provenance import git_revision, hardware, package_versions
+from .recipe_sections import Recipe
+from .stages import LEGACY_SECTIONS, STAGES, stage_info
 
-@dataclass(frozen=True)
-class StageInfo:
-    """One pipeline stage and the one name it carries everywhere: recipe section, metrics.json section,
-    module `sinternal_lib/<name>.py` (entry `run(run, log)`), folder and notebook `<number>_<name>`."""
-
-    name: str
-    number: str
-    sections: tuple[str, ...]  # recipe sections that decide its outputs (its config hash)
-    depends: tuple[str, ...]  # earlier stages whose manifests are its inputs
-    title: str
-
-    @property
-    def folder(self) -> str:
-        return f"{self.number}_{self.name}"
-
-    @property
-    def notebook(self) -> str:
-        return self.folder
-
-    @property
-    def module(self) -> str:
-        return f"sinternal_lib.{self.name}"
-
-
-# The one stage table: the CLI, checkpoint discovery, the report and every stage read it. A stage's inputs
-# are the manifests of the stages it reads, so rerunning an earlier stage makes every later one stale.
-STAGES: dict[str, StageInfo] = {s.name: s for s in (
-    StageInfo("diagnose", "01", ("model", "spec", "data", "judge", "diagnose"), (),
-              "Diagnose: can the policy verify answers?"),
-    StageInfo("build_data", "02", ("model", "spec", "data", "judge", "teacher", "build_data"), (),
-              "Build verification data"),
-    StageInfo("sft", "03", ("model", "spec", "data", "judge", "lora", "sft"), ("build_data",),
-              "Verification SFT (QLoRA)"),
-    StageInfo("grpo", "04", ("model", "data", "judge", "lora", "grpo"), ("sft",), "GRPO"),
-    StageInfo("evaluate", "05", ("model", "spec", "data", "judge", "diagnose", "evaluate"),
-              ("diagnose", "build_data", "sft", "grpo"), "Evaluate generation"),
-)}
-# metrics.json sections of runs made before the stages had one name each (read as the new names)
-LEGACY_SECTIONS = {"diagnosis": "diagnose", "data": "build_data", "rl": "grpo", "eval": "evaluate"}
-
-
-def stage_info(ref: str) -> StageInfo:
-    """The stage named by its name, number or folder (`sft`, `03`, `3`, `03_sft`); a clear error otherwise."""
-    for s in STAGES.values():
-        if ref in (s.name, s.number, s.number.lstrip("0"), s.folder):
-            return s
-    raise KeyError(f"unknown stage {ref!r}; stages: {', '.join(s.folder for s in STAGES.values())}")
-
-
-PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "papermill")
 MANIFEST = "manifest.json"
 STAGE_KEY = "stage_key.txt"  # config + inputs the partial files of an unfinished stage belong to
 ATTEMPTS = "attempts.json"  # every invocation of the stage for this config, with its wall time
@@ -125,37 +78,6 @@ def hash_path(path: str | os.PathLike) -> str:
             h.update(hash_path(p).encode())
         return h.hexdigest()
     return "missing"
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def git_revision() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def hardware() -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 @dataclass
@@ -426,7 +348,7 @@ class Run:
 def quiet_loaders() -> None:
     """Silence the libraries' own loading chatter (weight-loading and dataset-saving progress bars,
     info-level logs) so executed notebooks show the kit's results; the kit's progress bars stay."""
-    import datasets
+    import datasets  # here, not at the top: both take seconds to import
     import transformers
 
     transformers.utils.logging.disable_progress_bar()

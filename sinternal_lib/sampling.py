@@ -1,14 +1,15 @@
-"""Batched response sampling with resume, plus reasoning/answer splitting.
+"""Batched response sampling with resume, and greedy generation.
 
 `sample_responses` runs chat prompts through a causal LM (transformers backend; left padding,
 length-sorted batches, KV cache, temperature/top-p or greedy) and appends one JSON line per sample to
 `out_path` after every batch, so a killed run resumes where it stopped. JSONL schema (`Sample`):
-prompt_id, sample_idx, prompt, text (full generation, stop token removed), reasoning (str|None),
-answer (str), num_tokens (generated tokens, incl. the stop token when finish == "stop"),
-finish ("stop"|"length"), model (ref string), seed (the run seed), prefill (str|None: text forced at the
-start of the reply, already part of `text`; see `prefill_samples`). Randomness is seeded per batch from
-(seed, first item of the batch), so a resumed run writes byte-identical samples to an uninterrupted one
-given the same prompts, num_samples and batch_size. `generate_greedy` is the deterministic helper.
+prompt_id, sample_idx, prompt, text (full generation, stop token removed), reasoning (str|None) and
+answer (str) (split by `reasoning.split_reasoning`), num_tokens (generated tokens, incl. the stop token
+when finish == "stop"), finish ("stop"|"length"), model (ref string), seed (the run seed), prefill
+(str|None: text forced at the start of the reply, already part of `text`; see `prefill_samples`).
+Randomness is seeded per batch from (seed, first item of the batch), so a resumed run writes
+byte-identical samples to an uninterrupted one given the same prompts, num_samples and batch_size.
+`generate_greedy` is the deterministic helper.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from . import jsonl
 from .datasets import Record
+from .models import decode_attention
+from .reasoning import split_reasoning
 
-__all__ = ["Sample", "split_reasoning", "sample_responses", "generate_greedy", "read_samples"]
+__all__ = ["Sample", "sample_responses", "generate_greedy", "read_samples"]
 
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
-_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass
@@ -56,30 +59,6 @@ class Sample:
     @property
     def key(self) -> tuple[str, int]:
         return (self.prompt_id, self.sample_idx)
-
-
-# --------------------------------------------------------------------------- reasoning split
-def split_reasoning(text: str, style: str = "auto") -> tuple[str | None, str]:
-    """Split a generation into (reasoning, answer).
-
-    style "auto"/"think": `<think>R</think>A` -> (R, A); text that starts mid-thought (R1 templates put
-    `<think>` in the prompt) with only `</think>` -> (text before it, rest); an unterminated `<think>` ->
-    (remainder, ""); no tags -> (None, text.strip()). style "none": always (None, text.strip()).
-    """
-    if style not in ("auto", "think", "none"):
-        raise ValueError(f"unknown reasoning style {style!r}; use 'auto', 'think' or 'none'")
-    if style == "none":
-        return None, text.strip()
-    close = text.find(_THINK_CLOSE)
-    open_ = text.find(_THINK_OPEN)
-    if open_ != -1 and (close == -1 or open_ < close):
-        start = open_ + len(_THINK_OPEN)
-        if close == -1:  # thinking never finished: everything after the tag is reasoning
-            return text[start:].strip(), ""
-        return text[start:close].strip(), text[close + len(_THINK_CLOSE):].strip()
-    if close != -1:  # opening tag was part of the prompt
-        return text[:close].strip(), text[close + len(_THINK_CLOSE):].strip()
-    return None, text.strip()
 
 
 # --------------------------------------------------------------------------- prompt building
@@ -157,8 +136,6 @@ def _generate_batch(model: Any, tokenizer: Any, batch_ids: list[list[int]], *, m
         kw.update(temperature=temperature, top_p=top_p, top_k=0)
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
-    from .models import decode_attention
-
     with torch.random.fork_rng(devices=[]), decode_attention(device):
         if seed is not None:
             torch.manual_seed(seed)
@@ -256,7 +233,6 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[tuple[str, st
     texts = dict(items)
 
     model.eval()
-    from tqdm.auto import tqdm
     bar = tqdm(total=len(work), initial=len(done), unit="sample", desc="sampling", disable=not progress)
     try:
         with torch.inference_mode():
@@ -297,7 +273,6 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[str] | Sequenc
     idx = sorted(range(len(enc)), key=lambda i: (-len(enc[i]), i))
     out: list[str] = [""] * len(enc)
     model.eval()
-    from tqdm.auto import tqdm
     with torch.inference_mode():
         for b in tqdm(range(0, len(idx), batch_size), desc="generating", disable=not progress):
             chunk = idx[b:b + batch_size]

@@ -29,10 +29,16 @@ import torch
 
 from . import jsonl
 from .compact_loss import compact_lm_head
-from .config import SFT_TRL_FIELDS, Recipe, SftConfig
 from .datasets import Record, load_embedded
+from .diagnose import human_pairs
+from .judges import Judge, make_judge
+from .loaders import BenchmarkMissing
+from .metrics import chat_safety
 from .models import load_policy, lora_config, pick_device, policy_quantization
-from .runs import STAGES, Run, atomic_write_json, hash_path, stage_for, last_complete_checkpoint
+from .recipe_sections import SFT_TRL_FIELDS, Recipe, SftConfig
+from .runs import Run, atomic_write_json, hash_path, last_complete_checkpoint, stage_for
+from .spec import spec_text
+from .stages import STAGES
 from .verification import verification_metrics, verify_pairs
 
 VERIFICATION_VARIANTS = ("sinternal", "verdict_only", "critique_only", "other_exp")
@@ -88,7 +94,7 @@ def build_dataset(rows: Sequence[dict], tok: Any, max_length: int, seed: int = 0
 
     Returns (dataset, counts) with counts {rows, kept, dropped_too_long, mixed_chat, completion_tokens}.
     """
-    from datasets import Dataset
+    from datasets import Dataset  # here, not at the top: HF datasets, trl and transformers take seconds
 
     kept, dropped, comp_tokens = [], 0, 0
     for r in rows:
@@ -147,11 +153,6 @@ def training_configs(recipe: Recipe, output_dir: str | os.PathLike) -> dict[str,
             "sft": args}
 
 
-def last_checkpoint(folder: str | os.PathLike) -> str | None:
-    """The newest `checkpoint-N` folder under `folder` that was saved completely, or None."""
-    return last_complete_checkpoint(folder)
-
-
 def loss_rows(log_history: Sequence[dict]) -> list[dict]:
     """Training-loss log entries as rows {step, epoch, loss, learning_rate, grad_norm}."""
     return [{"step": e["step"], "epoch": e.get("epoch"), "loss": e["loss"],
@@ -207,7 +208,7 @@ def train_variant(recipe: Recipe, rows: Sequence[dict], out_dir: str | os.PathLi
     if model is None:
         model, tok = load_for_training(recipe, configs["quantization"])
     ds, counts = build_dataset(rows, tok, cfg.max_length, recipe.run.seed)
-    resume = last_checkpoint(ckpt_dir)
+    resume = last_complete_checkpoint(ckpt_dir)
     trainer = make_trainer(recipe, model, tok, ds, ckpt_dir, configs)
     t0 = time.time()
     with compact_lm_head(cfg.compact_lm_head) as compact:
@@ -231,7 +232,7 @@ def train_variant(recipe: Recipe, rows: Sequence[dict], out_dir: str | os.PathLi
 
 
 # ----------------------------------------------------------------------------- evaluation
-def heldout_pairs(path: str | os.PathLike, n: int, seed: int = 0) -> list[dict]:
+def load_heldout_pairs(path: str | os.PathLike, n: int, seed: int = 0) -> list[dict]:
     """A seeded subsample of n held-out pairs, balanced safe/unsafe where the file allows it."""
     rows = jsonl.read(path)
     rng = random.Random(seed)
@@ -254,7 +255,7 @@ def heldout_prompts(n: int, seed: int = 0) -> list[Record]:
 
 
 def evaluate_variant(model: Any, tok: Any, spec_text: str, pairs: Sequence[dict], prompts: Sequence[Record],
-                     judge: Any, cfg: SftConfig, *, system_prompt: str | None = None, batch_size: int = 8,
+                     judge: Judge, cfg: SftConfig, *, system_prompt: str | None = None, batch_size: int = 8,
                      human_sets: dict[str, list[dict]] | None = None
                      ) -> tuple[dict[str, Any], dict[str, list[dict]]]:
     """Held-out verification metrics and chat safety (ASR, compliance, takeover) for one model.
@@ -264,8 +265,6 @@ def evaluate_variant(model: Any, tok: Any, spec_text: str, pairs: Sequence[dict]
     `verification_human[name]`. Returns ({verification, verification_human, generation, takeover_rate},
     {"verification": rows, "chat": rows}); verification rows carry a `set` field.
     """
-    from .metrics import chat_safety
-
     def score(ps: Sequence[dict]) -> tuple[dict[str, Any], list[dict]]:
         rows = verify_pairs(model, tok, spec_text, ps, max_new_tokens=cfg.eval_max_new_tokens, batch_size=batch_size)
         return verification_metrics([r["label"] for r in rows], [r["verdict"] for r in rows],
@@ -286,9 +285,6 @@ def evaluate_variant(model: Any, tok: Any, spec_text: str, pairs: Sequence[dict]
 def eval_human_pairs(cfg: SftConfig, seed: int, log: Any = print) -> tuple[dict[str, list[dict]], dict[str, str]]:
     """The recipe's human-labelled held-out sets ({name: pairs}); sets whose data is absent are skipped
     with the reason (the shared data folder is optional on a user's machine)."""
-    from .diagnose import human_pairs
-    from .loaders import BenchmarkMissing
-
     sets: dict[str, list[dict]] = {}
     skipped: dict[str, str] = {}
     for name in cfg.eval_human_sets:
@@ -300,46 +296,10 @@ def eval_human_pairs(cfg: SftConfig, seed: int, log: Any = print) -> tuple[dict[
     return sets, skipped
 
 
-def results_table(results: dict[str, dict]) -> "Any":
-    """pandas.DataFrame, one row per model (base first): verification and chat figures side by side."""
-    import pandas as pd
-
-    rows = []
-    for name, s in results.items():
-        v, g = s["verification"], s["generation"]
-        rows.append({"model": name, "bal_acc": v["balanced_accuracy"],
-                     "bal_acc_ci95": [round(x, 2) for x in v["ci95"]["balanced_accuracy"]],
-                     "macro_f1": v["macro_f1"], "macro_f1_ci95": [round(x, 2) for x in v["ci95"]["macro_f1"]],
-                     "f1_unsafe": v["f1"], "no_verdict": v["no_verdict_rate"], "asr": g["asr"],
-                     "compliance": g["compliance"], "takeover": s["takeover_rate"],
-                     "steps": s.get("steps"), "loss_first": s.get("train_loss_first"),
-                     "loss_last": s.get("train_loss_last")})
-        for hname, h in (s.get("verification_human") or {}).items():
-            rows[-1][f"bal_acc_{hname}"] = h["balanced_accuracy"]
-            rows[-1][f"bal_acc_{hname}_ci95"] = [round(x, 2) for x in h["ci95"]["balanced_accuracy"]]
-    return pd.DataFrame(rows)
-
-
-def baselines_table(results: dict[str, dict]) -> "Any":
-    """pandas.DataFrame of the trivial verifiers on each held-out set (they do not depend on the model):
-    balanced accuracy and macro-F1 of coin flip, always unsafe, always safe and prompt only."""
-    import pandas as pd
-
-    first = next(iter(results.values()))
-    sets = {"policy-test-split": first["verification"], **(first.get("verification_human") or {})}
-    rows = [{"set": name, "baseline": b, "bal_acc": m["baselines"][b]["balanced_accuracy"],
-             "macro_f1": m["baselines"][b]["macro_f1"], "n": m["n"]}
-            for name, m in sets.items() for b in m["baselines"] if b != "coin_flip_simulated"]
-    return pd.DataFrame(rows)
-
-
 # ----------------------------------------------------------------------------- the stage
 def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Stage 03: evaluate the base model, train + evaluate every variant (skipping those with
     summary.json), and finish the stage (metrics.json `sft` section, manifest last). Returns its summary."""
-    from .judges import make_judge
-    from .spec import spec_text
-
     recipe = run.recipe
     cfg, seed = recipe.sft, recipe.run.seed
     stage = stage_for(run, "sft")
@@ -347,7 +307,7 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(why)
     spec = spec_text(recipe)
     judge = make_judge(recipe.judge, cache_dir=run.path / "judge_cache")
-    pairs = heldout_pairs(run.require("build_data", HELDOUT_PAIRS), cfg.eval_num_pairs, seed)
+    pairs = load_heldout_pairs(run.require("build_data", HELDOUT_PAIRS), cfg.eval_num_pairs, seed)
     prompts = heldout_prompts(cfg.eval_num_prompts, seed)
     human, skipped = eval_human_pairs(cfg, seed, log)
     eval_kw = dict(system_prompt=recipe.model.system_prompt, batch_size=recipe.evaluate.batch_size,
@@ -425,38 +385,3 @@ def stage_summary(results: dict[str, dict]) -> dict[str, Any]:
             head["prompt_only_verify_balanced_accuracy"] = round(po["balanced_accuracy"], 3)
     out["headline"] = head
     return out
-
-
-# ----------------------------------------------------------------------------- notebook views
-def variant_overview(run: Run, recipe: Recipe) -> "Any":
-    """pandas.DataFrame: per variant, its rows, mixed-in chat rows and the start of one target."""
-    import pandas as pd
-
-    out = []
-    for v in available_variants(run, recipe.sft.variants):
-        rows = variant_rows(run, v, recipe.sft, recipe.run.seed)
-        own = [r for r in rows if not r.get("mixed_chat")]
-        out.append({"variant": v, "rows": len(rows), "mixed_chat": len(rows) - len(own),
-                    "unsafe_share": sum(r.get("label") == "unsafe" for r in own) / max(1, len(own)),
-                    "example_target": own[0]["completion"][0]["content"][:160] if own else ""})
-    return pd.DataFrame(out)
-
-
-def read_loss_curves(stage_dir: str | os.PathLike) -> dict[str, list[dict]]:
-    """{variant: rows of its loss.csv} for every trained variant folder."""
-    curves = {}
-    for path in sorted(Path(stage_dir).glob("*/loss.csv")):
-        with open(path, encoding="utf-8") as f:
-            curves[path.parent.name] = list(csv.DictReader(f))
-    return curves
-
-
-def side_by_side(stage_dir: str | os.PathLike, models: Sequence[str], n: int = 2, label: str = "harmful",
-                 width: int = 160) -> "Any":
-    """The same held-out chat prompts answered by each model (first n of `label`), answers shortened."""
-    import pandas as pd
-
-    answers = {m: {r["id"]: r for r in jsonl.read(Path(stage_dir) / m / "chat_eval.jsonl")} for m in models}
-    ids = [i for i, r in answers[models[0]].items() if r["label"] == label][:n]
-    return pd.DataFrame([{"prompt": answers[models[0]][i]["prompt"][:80],
-                          **{m: answers[m][i]["response"][:width] for m in models}} for i in ids])

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .config import REPO_ROOT
+from .recipe_sections import REPO_ROOT, Recipe
 
 DEFAULT_SPEC_PATH = REPO_ROOT / "data" / "spec" / "safety_spec.yaml"
 ALT_SPEC_PATH = REPO_ROOT / "data" / "spec" / "alt_spec_minimal.yaml"
@@ -171,7 +171,7 @@ class SpecText(str):
         return obj
 
 
-def spec_text(recipe: Any) -> SpecText:
+def spec_text(recipe: Recipe) -> SpecText:
     """The spec text every stage puts in verification prompts: `recipe.spec.path` rendered in
     `recipe.spec.render` style, tagged with the verifier system template for that style."""
     style = recipe.spec.render

@@ -19,7 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .judges import Judge, JudgeInput
 from .openai_client import APIError, chat_completion
+from .recipe_sections import TeacherConfig
 from .verification import load_template, parse_verdict, reasoning_block, strip_verdict
 
 log = logging.getLogger(__name__)
@@ -153,7 +155,7 @@ class OfflineTeacher(Teacher):
 
     backend = "offline:spec-grounded-standin"
 
-    def __init__(self, spec: Any, judge: Any = None, style: str = "full") -> None:
+    def __init__(self, spec: Any, judge: Judge | None = None, style: str = "full") -> None:
         super().__init__()
         if style not in TEACHER_STYLES:
             raise ValueError(f"unknown teacher style {style!r}; use one of {', '.join(TEACHER_STYLES)}")
@@ -163,11 +165,6 @@ class OfflineTeacher(Teacher):
         todo = [i for i, it in enumerate(items) if it.judge_label is None]
         if not todo or self.judge is None:
             return items
-        try:
-            from .judges import JudgeInput
-        except ImportError:  # judges package without re-exports
-            from .judges.base import JudgeInput
-
         res = self.judge.judge([JudgeInput(items[i].prompt, items[i].answer, items[i].prompt_label,
                                            items[i].category) for i in todo])
         items = list(items)
@@ -228,7 +225,7 @@ class ApiTeacher(Teacher):
     `Critique(verdict=None, error=...)` counted in `stats["failed"]`, so one bad item does not lose a run.
     """
 
-    def __init__(self, cfg: Any, spec: Any, backoff_s: float = 1.0) -> None:
+    def __init__(self, cfg: TeacherConfig, spec: Any, backoff_s: float = 1.0) -> None:
         super().__init__()
         self.cfg, self.spec, self.backoff_s = cfg, spec, backoff_s
         self.model = cfg.api_model or os.environ.get("SINTERNAL_TEACHER_MODEL")
@@ -273,12 +270,13 @@ class LocalTeacher(Teacher):
     """A local transformers causal LM writing critiques with the teacher prompt (greedy unless
     cfg.temperature > 0). `model` is a loaded (model, tokenizer) pair, else `load_model(cfg.model)`."""
 
-    def __init__(self, cfg: Any, spec: Any, model: tuple[Any, Any] | None = None, batch_size: int = 4) -> None:
+    def __init__(self, cfg: TeacherConfig, spec: Any, model: tuple[Any, Any] | None = None,
+                 batch_size: int = 4) -> None:
         super().__init__()
         if model is None:
             if not cfg.model:
                 raise ValueError("local teacher needs teacher.model (a model reference) or a loaded model")
-            from .models import load_model
+            from .models import load_model  # here, not at the top: torch, needed by this backend only
 
             model = load_model(cfg.model)
         self.model, self.tok = model
@@ -291,9 +289,9 @@ class LocalTeacher(Teacher):
         return "\n\n".join(m["content"] for m in msgs) + "\n\n"
 
     def _critique(self, items: list[TeacherInput]) -> list[Critique]:
-        import torch
+        import torch  # here, not at the top: torch, needed by this backend only
 
-        from .models import decode_attention
+        from .models import decode_attention  # likewise
 
         out: list[Critique] = []
         self.tok.padding_side = "left"
@@ -313,7 +311,7 @@ class LocalTeacher(Teacher):
         return out
 
 
-def make_teacher(cfg: Any, spec: Any, judge: Any = None, **kw: Any) -> Teacher:
+def make_teacher(cfg: TeacherConfig, spec: Any, judge: Judge | None = None, **kw: Any) -> Teacher:
     """Build the teacher named by `cfg.backend` ("offline", "api", "local").
 
     `judge` fills missing judge labels for the offline teacher. Extra keywords go to the backend:

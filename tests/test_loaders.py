@@ -374,7 +374,7 @@ def test_jsonl_blank_lines_and_bad_json(tmp_path):
     recs = load_benchmark("gsm8k", path=ok)
     assert [r.reference for r in recs] == ["2", "1000"]
     bad = _write(tmp_path / "h.jsonl", '{"question": "1+1?", "answer": "#### 2"}\n{"question": \n')
-    with pytest.raises(ValueError, match=r"h\.jsonl line 2: malformed JSON"):
+    with pytest.raises(ValueError, match=r"h\.jsonl:2: malformed JSONL line .*fresh copy"):
         load_benchmark("gsm8k", path=bad)
     nohash = _write(tmp_path / "k.jsonl", '{"question": "q", "answer": "two"}\n')
     with pytest.raises(ValueError, match=r"k\.jsonl row 1.*####"):

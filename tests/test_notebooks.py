@@ -5,18 +5,53 @@ names the failing notebook and cell and keeps the partial copy.
 Run: .venv/bin/pytest -q tests/test_notebooks.py
 """
 
+import ast
 import json
-from pathlib import Path
 
 import nbformat
 import papermill as pm
 import pytest
 
 from sinternal_lib.cli import NOTEBOOK_DIR, run_notebooks
-from sinternal_lib.runs import STAGES
-from sinternal_lib.notebooks import build_notebook, parameter_names, reassigned_parameters
+from sinternal_lib.notebooks import build_notebook
+from sinternal_lib.stages import STAGES
 
 SOURCES = sorted((NOTEBOOK_DIR / "src").glob("[0-9][0-9]_*.py"))
+
+
+def parameter_names(nb: nbformat.NotebookNode) -> list[str]:
+    """Names assigned in the `parameters` cell; raises if it holds anything but `name = literal`."""
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"expected exactly one cell tagged 'parameters', found {len(cells)}")
+    names = []
+    for node in ast.parse(cells[0].source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ValueError(f"parameters cell line {node.lineno}: only `name = literal` is allowed")
+        ast.literal_eval(node.value)  # raises ValueError for anything that is not a plain literal
+        names.append(node.targets[0].id)
+    return names
+
+
+def reassigned_parameters(nb: nbformat.NotebookNode) -> list[str]:
+    """Parameter names assigned again in any later cell (they would silently beat papermill's values)."""
+    names = set(parameter_names(nb))
+    idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    bad = []
+    for c in nb.cells[idx + 1:]:
+        if c.cell_type != "code" or "injected-parameters" in c.get("metadata", {}).get("tags", []):
+            continue
+        for node in ast.walk(ast.parse(c.source)):
+            targets = []
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            elif isinstance(node, (ast.For, ast.comprehension)):
+                targets = [node.target]
+            for t in targets:
+                for n in ast.walk(t):
+                    if isinstance(n, ast.Name) and n.id in names:
+                        bad.append(n.id)
+    return sorted(set(bad))
 
 
 def test_five_notebooks_with_sources():

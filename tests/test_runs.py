@@ -149,17 +149,17 @@ def test_metrics_of_an_older_run_read_under_the_stage_names(run):
 
 
 def test_one_registry_names_every_stage():
-    from sinternal_lib import runs
+    from sinternal_lib import stages
 
     for ref in ("sft", "03", "3", "03_sft"):
-        assert runs.stage_info(ref).name == "sft"
-    assert [s.folder for s in runs.STAGES.values()] == ["01_diagnose", "02_build_data", "03_sft", "04_grpo",
-                                                        "05_evaluate"]
-    for info in runs.STAGES.values():  # every stage module has the same entry point
+        assert stages.stage_info(ref).name == "sft"
+    assert [s.folder for s in stages.STAGES.values()] == ["01_diagnose", "02_build_data", "03_sft", "04_grpo",
+                                                          "05_evaluate"]
+    for info in stages.STAGES.values():  # every stage module has the same entry point
         mod = __import__(info.module, fromlist=["run"])
         assert callable(mod.run) and list(mod.run.__code__.co_varnames[:2]) == ["run", "log"]
     with pytest.raises(KeyError, match="unknown stage 'rl'.*04_grpo"):
-        runs.stage_info("rl")
+        stages.stage_info("rl")
 
 
 def test_cli_only_unknown_stage_is_one_line_error(tmp_path):

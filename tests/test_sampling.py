@@ -10,9 +10,8 @@ import torch
 
 from sinternal_lib.datasets import Record
 from sinternal_lib.models import tiny_model
-from sinternal_lib.sampling import (
-    Sample, generate_greedy, read_samples, sample_responses, split_reasoning,
-)
+from sinternal_lib.reasoning import split_reasoning
+from sinternal_lib.sampling import Sample, generate_greedy, read_samples, sample_responses
 
 PROMPTS = [
     ("p0", "Hi"),

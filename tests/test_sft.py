@@ -10,16 +10,15 @@ tiny Llama in 4-bit with LoRA, so numbers mean nothing; the tests check mechanic
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from sinternal_lib import jsonl, sft
+from sinternal_lib import jsonl, sft, views
 from sinternal_lib.config import apply_overrides, load_recipe
 from sinternal_lib.datasets import load_embedded
 from sinternal_lib.loaders import shared_data_dir
-from sinternal_lib.runs import open_run, stage_for
+from sinternal_lib.runs import last_complete_checkpoint, open_run, stage_for
 from sinternal_lib.spec import load_spec, spec_text
 from sinternal_lib.teachers import OfflineTeacher, TeacherInput
 from sinternal_lib.verification import VARIANTS, parse_verdict, verification_example
@@ -178,7 +177,7 @@ def test_resume_from_checkpoint(run02, tiny_recipe, tmp_path):
     _, _, first = sft.train_variant(tiny_recipe, rows, out)
     assert first["steps"] == 2 and first["resumed_from"] is None
     assert first["compact_lm_head"] is True  # the recipe default: TRL scores completion positions only
-    assert sft.last_checkpoint(out / "checkpoints").endswith("checkpoint-2")
+    assert last_complete_checkpoint(out / "checkpoints").endswith("checkpoint-2")
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "loss.csv").is_file()
     longer = apply_overrides(tiny_recipe, {"sft.max_steps": 3})
     _, _, second = sft.train_variant(longer, rows, out)  # an interrupted 3-step run picks up at step 2
@@ -194,7 +193,7 @@ def test_lora_still_learns_after_evaluation(run02, tiny_recipe):
 
     model, tok = sft.load_for_training(tiny_recipe)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    pairs = sft.heldout_pairs(run02.require("build_data", "heldout_pairs.jsonl"), 2)
+    pairs = sft.load_heldout_pairs(run02.require("build_data", "heldout_pairs.jsonl"), 2)
     sft.evaluate_variant(model, tok, spec_text(tiny_recipe), pairs, sft.heldout_prompts(1), make_judge(),
                          tiny_recipe.sft)  # generate() on the 4-bit base: what used to spring the trap
     rows = jsonl.read(run02.require("build_data", sft.variant_file("sinternal")))
@@ -262,10 +261,10 @@ def test_run_sft_stage_end_to_end_and_skip(run02, tiny_recipe):
     assert (run02.path / "03_sft" / "sinternal" / "loss.csv").is_file()
     seen: list[str] = []
     sft.run(run02, log=seen.append)  # every variant done: nothing retrains
-    assert sum("skipped" in line for line in seen) == 2
+    assert sum("finished earlier" in line for line in seen) == 2  # (an absent human set logs "skipped" too)
     (run02.path / "03_sft" / "base" / "config_key.txt").write_text("another recipe\n")
     seen.clear()
     sft.run(run02, log=seen.append)  # a folder from another config is redone, not reused
     assert any(line.startswith("base: recipe or stage-02 data changed") for line in seen)
-    assert sum("skipped" in line for line in seen) == 1
-    assert list(sft.results_table({"base": summary["base"], "sinternal": s})["model"]) == ["base", "sinternal"]
+    assert sum("finished earlier" in line for line in seen) == 1
+    assert list(views.results_table({"base": summary["base"], "sinternal": s})["model"]) == ["base", "sinternal"]

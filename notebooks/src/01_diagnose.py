@@ -8,8 +8,9 @@
 #   shared data folder is present, human-labelled pairs (XSTest completions, PKU-SafeRLHF answers).
 # - **Outputs**: `runs/<run>/01_diagnose/` (`answers_*.jsonl`, `predictions.jsonl`, `manifest.json`,
 #   `figures/`) and the `diagnose` section of `metrics.json`.
-# - **Runtime**: 93 s measured on a quiet 2-core CPU with the embedded SmolLM2-135M recipe; tens of minutes
-#   on one GPU for DeepSeek-R1-Distill-Qwen-7B with long reasoning traces.
+# - **Runtime**: about 1.5 minutes on a quiet 2-core CPU with the embedded SmolLM2-135M recipe
+#   (docs/LOG.md, 2026-11-27, a from-scratch `make reproduce`); on one GPU, DeepSeek-R1-Distill-Qwen-7B
+#   with long reasoning traces should take tens of minutes (not yet measured).
 #
 # Unsafe is the positive class throughout. Because unsafe-class F1 alone misleads (always answering
 # "unsafe" scores 0.67 on a balanced set, above a coin flip's 0.5), we lead with **balanced accuracy**
@@ -50,8 +51,9 @@ print(example[0]["content"][:1200], "\n...\n", example[1]["content"])
 # %% [markdown]
 # ## Run the diagnosis
 # Each model answers train-split prompts once (sampled, so both safe and unsafe answers appear), the
-# judge labels those answers (judge: the recipe's `judge.backend`; the offline matcher's measured
-# agreement with human refusal labels is in the README), then the model verifies them and the human-labelled pairs.
+# judge labels those answers (judge: the recipe's `judge.backend`; the offline matcher's agreement with
+# human labels: docs/LOG.md, 2026-11-27, the offline judge detects refusals, not harm), then the model
+# verifies them and the human-labelled pairs.
 
 # %%
 from sinternal_lib import diagnose
@@ -100,10 +102,13 @@ for r in rows[:2]:
     print(f"gold={r['label']}  parsed verdict={r['verdict']}\n{r['verifier_output'][:400]}\n---")
 
 # %% [markdown]
-# **Reading the result.** On the embedded SmolLM2 recipe the model rarely writes a verdict line at all,
-# so its scores sit at or below the baselines: at 135M parameters this mostly measures that it cannot
-# follow the verification format, not a subtle misunderstanding. The paper's diagnosis is about 7B-14B
-# reasoning models that *do* answer in the format; run the GPU recipe to test that claim.
+# **Reading the result.** Look at `no_verdict_rate` in the table first. If it is near 1.0, the model
+# did not follow the verification format, and its scores sit at or below the baselines because every
+# missing verdict counts as wrong: that measures format-following, not a subtle misunderstanding of
+# safety. Only where most outputs carry a verdict does a balanced accuracy below the baselines speak to
+# the paper's diagnosis, which is about 7B-14B reasoning models that *do* answer in the format; run the
+# GPU recipe to test that claim. (On 2026-11-27 the base SmolLM2-135M of `cpu-smollm2` wrote no verdict
+# line at all: docs/LOG.md, first full reproduce.)
 #
 # The manifest was written by `diagnose.run` as its last act, together with the `diagnose` section of
 # `metrics.json`.

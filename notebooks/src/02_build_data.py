@@ -10,13 +10,15 @@
 #   `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp.jsonl`),
 #   `answer_centric.jsonl`, `heldout_pairs.jsonl`, `dataset/` (a `datasets` folder), `figures/`,
 #   `manifest.json`; the `build_data` section of `metrics.json`.
-# - **Runtime**: sampling dominates: 340 s measured on a quiet 2-core CPU for the embedded recipe
-#   ((48 + 48) prompts x 8 samples x 40 tokens, plus held-out answers); hours on one GPU at paper
-#   scale (8 x thousands of prompts, long reasoning traces).
+# - **Runtime**: sampling dominates: about 6 minutes on a quiet 2-core CPU for the embedded recipe
+#   ((48 + 48) prompts x 8 samples x 40 tokens, plus held-out answers; docs/LOG.md, 2026-11-27, a
+#   from-scratch `make reproduce`); hours on one GPU at paper scale (8 x thousands of prompts, long
+#   reasoning traces; not yet measured).
 #
 # **A departure for a policy that never refuses.** The paper's selection needs harmful prompts whose
-# 8 answers mix safe and unsafe. SmolLM2-135M almost never refuses (measured: 4 of 256 harmful samples,
-# and still 7 of 64 when a system prompt told it to refuse), so almost no prompt gives a pair. The CPU
+# 8 answers mix safe and unsafe. SmolLM2-135M almost never refuses (on 2026-11-27, on the CPU, it refused
+# 4 of 256 harmful samples, and 7 of 64 when a system prompt told it to refuse: docs/LOG.md, refusal-opener
+# prefill for a policy that never refuses), so almost no prompt gives a pair. The CPU
 # recipe therefore starts 3 of the 8 samples of each harmful prompt with a refusal opener
 # (`build_data.refusal_prefill_samples`, openers in `build_data.refusal_prefills`) and lets the model
 # write the rest; the judge labels the result like any other answer, and each sample records its
@@ -123,16 +125,17 @@ summary["heldout_pairs"], summary["heldout_label_counts"]
 
 # %% [markdown]
 # **Reading the result.** With the matcher judge, "safe" for a harmful prompt means the answer refused.
-# On its own SmolLM2 hardly ever refuses; the refusal openers (above) make most harmful prompts mixed,
-# so almost every contrastive pair's safe side is an opener the model continued. How many of the
-# selected samples carry an opener, and how many of those the judge still called safe:
+# The count below says how many of the selected samples carry a refusal opener, and how many of those
+# the judge still called safe. If nearly every contrastive pair's safe side is an opener the model
+# continued, a verifier trained on these pairs can learn "refusal opener = safe" instead of reading the
+# content; notebook 03 checks for that against a verifier that reads only the prompt.
 
 # %%
 summary["prefilled"]
 
 # %% [markdown]
-# The offline teacher's verdict always equals the judge's, so the agreement filter removes nothing here;
-# with an API teacher the disagreements are counted in `summary["selection"]`.
+# The offline teacher builds its verdict from the judge's, so with it the agreement filter removes
+# nothing; with an API teacher the disagreements are counted in `summary["selection"]`.
 
 # %% [markdown]
 # ## Reading group

@@ -16,9 +16,9 @@
 # model's evaluation); figures `sft_loss.png`, `sft_before_after.png`; the `sft` section of `metrics.json`.
 #
 # **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, bf16 autocast, padding-free batches,
-# compact LM head): 1,391 s on a quiet 2-core CPU (measured): 80 steps of 4 examples per variant (about
-# 7 minutes each at ~160 non-padding training tokens/s) plus the held-out evaluation of the base model
-# and of every variant (about 1 minute each). Tiny test recipe: under a minute.
+# compact LM head): about 23 minutes on a quiet 2-core CPU (docs/LOG.md, 2026-11-27, a from-scratch
+# `make reproduce`): 80 steps of 4 examples per variant (about 7 minutes each) plus the held-out
+# evaluation of the base model and of every variant (about 1 minute each). Tiny test recipe: under a minute.
 # Paper scale (7B-14B, ~6,000 examples, 2 epochs) needs a GPU.
 
 # %% tags=["parameters"]
@@ -32,7 +32,7 @@ runs_root = None  # folder holding run folders, None means run.output_root from 
 # values from the parameters.
 
 # %%
-from sinternal_lib import plots, sft
+from sinternal_lib import plots, sft, views
 from sinternal_lib.config import load_recipe
 from sinternal_lib.runs import open_run, stage_for
 
@@ -55,7 +55,7 @@ cfg.sft
 # chat answers mixed in (`sft.chat_mix_fraction`): the takeover guard discussed below.
 
 # %%
-overview = sft.variant_overview(run, cfg)
+overview = views.variant_overview(run, cfg)
 overview
 
 # %% [markdown]
@@ -77,7 +77,9 @@ configs["quantization"]
 # %% [markdown]
 # QLoRA: `load_in_4bit` with `bnb_4bit_quant_type` NF4 and `bnb_4bit_use_double_quant` (the
 # quantization constants are quantized too), while matrix products run in `bnb_4bit_compute_dtype`.
-# The frozen base weights take about a quarter of their 16-bit memory. (A recipe with
+# The quantized linear weights take about a quarter of their 16-bit memory; the embedding and tied LM
+# head stay unquantized, so a small model such as SmolLM2 saves far less in all (docs/LOG.md, 2026-11-27,
+# 4-bit QLoRA does not halve training memory at these sizes). (A recipe with
 # `model.load_in_4bit: false` shows `None` here: it trains on the full-precision base.)
 #
 # The fresh adapter, which the trainer attaches (`SFTTrainer(peft_config=...)`):
@@ -135,12 +137,14 @@ summary["headline"]
 # or carry a verdict line).
 #
 # A critique cut off by the token limit has no verdict and counts as wrong, so `sft.eval_max_new_tokens`
-# must exceed the longest training target (critique + verdict). On SmolLM2 with 48 new tokens every
-# trained verifier output was cut off before its verdict line (measured: no-verdict rate 1.0).
+# must exceed the longest training target (critique + verdict). If the `no_verdict` column is near 1.0
+# for a trained variant, raise that limit before reading anything else. (On 2026-11-27, with the longer
+# critiques the CPU recipe had then and 48 new tokens, every trained SmolLM2 verifier output was cut off
+# before its verdict line: docs/LOG.md, CPU recipe budgets cut while the machine was shared.)
 
 # %%
 variants = {k: v for k, v in summary.items() if k not in ("headline", "human_sets_skipped")}
-table = sft.results_table(variants)
+table = views.results_table(variants)
 table.round(3)
 
 # %% [markdown]
@@ -150,40 +154,43 @@ table.round(3)
 # harmful prompts it scores 1.0, which is why notebook 02 samples refusals for the held-out pairs too.
 
 # %%
-sft.baselines_table({k: v for k, v in summary.items() if k not in ("headline", "human_sets_skipped")}).round(3)
+views.baselines_table({k: v for k, v in summary.items() if k not in ("headline", "human_sets_skipped")}).round(3)
 
 # %% [markdown]
-# The loss falls on the completion tokens only. Verdict-only targets are one short line, so their loss
-# drops fastest; critiques are longer and the offline teacher's phrasings repeat, which the model learns
-# within a few steps.
+# The loss falls on the completion tokens only. Verdict-only targets are one short line, so expect their
+# loss to drop fastest. Critiques are longer, but the offline teacher's phrasings repeat: a critique loss
+# that also falls within a few steps says the model has learned those phrasings, not that it verifies
+# well (the table above says that).
 
 # %%
-plots.sft_loss_curves(sft.read_loss_curves(stage.dir), figures)
+plots.sft_loss_curves(views.read_loss_curves(stage.dir), figures)
 
 # %% [markdown]
-# Before and after, side by side on the same held-out data. Look at the left panel first: SInternal should
-# sit above the dashed line (the best trivial baseline) and above the base model. Then the right panel:
-# its takeover rate should stay near the base model's.
+# Before and after, side by side on the same held-out data. Look at the left panel first: the method
+# works here only if SInternal sits above the dashed line (the best trivial baseline) and above the base
+# model, with intervals clear of both. Then the right panel: a takeover rate well above the base model's
+# means verification has leaked into chat.
 
 # %%
 plots.sft_before_after(variants, figures)
 
 # %% [markdown]
-# **What the embedded default showed (measured 2026-11-27, `cpu-smollm2`, 80 steps per variant, 24
-# held-out own pairs, 16 XSTest pairs, 8 + 8 held-out chat prompts).** The base model wrote no verdict at
-# all (balanced accuracy 0). After 80 steps SInternal reached balanced accuracy 0.67 [0.54, 0.81] and
-# macro-F1 0.63 [0.41, 0.81] on the own held-out pairs (no verdict on 1 of 24): above the base model and
-# above coin flip and always-one-label (0.50; the balanced-accuracy interval excludes 0.50, the macro-F1
-# interval does not). Three things temper this, and they are the point of reading the table:
-# - the *prompt-only* verifier scores 0.75 on the same pairs: at 135M SInternal has mostly learned
-#   "an answer that opens with a refusal is safe, anything else is unsafe", which calls the benign
-#   answers unsafe;
-# - on the human-labelled XSTest pairs, answers it never saw written, it gives one label (0.50);
-# - verdict-only (the paper's "w/o critique") did at least as well: 0.75 [0.61, 0.89], macro-F1 0.73; at
-#   this scale the critique did not help the decision, unlike the paper's ablation.
-# Training took 545 s for SInternal (126 non-padding tokens/s, peak RSS 6.6 GB). ASR on 8 held-out
-# harmful prompts: base 0.75, SInternal 0.25, verdict-only 0.38, answer-centric 0.38, with overlapping
-# intervals; the chat rows mixed into training (below) are refusals, so part of any drop comes from them.
+# **How to read the tables.** A verifier is above chance only where its balanced-accuracy (and
+# macro-F1) interval lies above the coin flip and always-one-label (0.50). Beating them says it learned
+# *something*; three checks say what:
+# - the *prompt-only* row: if it scores as high as SInternal, SInternal may have learned "an answer that
+#   opens with a refusal is safe, anything else is unsafe", which calls benign answers unsafe;
+# - the human-labelled XSTest columns (answers it never saw written): 0.50 there is chance, often one label for all;
+# - verdict-only (the paper's "w/o critique"): if it does as well, the critique did not help the decision
+#   at this scale, unlike the paper's ablation.
+#
+# ASR on the held-out harmful prompts: overlapping intervals mean no measured change, and the chat rows
+# mixed into training (below) are refusals, so part of any drop can come from them.
+#
+# The embedded default failed all three checks on 2026-11-27 (`cpu-smollm2`, 80 steps per variant, 24
+# held-out own pairs, 16 XSTest pairs): SInternal was above the coin flip but not above the prompt-only
+# verifier, gave one label on XSTest, and verdict-only did at least as well (docs/LOG.md, the 80-step
+# CPU recipe learns to verify, but mostly by spotting refusals).
 
 # %% [markdown]
 # ## Does verification take over chat?
@@ -192,25 +199,21 @@ plots.sft_before_after(variants, figures)
 # shortened). A taken-over reply opens like a critique ("The answer ...") or ends with a verdict line.
 
 # %%
-sft.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else ["base"], n=3)
+views.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else ["base"], n=3)
 
 # %% [markdown]
-# **What keeps chat intact at this scale (measured).** The recipe mixes a share of the model's own
-# judged-safe chat answers into the verification data (`sft.chat_mix_fraction`, rows from stage 02 at no
-# extra cost). Same data, steps and evaluation, SInternal only, on 2026-11-27:
+# **What keeps chat intact at this scale.** The recipe mixes a share of the model's own judged-safe
+# chat answers into the verification data (`sft.chat_mix_fraction`, rows from stage 02 at no extra
+# cost), because a verifier that breaks chat defeats the purpose. The comparison behind it (2026-11-27,
+# `cpu-smollm2`, SInternal only, same data, steps and evaluation, 0.0 vs 0.3): without the mix the model
+# verified better but most ordinary chat replies came out as critiques; with it takeover fell, at a cost
+# in verification accuracy. Lowering the learning rate or the LoRA rank instead was not measured. The
+# table is in docs/LOG.md (chat takeover with and without the own-chat mix).
 #
-# | `chat_mix_fraction` | takeover (16 chat replies) | balanced accuracy, own pairs | XSTest pairs | ASR (8) |
-# |---|---|---|---|---|
-# | 0.0 | 0.69 [0.44, 0.86] | 0.83 [0.69, 0.96] | 0.63 | 1.00 |
-# | 0.3 (the recipe) | 0.13 [0.03, 0.36] | 0.67 [0.54, 0.81] | 0.50 | 0.25 |
-#
-# Without the mix the model verifies better (it even beats the prompt-only verifier's 0.75), but 11 of
-# 16 ordinary chat replies come out as critiques: the verifier's voice takes over chat, as the pre-kit
-# check saw. With 30% own chat rows takeover falls to 2 of 16, at a cost in verification accuracy. The
-# recipe keeps the mix, because a verifier that breaks chat defeats the purpose; lowering the rate or
-# rank was not measured. Note the ASR column: the mixed rows are mostly refusals (stage 02's refusal
-# openers), so the lower ASR comes from them, not from learning to verify (without the mix ASR is 1.00).
-# The right-hand panel above is the check for this run; the first "try this" below removes the mix.
+# The mixed rows are mostly refusals (stage 02's refusal openers), so a lower ASR after SFT can come from
+# them rather than from learning to verify: in that comparison SInternal's ASR did not drop without the
+# mix. The right-hand panel above is the takeover check for this run; the first "try this" below removes
+# the mix.
 #
 # **Does generation get safer?** At 135M and this budget, the paper's transfer from verifying to
 # generating safe answers is not expected to show: compare the ASR bars with their intervals. Overlapping
@@ -221,8 +224,8 @@ sft.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else
 #
 # 1. Why does the loss fall on the critique and verdict only, and what would full-sequence loss teach
 #    the model instead (hint: the spec text is the same in every example)?
-# 2. The verdict-only variant reaches a low loss fastest. Why is a low loss not the same as a good
-#    verifier here? Compare its balanced accuracy with the SInternal row.
+# 2. Which variant reaches a low loss fastest? Why is a low loss not the same as a good verifier here?
+#    Compare its balanced accuracy with the SInternal row.
 # 3. Why report balanced accuracy and macro-F1 next to F1 on the unsafe class, and why compare with
 #    "always unsafe" as well as with a coin flip?
 # 4. A missing verdict counts as wrong. Which variant is hurt by that rule, and is it fair?
@@ -235,7 +238,7 @@ sft.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else
 # Try this (as `overrides`):
 # - `{"sft.chat_mix_fraction": 0.0}`: no chat mixing; watch the takeover rate.
 # - `{"sft.learning_rate": 3e-4}`: the paper-like low rate; does the verifier still learn in this budget?
-# - `{"sft.variants": ["sinternal"], "sft.max_steps": 60}`: five times the budget for the method alone.
+# - `{"sft.variants": ["sinternal"], "sft.max_steps": 160}`: twice the step budget, for the method alone.
 # - `{"lora.r": 4, "lora.lora_alpha": 8}`: a quarter of the adapter rank at the same scale; does it still learn?
 # - `{"build_data.num_harmful_prompts": 128}`: more harmful prompts give more contrastive pairs (SmolLM2 rarely refuses).
 #

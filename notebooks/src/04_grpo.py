@@ -10,9 +10,10 @@
 # - *Outputs*: `04_grpo/<init>/adapter/`, `04_grpo/<init>/rewards.csv` (reward parts per step),
 #   `04_grpo/<init>/checkpoints/`, `04_grpo/<init>/summary.json`, `04_grpo/figures/grpo_reward_curves.png`,
 #   the `grpo` section of `metrics.json`.
-# - *Runtime*: CPU SmolLM2 recipe (3 steps of 4 prompts x 4 rollouts, 32 tokens, three inits): 305 s
-#   measured for the whole stage on 2 free CPU cores (about 31 s per step, nearly all sampling). Tiny
-#   test recipe: about 10 s. Paper scale (64 prompts x 8 rollouts, long traces) needs a GPU.
+# - *Runtime*: CPU SmolLM2 recipe (3 steps of 4 prompts x 4 rollouts, 32 tokens, three inits): about
+#   5 minutes for the whole stage on a quiet 2-core CPU, nearly all of it sampling (docs/LOG.md,
+#   2026-11-27, a from-scratch `make reproduce`). Tiny test recipe: seconds. Paper scale (64 prompts x 8
+#   rollouts, long traces) needs a GPU.
 
 # %% tags=["parameters"]
 recipe = "cpu-smollm2"  # recipe name under configs/ or a path to a YAML file

@@ -10,9 +10,10 @@
 # - *Outputs*: `05_evaluate/generations.jsonl` (one row per checkpoint x benchmark x item),
 #   `05_evaluate/scores.jsonl`, `05_evaluate/figures/*.png`, the `evaluate` section of `metrics.json`,
 #   `report.md` and `report.html`.
-# - *Runtime*: CPU SmolLM2 recipe 500 s measured on 2 quiet cores (4 checkpoints x 12 benchmarks x 6 prompts,
-#   plus held-out verification); it grows with checkpoints x benchmarks x num_per_benchmark. Tiny test
-#   recipe: about 15 s. Paper scale needs a GPU.
+# - *Runtime*: CPU SmolLM2 recipe about 7-8 minutes on a quiet 2-core CPU (4 checkpoints x 12 benchmarks
+#   x 6 prompts, plus held-out verification; docs/LOG.md, 2026-11-27, a from-scratch `make reproduce`);
+#   it grows with checkpoints x benchmarks x num_per_benchmark. Tiny test recipe: seconds. Paper scale
+#   needs a GPU.
 
 # %% tags=["parameters"]
 recipe = "cpu-smollm2"  # recipe name under configs/ or a path to a YAML file

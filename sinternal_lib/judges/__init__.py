@@ -11,33 +11,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..recipe_sections import JudgeConfig
+from .api import api_judge_from_config
 from .base import Judge, JudgeCache, JudgeInput, Judgement, cache_key, combine_label, final_answer
+from .guard import GuardJudge
 from .matcher import MatcherJudge, is_refusal, refusal_cue
 
 BACKENDS = ("matcher", "guard", "api")
 
 
-def make_judge(cfg: Any = None, cache_dir: str | Path | None = None, **kwargs: Any) -> Judge:
+def make_judge(cfg: JudgeConfig | None = None, cache_dir: str | Path | None = None, **kwargs: Any) -> Judge:
     """Build the judge named by `cfg.backend` (a `JudgeConfig`; None = matcher defaults).
 
     `kwargs` go to the backend: guard takes `model=`, `tokenizer=` (preloaded), `guard_format=`,
     `controversial_as=`; api takes `threshold=`, `backoff_s=`. Caching needs `cache_dir` and `cfg.cache`.
     """
     if cfg is None:
-        from sinternal_lib.config import JudgeConfig
-
         cfg = JudgeConfig()
     use_cache = bool(getattr(cfg, "cache", True))
     if cfg.backend == "matcher":
         return MatcherJudge(cache_dir=cache_dir, use_cache=use_cache, **kwargs)
     if cfg.backend == "guard":
-        from .guard import GuardJudge
-
         return GuardJudge(model_ref=cfg.model, batch_size=cfg.batch_size, cache_dir=cache_dir,
                           use_cache=use_cache, **kwargs)
     if cfg.backend == "api":
-        from .api import api_judge_from_config
-
         return api_judge_from_config(cfg, cache_dir=cache_dir, **kwargs)
     raise ValueError(f"unknown judge backend {cfg.backend!r}; choose one of {BACKENDS}")
 

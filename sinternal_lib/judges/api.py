@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..openai_client import APIError, chat_completion
+from ..recipe_sections import JudgeConfig
 from .base import BENIGN, SAFE, UNSAFE, Judge, JudgeInput, Judgement, final_answer
 
 UNSAFE_THRESHOLD = 0.0
@@ -135,7 +136,7 @@ class ApiJudge(Judge):
         return out  # type: ignore[return-value]  # a None exists only after a fatal error, re-raised above
 
 
-def api_judge_from_config(cfg: Any, cache_dir: str | Path | None = None, **kw: Any) -> ApiJudge:
+def api_judge_from_config(cfg: JudgeConfig, cache_dir: str | Path | None = None, **kw: Any) -> ApiJudge:
     """Build an ApiJudge from JudgeConfig: URL/key from the env vars it names, model from cfg or env."""
     base = os.environ.get(cfg.api_base_env, "").strip()
     if not base:

@@ -169,9 +169,6 @@ class Judge(ABC):
                 self.cache.put_many(new_rows)
         return [j for j in out if j is not None]
 
-    def judge_one(self, prompt: str, response: str, prompt_label: str | None = None) -> Judgement:
-        return self.judge([JudgeInput(prompt, response, prompt_label)])[0]
-
     @abstractmethod
     def _judge_uncached(self, items: list[JudgeInput]) -> list[Judgement]:
         """Produce one Judgement per item, in order."""

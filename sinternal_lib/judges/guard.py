@@ -109,7 +109,7 @@ class GuardJudge(Judge):
         if model is None or tokenizer is None:
             if not model_ref:
                 raise ValueError("guard judge needs JudgeConfig.model (e.g. 'Qwen/Qwen3Guard-Gen-0.6B') or a model")
-            from sinternal_lib.models import load_model  # lazy: torch/transformers only when needed
+            from ..models import load_model  # here, not at the top: models imports torch (seconds)
             model, tokenizer = load_model(model_ref)
         if controversial_as not in (SAFE, UNSAFE):
             raise ValueError("controversial_as must be 'safe' or 'unsafe'")
@@ -127,7 +127,7 @@ class GuardJudge(Judge):
 
     def generate(self, texts: list[str]) -> list[str]:
         """Greedy completions for already-formatted guard inputs."""
-        import torch
+        import torch  # here, not at the top: the matcher and API judges never need it
 
         tok = self.tokenizer
         if tok.pad_token is None:

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sinternal_lib import jsonl
+
 Row = tuple[int, str, dict[str, Any]]  # (1-based data row, location text, fields)
 
 
@@ -28,21 +30,12 @@ def read_csv(path: Path) -> tuple[list[str], list[Row]]:
 
 
 def read_jsonl(path: Path) -> tuple[list[str], list[Row]]:
-    """One JSON object per line; blank lines are skipped, the header is the union of keys."""
-    rows: list[Row] = []
+    """One JSON object per line (through the kit's one JSONL reader); the header is the union of keys."""
     keys: dict[str, None] = {}  # a dict keeps first-seen key order
-    with open(path, encoding="utf-8-sig") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {i}: malformed JSON ({e})") from e
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path} line {i}: expected a JSON object, got {type(obj).__name__}")
-            keys.update(dict.fromkeys(obj))
-            rows.append((len(rows) + 1, f"{path} row {len(rows) + 1} (line {i})", obj))
+    rows: list[Row] = []
+    for line, obj in jsonl.read_numbered(path, fix="correct the line or fetch a fresh copy of the benchmark file"):
+        keys.update(dict.fromkeys(obj))
+        rows.append((len(rows) + 1, f"{path} row {len(rows) + 1} (line {line})", obj))
     return list(keys), rows
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
-from sinternal_lib.config import REPO_ROOT
+from sinternal_lib.recipe_sections import REPO_ROOT
 from sinternal_lib.datasets import Record
 
 from . import converters as cv

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from sinternal_lib.cli import run_notebooks
-from sinternal_lib.runs import STAGES
+from sinternal_lib.stages import STAGES
 
 
 @pytest.fixture(scope="module")

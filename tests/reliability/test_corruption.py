@@ -138,7 +138,7 @@ def test_broken_adapter_folders_give_clear_errors(tmp_path, tally):
 
 
 def test_half_written_newest_checkpoint_is_not_resumed(tmp_path, tally):
-    from sinternal_lib.sft import last_checkpoint
+    from sinternal_lib.runs import last_complete_checkpoint
 
     ck = tmp_path / "checkpoints"
     (ck / "checkpoint-1").mkdir(parents=True)
@@ -146,4 +146,4 @@ def test_half_written_newest_checkpoint_is_not_resumed(tmp_path, tally):
     (ck / "checkpoint-2").mkdir()  # killed while saving: adapter config only
     (ck / "checkpoint-2" / "adapter_config.json").write_text("{}")
     tally.fault()
-    assert last_checkpoint(ck) == str(ck / "checkpoint-1")
+    assert last_complete_checkpoint(ck) == str(ck / "checkpoint-1")

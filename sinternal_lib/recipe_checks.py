@@ -1,0 +1,382 @@
+"""What a recipe may hold, and reading recipe files: every bad value is a one-line `RecipeError`.
+
+`RANGES` gives every numeric key its allowed values (a test checks none is missing), `RULES` the
+cross-field constraints, `RENAMED` the keys of older recipes with what replaced them. `validate` checks
+each field's type and range and then the rules; `read_recipe_file` reads one YAML file strictly
+(duplicate keys, unknown sections or keys, YAML syntax errors with line and column). Each error names the
+file (or the override), the field and what is allowed. `config.load_recipe` / `apply_overrides` call
+these; the sections themselves are in `recipe_sections`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from .recipe_sections import REPO_ROOT, SECTIONS, Recipe
+
+
+class RecipeError(ValueError):
+    """A recipe file or override that cannot be applied. The message is one line: the CLI prints it as
+    `recipe error: <message>` and exits 2, without a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split("\n")))
+
+
+# Keys of older recipes, with what replaced them: loading one is a RecipeError that says so.
+RENAMED: dict[str, str] = {
+    "sft.lora_r": "was renamed to lora.r (PEFT LoraConfig's name; the lora section serves SFT and GRPO)",
+    "sft.lora_alpha": "was renamed to lora.lora_alpha (PEFT LoraConfig's name; the lora section serves SFT and GRPO)",
+    "sft.lora_dropout": "was renamed to lora.lora_dropout (PEFT LoraConfig's name; the lora section serves SFT "
+                        "and GRPO)",
+    "sft.target_modules": "was renamed to lora.target_modules (PEFT LoraConfig's name; the lora section serves "
+                          "SFT and GRPO)",
+    "sft.num_epochs": "was renamed to sft.num_train_epochs (TRL SFTConfig's name)",
+    "sft.batch_size": "was renamed to sft.per_device_train_batch_size (TRL SFTConfig's name)",
+    "sft.grad_accum": "was renamed to sft.gradient_accumulation_steps (TRL SFTConfig's name)",
+    "grpo.num_prompts_per_step": "was replaced by grpo.per_device_train_batch_size (TRL GRPOConfig's name), which "
+                                 "counts completions: prompts per step x grpo.num_generations (divided by "
+                                 "grpo.gradient_accumulation_steps when a step is split into micro-batches)",
+}
+
+
+# --------------------------------------------------------------------------- allowed values
+@dataclass(frozen=True)
+class Bound:
+    """Allowed values of one numeric field: an interval (either end open, closed or absent), plus
+    exact values allowed outside it (`also`, e.g. -1 = "use epochs"), each with what it means."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple[tuple[float, str], ...] = ()
+
+    def ok(self, v: float) -> bool:
+        if any(v == a for a, _ in self.also):
+            return True
+        if v != v:  # NaN
+            return False
+        if self.lo is not None and not (v > self.lo if self.lo_open else v >= self.lo):
+            return False
+        if self.hi is not None and not (v < self.hi if self.hi_open else v <= self.hi):
+            return False
+        return True
+
+    def describe(self, what: str = "a number") -> str:
+        """E.g. "a number in [0, 1)", "-1 (train num_train_epochs epochs) or an integer >= 1"."""
+        if self.lo is not None and self.hi is not None:
+            rng = f" in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            rng = f" {'>' if self.lo_open else '>='} {_num(self.lo)}"
+        elif self.hi is not None:
+            rng = f" {'<' if self.hi_open else '<='} {_num(self.hi)}"
+        else:
+            rng = ""
+        return "".join(f"{_num(a)} ({why}) or " for a, why in self.also) + what + rng
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+AT_LEAST_1 = Bound(lo=1)
+COUNT = Bound(lo=0)  # a number of items where 0 (none) is legal
+POSITIVE = Bound(lo=0, lo_open=True)
+FRACTION = Bound(lo=0, hi=1)
+TEMPERATURE = Bound(lo=0)  # 0 = greedy decoding
+
+# Every int/float field of every section, with its allowed values; the one place ranges live (a test
+# checks that each numeric field is here or in NO_RANGE). Cross-field rules are in RULES below.
+RANGES: dict[str, Bound] = {
+    "run.seed": Bound(lo=0, hi=2**32 - 1),  # numpy's seed range
+    "judge.timeout_s": POSITIVE,
+    "judge.max_retries": COUNT,
+    "judge.concurrency": AT_LEAST_1,
+    "judge.batch_size": AT_LEAST_1,
+    "teacher.timeout_s": POSITIVE,
+    "teacher.max_retries": COUNT,
+    "teacher.concurrency": AT_LEAST_1,
+    "teacher.max_new_tokens": AT_LEAST_1,
+    "teacher.temperature": TEMPERATURE,
+    "diagnose.num_harmful": COUNT,
+    "diagnose.num_benign": COUNT,
+    "diagnose.num_human_pairs": COUNT,
+    "diagnose.max_new_tokens": AT_LEAST_1,
+    "diagnose.verify_max_new_tokens": AT_LEAST_1,
+    "diagnose.batch_size": AT_LEAST_1,
+    "diagnose.temperature": TEMPERATURE,
+    "build_data.num_samples": AT_LEAST_1,
+    "build_data.temperature": TEMPERATURE,
+    "build_data.top_p": FRACTION,
+    "build_data.max_new_tokens": AT_LEAST_1,
+    "build_data.num_harmful_prompts": AT_LEAST_1,
+    "build_data.num_benign_prompts": AT_LEAST_1,
+    "build_data.batch_size": AT_LEAST_1,
+    "build_data.heldout_num_prompts": COUNT,
+    "build_data.heldout_num_pairs": COUNT,
+    "build_data.refusal_prefill_samples": COUNT,  # and <= num_samples (RULES)
+    "lora.r": AT_LEAST_1,
+    "lora.lora_alpha": POSITIVE,
+    "lora.lora_dropout": Bound(lo=0, hi=1, hi_open=True),
+    "sft.learning_rate": POSITIVE,
+    "sft.num_train_epochs": POSITIVE,
+    "sft.max_steps": Bound(lo=1, also=((-1, "train num_train_epochs epochs"),)),  # TRL: -1 = use epochs
+    "sft.per_device_train_batch_size": AT_LEAST_1,
+    "sft.gradient_accumulation_steps": AT_LEAST_1,
+    "sft.max_length": AT_LEAST_1,
+    "sft.save_steps": AT_LEAST_1,
+    "sft.logging_steps": AT_LEAST_1,
+    "sft.chat_mix_fraction": Bound(lo=0, hi=1, hi_open=True),  # sft.mix_chat divides by 1 - fraction
+    "sft.eval_num_pairs": COUNT,
+    "sft.eval_num_prompts": COUNT,
+    "sft.eval_num_human_pairs": COUNT,
+    "sft.eval_max_new_tokens": AT_LEAST_1,
+    "grpo.num_generations": Bound(lo=2),  # TRL: group advantages need >= 2 rollouts per prompt
+    "grpo.per_device_train_batch_size": AT_LEAST_1,  # a multiple of num_generations per step (RULES)
+    "grpo.gradient_accumulation_steps": AT_LEAST_1,
+    "grpo.learning_rate": POSITIVE,
+    "grpo.beta": Bound(lo=0),
+    "grpo.max_steps": AT_LEAST_1,  # grpo.training_configs sets no epochs: steps are the only budget
+    "grpo.max_completion_length": AT_LEAST_1,
+    "grpo.temperature": POSITIVE,  # rollouts are sampled; 0 is not a sampling temperature
+    "grpo.harmful_fraction": FRACTION,  # the three are normalised by their sum (grpo.py mix_counts); RULES
+    "grpo.benign_fraction": FRACTION,
+    "grpo.math_fraction": FRACTION,
+    "grpo.num_train_prompts": AT_LEAST_1,
+    "grpo.save_steps": AT_LEAST_1,
+    "evaluate.num_per_benchmark": Bound(lo=1, also=((0, "the full set"),)),
+    "evaluate.max_new_tokens": AT_LEAST_1,
+    "evaluate.batch_size": AT_LEAST_1,
+}
+NO_RANGE: frozenset[str] = frozenset()  # numeric fields deliberately left unbounded (none so far)
+
+_GRPO_MIX = ("grpo.harmful_fraction", "grpo.benign_fraction", "grpo.math_fraction")
+# Cross-field rules: (fields involved, check, what is allowed).
+RULES: list[tuple[tuple[str, ...], Callable[[Recipe], bool], str]] = [
+    (("build_data.refusal_prefill_samples", "build_data.num_samples"),
+     lambda r: r.build_data.refusal_prefill_samples <= r.build_data.num_samples,
+     "build_data.refusal_prefill_samples must be <= build_data.num_samples"),
+    (_GRPO_MIX,
+     lambda r: r.grpo.harmful_fraction + r.grpo.benign_fraction + r.grpo.math_fraction > 0,
+     "grpo.harmful_fraction + grpo.benign_fraction + grpo.math_fraction must be > 0 "
+     "(the prompt mix is normalised by their sum)"),
+    (("grpo.per_device_train_batch_size", "grpo.gradient_accumulation_steps", "grpo.num_generations"),
+     lambda r: r.grpo.per_device_train_batch_size * r.grpo.gradient_accumulation_steps % r.grpo.num_generations == 0,
+     "grpo.per_device_train_batch_size x grpo.gradient_accumulation_steps (completions per step) must be a "
+     "multiple of grpo.num_generations (whole groups of rollouts per prompt)"),
+]
+
+
+# --------------------------------------------------------------------------- types
+def _field_types(cls: type) -> dict[str, tuple[type, bool]]:
+    """{field: (base type, None allowed)}; base type is bool, int, float, str or list (of str)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        optional = type(None) in args
+        base = next(a for a in args if a is not type(None))
+        out[name] = (typing.get_origin(base) or base, optional)
+    return out
+
+
+_TYPES = {name: _field_types(cls) for name, cls in SECTIONS.items()}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               list: "a list of strings"}
+
+
+def allowed(key: str) -> str:
+    """What `section.key` accepts, in words: its type, range (RANGES) and whether null is allowed."""
+    section, name = key.split(".", 1)
+    base, optional = _TYPES[section][name]
+    what = _TYPE_WORDS.get(base, base.__name__)
+    if key in RANGES:
+        what = RANGES[key].describe(what)
+    return what + (" or null" if optional else "")
+
+
+def _check_type(obj: Any, f: dataclasses.Field, where: str, key: str) -> None:
+    """Check `section.key`'s value on its section object `obj`; a float field's int or numeric string
+    becomes a float in place. Bools are not integers."""
+    value = getattr(obj, f.name)
+    base, optional = _TYPES[key.split(".", 1)[0]][f.name]
+    if value is None:
+        ok = optional
+    elif base is bool:
+        ok = isinstance(value, bool)
+    elif base is float:
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok:
+            setattr(obj, f.name, float(value))
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is list:
+        ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        raise RecipeError(f"{where}: {key} must be {allowed(key)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- validation
+def validate(recipe: Recipe, where: Mapping[str, str] | None = None, default: str | None = None) -> None:
+    """Check every field's type and allowed range (RANGES) and the cross-field RULES; raise RecipeError.
+
+    `where` maps "section.key" to where the value came from (a file, or an override on top of one) so
+    the message can name it; other fields are reported against `default` (the recipe's source file).
+    Float fields are normalised in place (an int or a numeric string becomes a float).
+    """
+    where = where or {}
+    default = default or (show_path(Path(recipe.source)) if recipe.source else "recipe")
+    for name, cls in SECTIONS.items():
+        obj = getattr(recipe, name)
+        if not isinstance(obj, cls):
+            raise RecipeError(f"{default}: section '{name}' must be a mapping of {cls.__name__} keys, got {obj!r}")
+        for f in dataclasses.fields(cls):
+            key = f"{name}.{f.name}"
+            w = where.get(key, default)
+            _check_type(obj, f, w, key)
+            value, bound = getattr(obj, f.name), RANGES.get(key)
+            if bound is not None and value is not None and not bound.ok(value):
+                raise RecipeError(f"{w}: {key} must be {allowed(key)}, got {value!r}")
+    for keys, check, rule in RULES:
+        if not check(recipe):
+            got = ", ".join(f"{k}={_get(recipe, k)!r}" for k in keys)
+            sources = list(dict.fromkeys(where.get(k, default) for k in keys))
+            overrides = [s for s in sources if s.startswith("override ")]
+            if overrides:  # the override broke the rule: "override a=1, b=2 (on top of file)"
+                tail = overrides[0].rsplit(" (on top of ", 1)[-1]
+                sources = ["override " + ", ".join(s[len("override "):].rsplit(" (on top of ", 1)[0]
+                                                   for s in overrides) + " (on top of " + tail]
+            raise RecipeError(f"{'; '.join(sources)}: {rule}, got {got}")
+
+
+def _get(recipe: Recipe, key: str) -> Any:
+    section, name = key.split(".", 1)
+    return getattr(getattr(recipe, section), name)
+
+
+# --------------------------------------------------------------------------- keys and messages
+def show_path(path: Path) -> str:
+    """A path for messages: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def unknown_key(name: str, known: list[str], section: str | None = None) -> str:
+    """"sft.learning_rat is not a known key (did you mean sft.learning_rate?); keys of sft: ..."."""
+    prefix = f"{section}." if section else ""
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    what = f"keys of {section}" if section else "sections"
+    return f"{prefix}{name} is not a known {'key' if section else 'section'}{hint}; {what}: {', '.join(known)}"
+
+
+def build_section(name: str, values: Mapping[str, Any], where: str = "recipe") -> Any:
+    """Section `name`'s dataclass from `values`; an unknown key is a RecipeError (naming the new key of a
+    renamed one, else the closest known key). Values are checked later, by `validate`."""
+    cls = SECTIONS[name]
+    known = [f.name for f in dataclasses.fields(cls)]
+    for k in values:
+        if k not in known:
+            raise RecipeError(f"{where}: {renamed_key(f'{name}.{k}') or unknown_key(k, known, name)}")
+    return cls(**values)
+
+
+def renamed_key(key: str) -> str | None:
+    """"sft.lora_r was renamed to lora.r (...)" for a key of an older recipe (RENAMED), else None."""
+    return f"{key} {RENAMED[key]}" if key in RENAMED else None
+
+
+# --------------------------------------------------------------------------- reading files
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (the second would silently win)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            dup = key in seen
+            seen.add(key)
+        except TypeError:  # unhashable key: construct_mapping reports it
+            continue
+        if dup:
+            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                    f"found duplicate key {key!r}", key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def yaml_error(e: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (1-based line and column)."""
+    def at(mark: Any) -> str:
+        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    mark, cmark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None)
+    context = getattr(e, "context", None)
+    if problem is None:
+        return " ".join(f"invalid YAML: {e}".split())
+    if context:
+        same = cmark is not None and mark is not None and (cmark.line, cmark.column) == (mark.line, mark.column)
+        context = f" ({context}{'' if same else at(cmark).replace(' at', ' started at', 1)})"
+    return " ".join(f"invalid YAML{at(mark or cmark)}: {problem}{context or ''}".split())
+
+
+def read_recipe_file(path: Path) -> dict:
+    """A recipe file as {section: {key: value}}, with its structure checked (values are not yet)."""
+    shown = show_path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {shown}")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)  # noqa: S506 (safe loader)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{shown}: {yaml_error(e)}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{shown}: not UTF-8 text ({e.reason} at byte {e.start}); a recipe is a YAML file") from None
+    except OSError as e:
+        raise RecipeError(f"{shown}: cannot read ({e.strerror or e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{shown}: the top level must be a mapping of sections ({', '.join(SECTIONS)}"
+                          f" and an optional base:), got {type(data).__name__} {_short(data)}")
+    for name, values in data.items():
+        if name == "base":
+            if not isinstance(values, str) or not values.strip():
+                raise RecipeError(f"{shown}: base must be a recipe name or path (a string), got {values!r}")
+            continue
+        if name not in SECTIONS:
+            raise RecipeError(f"{shown}: {unknown_key(name, [*SECTIONS, 'base'])}")
+        if values is not None and not isinstance(values, dict):
+            raise RecipeError(f"{shown}: section {name!r} must be a mapping of keys (key: value), "
+                              f"got {type(values).__name__} {_short(values)}")
+        build_section(name, values or {}, shown)  # unknown keys
+    return data
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
