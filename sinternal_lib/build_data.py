@@ -9,7 +9,7 @@
 5. Write the SFT sets: `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp.jsonl`
    when `build_data.other_model` is set), `answer_centric.jsonl` (judge-approved own answers), the
    same as a `datasets` folder, and `heldout_pairs.jsonl` (judged answers to TEST-split prompts).
-Row schemas are in docs/DESIGN_BRIEF.md ("Stage artifacts"). Deviation from the paper: its teacher is
+Row schemas are in docs/ARCHITECTURE.md ("Run folders and stage artifacts"). Deviation from the paper: its teacher is
 Claude-4-Sonnet; the embedded recipe uses the offline spec-grounded teacher, which restates the judge.
 """
 

@@ -18,10 +18,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -348,6 +350,11 @@ class Run:
 def quiet_loaders() -> None:
     """Silence the libraries' own loading chatter (weight-loading and dataset-saving progress bars,
     info-level logs) so executed notebooks show the kit's results; the kit's progress bars stay."""
+    # bitsandbytes warns on import that the optional hub-fetched `kernels` CPU kernel is absent (the kit
+    # never fetches from the hub), and transformers 5.24 flags TRL 1.16's `gradient_checkpointing` field
+    # as deprecated: neither is something a reader can act on.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
     import datasets  # here, not at the top: both take seconds to import
     import transformers
 
@@ -362,10 +369,10 @@ def open_run(recipe: Recipe, name: str | None = None, root: str | os.PathLike | 
     everything and quiets the libraries' loading output (`quiet_loaders`)."""
     run = Run(recipe, name, root)
     run.write_env()
+    quiet_loaders()  # before anything imports bitsandbytes
     from transformers import set_seed  # here, not at the top: importing transformers takes seconds
 
     set_seed(recipe.run.seed)  # python, numpy and torch (CPU and CUDA)
-    quiet_loaders()
     return run
 
 

@@ -169,3 +169,25 @@ def test_cli_only_unknown_stage_is_one_line_error(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("error: --only 'rl': no such stage") and "04_grpo" in r.stderr
     assert not (tmp_path / "x").exists()  # refused before touching a run folder
+
+
+def test_open_run_quiets_library_loading_output(tmp_path):
+    """Executed notebooks show the kit's results, not weight-loading bars or import warnings."""
+    script = f"""
+import warnings
+from sinternal_lib.config import load_recipe
+from sinternal_lib.models import save_tiny_model
+from sinternal_lib.runs import open_run
+open_run(load_recipe("configs/tests/tiny.yaml"), "q", {str(tmp_path)!r})
+import bitsandbytes
+from transformers import AutoModelForCausalLM, TrainingArguments
+folder = save_tiny_model({str(tmp_path / "m")!r})
+AutoModelForCausalLM.from_pretrained(folder)
+TrainingArguments(output_dir={str(tmp_path / "o")!r}, gradient_checkpointing=True, use_cpu=True)
+print("done")
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr[-2000:]
+    for noise in ("Loading weights", "gemm_4bit_forward", "is deprecated"):
+        assert noise not in r.stderr, r.stderr[-2000:]
