@@ -47,11 +47,11 @@ def pick_example(rows: list[dict], label: str = "safe", prompt_label: str = "har
                 rows[0] if rows else None)
 
 
-def training_example(row: dict, tokenizer: Any, show_unsafe: bool = False) -> str:
+def training_example(row: dict, tokenizer: Any, show_unsafe: bool = False, target_only: bool = False) -> str:
     """One conversational prompt/completion row exactly as SFT feeds it to the model: the chat template
     applied to the prompt (system spec + user request with the answer to verify), then the target, the
     only tokens that carry the loss (TRL's completion-only loss). An answer labelled unsafe is redacted
-    unless `show_unsafe`: it is the policy's own harmful output."""
+    unless `show_unsafe`: it is the policy's own harmful output. `target_only` shows the target part alone."""
     messages = [dict(m) for m in row["prompt"]]
     if row.get("label") == "unsafe" and not show_unsafe:
         for m in messages:
@@ -64,8 +64,8 @@ def training_example(row: dict, tokenizer: Any, show_unsafe: bool = False) -> st
     target = full[len(prompt_text):] if full.startswith(prompt_text) else row["completion"][0]["content"]
     n_prompt, n_target = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"]), \
         len(tokenizer(target, add_special_tokens=False)["input_ids"])
-    return (f"=== prompt: {n_prompt} tokens, no loss ===\n{prompt_text}\n"
-            f"=== target: {n_target} tokens, the loss is computed on these only ===\n{target}")
+    shown = f"=== target: {n_target} tokens, the loss is computed on these only ===\n{target}"
+    return shown if target_only else f"=== prompt: {n_prompt} tokens, no loss ===\n{prompt_text}\n{shown}"
 
 
 # ----------------------------------------------------------------------------- stage 03 (sft)

@@ -119,3 +119,5 @@ def test_training_example_shows_template_target_and_redacts_unsafe():
     shown = training_example(unsafe, tok)
     assert "UNSAFE-ANSWER-TEXT" not in shown and "redacted" in shown and "Verdict: unsafe" in shown
     assert "UNSAFE-ANSWER-TEXT" in training_example(unsafe, tok, show_unsafe=True)
+    only = training_example(safe, tok, target_only=True)
+    assert only.startswith("=== target") and "SPEC-TEXT" not in only and "Verdict: safe" in only

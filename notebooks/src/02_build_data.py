@@ -113,7 +113,7 @@ if example:
 # %%
 benign_example = pick_example(examples, label="safe", prompt_label="benign")
 if benign_example:
-    print(training_example(benign_example, tok).split("=== target")[1])
+    print(training_example(benign_example, tok, target_only=True))
 
 # %% [markdown]
 # ## Held-out pairs
