@@ -24,8 +24,9 @@ from typing import Any
 
 import benchlib as bl
 
+from sinternal_lib.stages import STAGES  # the one stage table (names in pipeline order)
+
 GOAL_S = 600.0
-STAGES = ("diagnose", "build_data", "sft", "grpo", "evaluate")
 
 
 def load_times(recipe: Any, repeats: int = 2) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -57,9 +56,9 @@ def discover_checkpoints(run: Run, patterns: list[str]) -> tuple[list[Checkpoint
             found.append(Checkpoint("base"))
             continue
         kind, _, sel = pat.partition("/")
-        folder = STAGES[kind].folder if kind in ("sft", "grpo") else None
-        if folder is None:
+        if kind not in ("sft", "grpo"):
             raise ValueError(f"unknown checkpoint pattern {pat!r}; use 'base', 'sft/<variant|*>' or 'grpo/<init|*>'")
+        folder = STAGES[kind].folder
         root = run.path / folder
         hits = sorted(p for p in root.glob(f"{sel or '*'}/adapter")
                       if p.is_dir() and (p.parent / "summary.json").is_file()) if root.is_dir() else []
@@ -81,10 +80,7 @@ def load_eval_set(name: str, n: int = 0, seed: int = 0, run: Run | None = None) 
             path = run.require("build_data", "heldout_pairs.jsonl")
         except (StageIncomplete, AttributeError) as e:
             raise BenchmarkMissing(f"held-out verification pairs unavailable: {e}") from None
-        pairs = jsonl.read(path)
-        if n and n < len(pairs):
-            pairs = [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), n))]
-        return "pairs", pairs
+        return "pairs", subsample(jsonl.read(path), n or None, seed)
     if name in EMBEDDED:
         kind, split = EMBEDDED[name]
         recs = load_embedded(kind, split)
@@ -171,7 +167,8 @@ def evaluate_run(run: Run, stage_dir: Path, *, judge: Judge, spec: str | Spec | 
     if spec is None:  # the verifier prompt stages 01 and 03 use (spec.render and its system template)
         spec = spec_text(run.recipe)
     # scores are reused only for the same verifier prompt: a checkpoint trained on the brief spec and
-    # asked with the full one writes no verdict (seen: F1 0 in stage 05 vs balanced accuracy 0.67 in 03)
+    # asked with the full one writes no verdict (docs/LOG.md, 2026-11-27, stage 05 must verify with the
+    # recipe's spec)
     verify_spec = f"{getattr(spec, 'system_template', 'spec')}:" \
                   f"{hashlib.sha256(str(spec).encode()).hexdigest()[:12]}"
     settings = {"n": ev_cfg.num_per_benchmark, "max_new_tokens": ev_cfg.max_new_tokens,

@@ -167,9 +167,9 @@ def decode_attention(device: str | torch.device) -> contextlib.AbstractContextMa
     """Attention backends for generation: on CUDA every SDPA backend but cuDNN attention; elsewhere a no-op.
 
     With torch 2.11 in bf16, SDPA picks cuDNN attention, whose set-up for each new sequence length dominates
-    token-by-token decoding: on an H100 (benchmarks/gpu_check.py, 16 prompts x 8 samples x 256 tokens)
-    bf16 rollouts ran at 1,271 / 1,144 tokens/s with it and 3,557 / 4,762 without it (SmolLM2 / Qwen2-1.5B
-    sizes), faster than fp32 too. Flash and memory-efficient attention compute the same thing.
+    token-by-token decoding, so bf16 rollouts ran slower than fp32 on an H100 (figures: docs/LOG.md,
+    2026-11-27, generation on CUDA runs without cuDNN attention). Flash and memory-efficient attention
+    compute the same thing.
     """
     if torch.device(device).type != "cuda":
         return contextlib.nullcontext()
@@ -319,8 +319,9 @@ def policy_quantization(recipe: Recipe, for_training: bool = False) -> Any:
     """The `BitsAndBytesConfig` the recipe's policy loads with, or None (full precision).
 
     Training always uses `model.load_in_4bit`; generation uses it only when `model.quantize_generation`
-    is true (bitsandbytes 4-bit generation on CPU was 1.7x slower than fp32 here, so the CPU recipe
-    samples and evaluates with the full-precision weights, adapters applied on top unmerged).
+    is true (bitsandbytes 4-bit generation is slower than fp32 on CPU: docs/LOG.md, 2026-11-27, on CPU,
+    generate with fp32 weights), so the CPU recipe samples and evaluates with the full-precision weights,
+    adapters applied on top unmerged.
     """
     m = recipe.model
     return nf4_config(m.dtype) if m.load_in_4bit and (for_training or m.quantize_generation) else None
