@@ -33,6 +33,11 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which SFTConfig; "sft": recipe.
                                   "args": {"train_sampling_strategy": "group_by_length"}},
     "kit-full-lm-head": {"config": "kit", "sft": {"compact_lm_head": False}},
     "kit-fp32-base": {"config": "kit", "model": "fp32-lora"},
+    # model.dtype of the 4-bit base (compute dtype, non-quantized layers): what `auto` picks between
+    "kit-fp32-compute": {"config": "kit", "dtype": "float32", "sft": {"bf16": False}},
+    "kit-fp32-compute-autocast": {"config": "kit", "dtype": "float32", "sft": {"bf16": True}},
+    "kit-bf16-compute": {"config": "kit", "dtype": "bfloat16", "sft": {"bf16": False}},
+    "kit-bf16-compute-autocast": {"config": "kit", "dtype": "bfloat16", "sft": {"bf16": True}},
 }
 QUICK_ARMS = ["default", "kit", "kit-full-lm-head"]
 REFUSAL = "I'm sorry, but I can't help with that. If you are worried about safety, a trusted professional or an " \
@@ -47,7 +52,7 @@ def build_rows(recipe: Any, n_harmful: int, n_benign: int, spec: str | None = No
     """Verification rows (kit format) for embedded train prompts, plus mixed-in chat rows like stage 02.
     `spec` replaces the rendered spec text (--quick: short rows)."""
     from sinternal_lib.datasets import load_embedded
-    from sinternal_lib.sft import mix_chat
+    from sinternal_lib.sft_data import mix_chat
     from sinternal_lib.spec import load_spec, spec_text
     from sinternal_lib.teachers import OfflineTeacher, TeacherInput
     from sinternal_lib.verification import verification_example
@@ -103,13 +108,14 @@ def run_arm(name: str, recipe: Any, rows: list[dict], steps: int, device: str, s
     from trl import SFTTrainer
 
     from sinternal_lib.models import load_model, load_policy, lora_config
-    from sinternal_lib.sft import build_dataset
+    from sinternal_lib.sft_data import build_dataset
 
     from sinternal_lib.compact_loss import compact_lm_head
 
     spec = spec or ARMS[name]
     cfg = dataclasses.replace(recipe.sft, **spec.get("sft", {}))
-    recipe = dataclasses.replace(recipe, sft=cfg)
+    recipe = dataclasses.replace(recipe, sft=cfg, model=dataclasses.replace(
+        recipe.model, dtype=spec.get("dtype", recipe.model.dtype)))
     t0 = time.perf_counter()
     if spec.get("model", "qlora") == "qlora":
         model, tok = load_policy(recipe, for_training=True)
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chat", help="stage-02 answer_centric.jsonl to mix in at sft.chat_mix_fraction")
     a = ap.parse_args(argv)
     from sinternal_lib import jsonl
-    from sinternal_lib.sft import mix_chat
+    from sinternal_lib.sft_data import mix_chat
 
     recipe = bl.bench_recipe(a, "sft")
     steps, arms = (2, a.arms or QUICK_ARMS) if a.quick else (a.steps, a.arms or list(ARMS))

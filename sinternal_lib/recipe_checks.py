@@ -160,6 +160,13 @@ RANGES: dict[str, Bound] = {
 }
 NO_RANGE: frozenset[str] = frozenset()  # numeric fields deliberately left unbounded (none so far)
 
+# Fields that take one of a few values; `auto` resolves by measurement (sinternal_lib/precision.py).
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "sft.bf16": (True, False, "auto"),
+    "grpo.bf16": (True, False, "auto"),
+}
+
 _GRPO_MIX = ("grpo.harmful_fraction", "grpo.benign_fraction", "grpo.math_fraction")
 # Cross-field rules: (fields involved, check, what is allowed).
 RULES: list[tuple[tuple[str, ...], Callable[[Recipe], bool], str]] = [
@@ -198,6 +205,8 @@ def allowed(key: str) -> str:
     """What `section.key` accepts, in words: its type, range (RANGES) and whether null is allowed."""
     section, name = key.split(".", 1)
     base, optional = _TYPES[section][name]
+    if key in CHOICES:
+        return "one of " + ", ".join(_short(c).lower() if isinstance(c, bool) else c for c in CHOICES[key])
     what = _TYPE_WORDS.get(base, base.__name__)
     if key in RANGES:
         what = RANGES[key].describe(what)
@@ -209,7 +218,9 @@ def _check_type(obj: Any, f: dataclasses.Field, where: str, key: str) -> None:
     becomes a float in place. Bools are not integers."""
     value = getattr(obj, f.name)
     base, optional = _TYPES[key.split(".", 1)[0]][f.name]
-    if value is None:
+    if key in CHOICES:  # `is` for bools: 1 == True, but 1 is not a boolean choice
+        ok = any(value is c if isinstance(c, bool) else value == c for c in CHOICES[key])
+    elif value is None:
         ok = optional
     elif base is bool:
         ok = isinstance(value, bool)

@@ -32,7 +32,7 @@ class RunConfig:
 class ModelConfig:
     policy: str = "smollm2-135m-instruct"  # bundled name, local folder or hub id
     others: list[str] = field(default_factory=list)  # extra models diagnosed side by side
-    dtype: str = "float32"  # compute dtype for non-quantized layers
+    dtype: str = "float32"  # weights / compute dtype of non-quantized layers; auto: precision.resolve_dtype
     device: str = "auto"  # "auto" = cuda when available, else cpu
     load_in_4bit: bool = True  # NF4 + double quantization through bitsandbytes
     quantize_generation: bool = True  # False: sample/evaluate with the full-precision weights (faster on CPU)
@@ -152,7 +152,7 @@ class SftConfig:
     save_steps: int = 50
     logging_steps: int = 5
     chat_mix_fraction: float = 0.0  # share of judged-safe own chat answers mixed in (takeover guard)
-    bf16: bool = False
+    bf16: bool | str = False  # true, false or auto (precision.resolve_bf16)
     gradient_checkpointing: bool = True
     # TRL padding-free batches: rows concatenated with position_ids, no padding computed (same loss;
     # bench_sft measured 30% of the positions of padded batches to be padding).
@@ -191,7 +191,7 @@ class GrpoConfig:
     math_fraction: float = 0.4
     num_train_prompts: int = 512
     save_steps: int = 25
-    bf16: bool = False
+    bf16: bool | str = False  # true, false or auto (precision.resolve_bf16)
     gradient_checkpointing: bool = True
 
 

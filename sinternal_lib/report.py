@@ -1,8 +1,9 @@
 """The report card: `runs/<run>/report.md` (and an HTML copy) rendered from env.json + metrics.json.
 
-Rendered from JSON, never parsed back. A run with missing stages still renders: each absent section
-says plainly that the stage has not run or is not built yet. Sections: provenance, headline, the
-paper's claims with a verdict each (`metrics.assess_claims`), per-stage metrics, the main and
+Rendered from JSON (and, for the claims, the per-item files the stages wrote), never parsed back. A
+run with missing stages still renders: each absent section says plainly that the stage has not run or
+is not built yet. Sections: provenance, headline, the
+paper's claims with a verdict each (`claims.assess`: paired tests), per-stage metrics, the main and
 ablation tables with the paper's numbers beside them (data/paper_numbers.yaml, secondary summaries),
 figures, and a few example generations. Example text the judge labelled unsafe is redacted unless
 `show_unsafe` (or recipe.evaluate.show_unsafe) is set.
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from . import jsonl
-from .metrics import MIN_N, assess_claims
+from .claims import CANNOT_TEST, CONTRADICTED, INCONCLUSIVE, METRICS, SUPPORTED, VERDICTS, assess
 from .recipe_sections import REPO_ROOT
 from .runs import Run, atomic_write_text
 from .stages import STAGES
@@ -212,13 +214,72 @@ def _eval_md(ev: dict, paper: dict) -> list[str]:
     return lines
 
 
-def _claims_md(metrics: dict) -> list[str]:
+def claim_cells(row: dict) -> dict[str, str]:
+    """Display cells of one `claims.assess` row: this run (both arms), difference [95% CI], power.
+    Rates show in % with differences in points; balanced accuracy, AUROC and reward as raw values."""
+    if row.get("rate_a") is None:
+        return {"this_run": "-", "difference": "-", "power": "-"}
+    rate = METRICS[row["metric"]][1] == "binary"
+    k, digits, unit = (100, 1, " pp") if rate else (1, 3, "")
+
+    def val(v: float | None) -> str:
+        return "n/a" if v is None or math.isnan(v) else f"{v * k:.{digits}f}{'%' if rate else ''}"
+
+    lo, hi = row["ci95"] or (None, None)
+    ci = f" [{lo * k:+.{digits}f}, {hi * k:+.{digits}f}]" if lo is not None else ""
+    power = "n/a" if row["power"] is None or math.isnan(row["power"]) else f"{row['power']:.2f}"
+    a, b = row["arms"]
+    return {"this_run": f"{a} {val(row['rate_a'])} -> {b} {val(row['rate_b'])}",
+            "difference": f"{row['diff'] * k:+.{digits}f}{unit}{ci}", "power": f"{power} (effect {row['effect']})"}
+
+
+def claims_summary(rows: list[dict]) -> str:
+    """'What this run can and cannot say', generated from `claims.assess` rows."""
+    by = {v: [r for r in rows if r["verdict"] == v] for v in VERDICTS}
+    ids = lambda rs: ", ".join(r["id"] for r in rs)  # noqa: E731
+    out = [f"Of {len(rows)} claims, this run supports {len(by[SUPPORTED])}"
+           + (f" ({ids(by[SUPPORTED])})" if by[SUPPORTED] else "")
+           + f", contradicts {len(by[CONTRADICTED])}"
+           + (f" ({ids(by[CONTRADICTED])})" if by[CONTRADICTED] else "")
+           + f", leaves {len(by[INCONCLUSIVE])} inconclusive and cannot test {len(by[CANNOT_TEST])}."]
+    inc = by[INCONCLUSIVE]
+    if inc:
+        pw = [r["power"] for r in inc if r["power"] is not None and not math.isnan(r["power"])]
+        low = [r for r in inc if r["power"] is not None and r["power"] < 0.8]
+        out.append(f"The inconclusive ones ({ids(inc)}) had power "
+                   + (f"{min(pw):.2f}" + (f"-{max(pw):.2f}" if max(pw) > min(pw) else "") if pw else "unknown")
+                   + " to detect the stated effect"
+                   + (f"; for {ids(low)} (below 0.8) a null result says little: it needs more items, not a "
+                      "different reading" if low else "") + ".")
+        mde = [f"{r['id']} {r['mde'] * 100:.0f} pp" if METRICS[r["metric"]][1] == "binary"
+               else f"{r['id']} {r['mde']:.2f}" for r in inc if r.get("mde")]
+        if mde:
+            out.append("At this n, the smallest difference detectable with 80% power is: " + ", ".join(mde) + ".")
+    groups: dict[str, list[dict]] = {}
+    for r in by[CANNOT_TEST]:
+        groups.setdefault(r.get("untested") or "untested", []).append(r)
+    if groups:
+        out.append("Not testable here: " + "; ".join(f"{ids(rs)} ({why})" for why, rs in groups.items()) + ".")
+    out.append("Verdicts come from paired tests on the same items with Holm's correction over every tested "
+               "claim (alpha 0.05); the CI column is unadjusted, and 'keeps' claims are non-inferiority tests "
+               "against the margin in their reason.")
+    return " ".join(out)
+
+
+def _claims_md(run: Run, metrics: dict) -> list[str]:
+    rows = assess(run.path, metrics)
     lines = ["## What this run supports", "",
-             f"Verdicts come from 95% CIs: *supported* only when intervals separate in the claimed direction "
-             f"(for 'keeps' claims: no significant drop); *cannot test* when a stage is missing or n < {MIN_N}.", "",
-             "| claim | verdict | evidence |", "|---|---|---|"]
-    for c in assess_claims(metrics):
-        lines.append(f"| {c['claim']} | **{c['verdict']}** | {c['evidence'].replace('|', '/')} |")
+             "Each claim compares two checkpoints on the same items (exact McNemar for rates, a paired "
+             "bootstrap for balanced accuracy, AUROC and reward, non-inferiority with a stated margin for "
+             "'keeps' claims). Power is that of detecting the stated effect with this n.", "",
+             "| claim | paper | this run | difference [95% CI] | n | power | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = claim_cells(r)
+        lines.append(f"| ({r['id']}) {r['claim']} | {r['paper']} | {c['this_run']} | {c['difference']} | "
+                     f"{r['n']} | {c['power']} | **{r['verdict']}** |")
+    lines += ["", "**What this run can and cannot say.** " + claims_summary(rows), "", "Reasons:", ""]
+    lines += [f"- ({r['id']}) {r['verdict']}: {_cell(r['reason'])}" for r in rows]
     return lines + [""]
 
 
@@ -233,7 +294,7 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
     head = ev.get("headline") if isinstance(ev.get("headline"), dict) else None
     lines += ["## Headline", ""]
     lines += [f"- {k}: {v}" for k, v in head.items()] if head else ["- *Evaluation stage not built or not run yet.*"]
-    lines += [""] + _claims_md(metrics) + ["## Stages", ""]
+    lines += [""] + _claims_md(run, metrics) + ["## Stages", ""]
     for stage, info in STAGES.items():
         done = run.is_done(stage)
         vals = metrics.get(stage)

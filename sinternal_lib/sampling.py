@@ -1,7 +1,8 @@
 """Batched response sampling with resume, and greedy generation.
 
-`sample_responses` runs chat prompts through a causal LM (transformers backend; left padding,
-length-sorted batches, KV cache, temperature/top-p or greedy) and appends one JSON line per sample to
+`sample_responses` runs chat prompts through a causal LM (the kit's decode loop, `decoding.decode`:
+length-sorted batches, KV cache, finished rows leave the batch, a shared prompt prefix computed once;
+temperature/top-p or greedy) and appends one JSON line per sample to
 `out_path` after every batch, so a killed run resumes where it stopped. JSONL schema (`Sample`):
 prompt_id, sample_idx, prompt, text (full generation, stop token removed), reasoning (str|None) and
 answer (str) (split by `reasoning.split_reasoning`), num_tokens (generated tokens, incl. the stop token
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from . import jsonl
 from .datasets import Record
+from .decoding import decode
 from .models import decode_attention
 from .reasoning import split_reasoning
 
@@ -120,32 +122,15 @@ def _pad_id(tokenizer: Any, stop_ids: set[int]) -> int:
 def _generate_batch(model: Any, tokenizer: Any, batch_ids: list[list[int]], *, max_new_tokens: int,
                     do_sample: bool, temperature: float, top_p: float, seed: int | None
                     ) -> list[tuple[list[int], str]]:
-    """Generate for one left-padded batch; returns (generated ids without the stop token, finish)."""
+    """Generate for one batch with the kit's decode loop (`decoding.decode`: finished rows leave the
+    batch, a prompt prefix shared by every row is computed once); returns (ids without the stop token, finish)."""
     stop = _stop_ids(model, tokenizer)
     pad = _pad_id(tokenizer, stop)
-    width = max(len(x) for x in batch_ids)
-    input_ids = torch.full((len(batch_ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
-    for i, ids in enumerate(batch_ids):
-        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        mask[i, width - len(ids):] = 1
     device = next(model.parameters()).device
-    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
-                              pad_token_id=pad, eos_token_id=sorted(stop) or None)
-    if do_sample:
-        kw.update(temperature=temperature, top_p=top_p, top_k=0)
-    else:
-        kw.update(temperature=None, top_p=None, top_k=None)
-    with torch.random.fork_rng(devices=[]), decode_attention(device):
-        if seed is not None:
-            torch.manual_seed(seed)
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kw)
-    gen = out[:, width:].tolist()
-    results = []
-    for row in gen:
-        cut = next((j for j, t in enumerate(row) if t in stop), None)
-        results.append((row, FINISH_LENGTH) if cut is None else (row[:cut], FINISH_STOP))
-    return results
+    with decode_attention(device):
+        gens = decode(model, batch_ids, max_new_tokens=max_new_tokens, stop_ids=stop, pad_id=pad,
+                      do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+    return [(ids, FINISH_STOP if stopped else FINISH_LENGTH) for ids, stopped in gens]
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> str:

@@ -6,11 +6,10 @@ loss falls on the completion only (critique + verdict for
 "sinternal"; verdict line for "verdict_only"; critique for "critique_only"; an own judged-safe answer for
 "answer_centric"). All variants share one recipe and one step budget. Outputs per variant under
 `03_sft/<variant>/`: `adapter/` (LoRA + tokenizer), `checkpoints/` (every save_steps; an interrupted
-run resumes from the last one), `loss.csv`, eval rows, and `summary.json` written last (a variant with
-one is skipped). Departure from the paper, for small models: `sft.chat_mix_fraction` mixes a share of the
-policy's own judged-safe chat answers into verification data, so the verifier format does not take over
-ordinary chat (paper: verification data only). Over-long rows are dropped (never truncated: TRL keeps
-the start, which would cut the target off), and the count is reported.
+run resumes from the last one), `loss.csv`, `mixed_chat.jsonl`, eval rows, and `summary.json` written
+last (a variant with one is skipped). Which rows each variant trains on, the chat mix against takeover
+(`sft.chat_mix_fraction`, not in the paper) and Other-Exp's data: `sft_data`. Over-long rows are dropped
+(never truncated: TRL keeps the start, which would cut the target off), and the count is reported.
 """
 
 from __future__ import annotations
@@ -30,105 +29,25 @@ import torch
 from . import jsonl
 from .compact_loss import compact_lm_head
 from .datasets import Record, load_embedded
-from .diagnose import human_pairs
+from .forced_choice import forced_choice_eval
 from .judges import Judge, make_judge
 from .loaders import BenchmarkMissing
 from .metrics import chat_safety
-from .models import load_policy, lora_config, pick_device, policy_quantization
+from .models import load_policy, lora_config, pick_device, policy_quantization, resolve_model_ref
+from .precision import resolve_bf16
 from .recipe_sections import SFT_TRL_FIELDS, Recipe, SftConfig
 from .runs import Run, atomic_write_json, hash_path, last_complete_checkpoint, stage_for
+from .sft_data import (MIXED_CHAT, OTHER_EXP, VariantSkipped, available_variants, build_dataset,
+                       heldout_human_pairs, mixed_rows, prepare_other_exp, prompt_completion_ids, variant_data)
 from .spec import spec_text
 from .stages import STAGES
 from .verification import verification_metrics, verify_pairs
 
-VERIFICATION_VARIANTS = ("sinternal", "verdict_only", "critique_only", "other_exp")
-ANSWER_CENTRIC = "answer_centric"
-ALL_VARIANTS = VERIFICATION_VARIANTS + (ANSWER_CENTRIC,)
-CHAT_POOL = "answer_centric.jsonl"  # stage-02 file: own judged-safe chat answers
 HELDOUT_PAIRS = "heldout_pairs.jsonl"
+FORCED_CHOICE_EVAL = "forced_choice_eval.jsonl"  # per model folder: id, label, p_unsafe, set
 SUMMARY = "summary.json"
 CONFIG_KEY = "config_key.txt"  # per variant folder: checkpoints and summary belong to this config
 HEADLINE_KEYS = ("balanced_accuracy", "macro_f1")
-
-
-# ----------------------------------------------------------------------------- data
-def variant_file(variant: str) -> str:
-    """Stage-02 file (relative to 02_build_data/) that a variant trains on."""
-    if variant == ANSWER_CENTRIC:
-        return CHAT_POOL
-    if variant in VERIFICATION_VARIANTS:
-        return f"verification/{variant}.jsonl"
-    raise ValueError(f"unknown SFT variant {variant!r}; known: {ALL_VARIANTS} (recipe key sft.variants)")
-
-
-def mix_chat(rows: Sequence[dict], chat_pool: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
-    """Add own chat rows so that they make up `fraction` of the result (takeover guard).
-
-    n_chat = round(fraction * n / (1 - fraction)), drawn without replacement from `chat_pool` (cycled
-    in a fresh seeded order when the pool is smaller). Mixed rows get `"mixed_chat": True`.
-    """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"sft.chat_mix_fraction must be in [0, 1), got {fraction}")
-    n_chat = round(fraction * len(rows) / (1 - fraction)) if rows else 0
-    if n_chat and not chat_pool:
-        raise ValueError(f"sft.chat_mix_fraction={fraction} but the chat pool ({CHAT_POOL}) is empty")
-    rng = random.Random(seed)
-    picked: list[dict] = []
-    while len(picked) < n_chat:
-        order = list(chat_pool)
-        rng.shuffle(order)
-        picked += order[: n_chat - len(picked)]
-    return list(rows) + [dict(r, mixed_chat=True) for r in picked]
-
-
-def prompt_completion_ids(tok: Any, row: dict) -> tuple[list[int], list[int]]:
-    """Token ids of a row's prompt (with the generation prompt) and of prompt + completion, via the
-    chat template (the same rendering TRL uses for conversational prompt/completion rows)."""
-    prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-    return (tok(prompt, add_special_tokens=False)["input_ids"], tok(full, add_special_tokens=False)["input_ids"])
-
-
-def build_dataset(rows: Sequence[dict], tok: Any, max_length: int, seed: int = 0) -> tuple[Any, dict[str, int]]:
-    """Shuffled `datasets.Dataset` of {prompt, completion} rows, dropping rows longer than max_length.
-
-    Returns (dataset, counts) with counts {rows, kept, dropped_too_long, mixed_chat, completion_tokens}.
-    """
-    from datasets import Dataset  # here, not at the top: HF datasets, trl and transformers take seconds
-
-    kept, dropped, comp_tokens = [], 0, 0
-    for r in rows:
-        p, full = prompt_completion_ids(tok, r)
-        if len(full) > max_length:
-            dropped += 1
-            continue
-        comp_tokens += len(full) - len(p)
-        kept.append({"prompt": r["prompt"], "completion": r["completion"]})
-    if not kept:
-        raise ValueError(f"all {len(rows)} rows are longer than sft.max_length={max_length} tokens; raise it")
-    random.Random(seed).shuffle(kept)
-    counts = {"rows": len(rows), "kept": len(kept), "dropped_too_long": dropped,
-              "mixed_chat": sum(bool(r.get("mixed_chat")) for r in rows), "completion_tokens": comp_tokens}
-    return Dataset.from_list(kept), counts
-
-
-def variant_rows(run: Run, variant: str, cfg: SftConfig, seed: int) -> list[dict]:
-    """A variant's training rows from stage 02, with own chat mixed into verification variants."""
-    rows = jsonl.read(run.require("build_data", variant_file(variant)))
-    if variant == ANSWER_CENTRIC or cfg.chat_mix_fraction == 0:
-        return rows
-    return mix_chat(rows, jsonl.read(run.require("build_data", CHAT_POOL)), cfg.chat_mix_fraction, seed)
-
-
-def available_variants(run: Run, variants: Sequence[str]) -> list[str]:
-    """The recipe's variants, plus "other_exp" whenever stage 02 built its file."""
-    out = list(variants)
-    other = run.path / STAGES["build_data"].folder / variant_file("other_exp")
-    if "other_exp" not in out and other.is_file():
-        out.append("other_exp")
-    for v in out:
-        variant_file(v)  # unknown names fail here, naming the recipe key
-    return out
 
 
 # ----------------------------------------------------------------------------- training
@@ -142,7 +61,8 @@ def training_configs(recipe: Recipe, output_dir: str | os.PathLike) -> dict[str,
 
     cfg, seed = recipe.sft, recipe.run.seed
     args = SFTConfig(
-        output_dir=str(output_dir), **{f: getattr(cfg, f) for f in SFT_TRL_FIELDS},
+        output_dir=str(output_dir), **{f: getattr(cfg, f) for f in SFT_TRL_FIELDS}
+        | {"bf16": resolve_bf16(cfg.bf16, pick_device(recipe.model.device))},  # auto: by measurement
         completion_only_loss=True,  # loss on the critique + verdict (the completion) only
         max_length=None,  # build_dataset drops rows over sft.max_length, so TRL has nothing to truncate
         packing=False, save_strategy="steps", save_total_limit=2, seed=seed, data_seed=seed,
@@ -256,40 +176,46 @@ def heldout_prompts(n: int, seed: int = 0) -> list[Record]:
 
 def evaluate_variant(model: Any, tok: Any, spec_text: str, pairs: Sequence[dict], prompts: Sequence[Record],
                      judge: Judge, cfg: SftConfig, *, system_prompt: str | None = None, batch_size: int = 8,
-                     human_sets: dict[str, list[dict]] | None = None
+                     human_sets: dict[str, list[dict]] | None = None, seed: int = 0
                      ) -> tuple[dict[str, Any], dict[str, list[dict]]]:
     """Held-out verification metrics and chat safety (ASR, compliance, takeover) for one model.
 
     `spec_text` must be the spec as stage 02 rendered it (`spec.spec_text(recipe)`), so held-out
     prompts match training prompts. `human_sets` (name -> pairs) are scored too, under
-    `verification_human[name]`. Returns ({verification, verification_human, generation, takeover_rate},
-    {"verification": rows, "chat": rows}); verification rows carry a `set` field.
+    `verification_human[name]`. Each verification block gets `forced_choice` (`forced_choice.forced_choice_eval`,
+    split seeded by `seed`). Returns ({verification, verification_human, generation, takeover_rate},
+    {"verification": rows, "chat": rows, "forced_choice": rows}); verification rows carry a `set` field.
     """
-    def score(ps: Sequence[dict]) -> tuple[dict[str, Any], list[dict]]:
-        rows = verify_pairs(model, tok, spec_text, ps, max_new_tokens=cfg.eval_max_new_tokens, batch_size=batch_size)
-        return verification_metrics([r["label"] for r in rows], [r["verdict"] for r in rows],
-                                    prompt_labels=[r.get("prompt_label") for r in rows]), rows
+    fc_rows: list[dict] = []
 
-    ver, vrows = score(pairs)
-    vrows = [{**r, "set": "policy-test-split"} for r in vrows]
+    def score(ps: Sequence[dict], set_name: str) -> tuple[dict[str, Any], list[dict]]:
+        rows = verify_pairs(model, tok, spec_text, ps, max_new_tokens=cfg.eval_max_new_tokens, batch_size=batch_size)
+        m = verification_metrics([r["label"] for r in rows], [r["verdict"] for r in rows],
+                                 prompt_labels=[r.get("prompt_label") for r in rows])
+        m["forced_choice"], items = forced_choice_eval(model, tok, spec_text, ps, batch_size=batch_size, seed=seed)
+        fc_rows.extend({**it, "set": set_name} for it in items)
+        return m, [{**r, "set": set_name} for r in rows]
+
+    ver, vrows = score(pairs, "policy-test-split")
     human: dict[str, Any] = {}
     for name, ps in (human_sets or {}).items():
-        human[name], hrows = score(ps)
-        vrows += [{**r, "set": name} for r in hrows]
+        human[name], hrows = score(ps, name)
+        vrows += hrows
     gen, crows = chat_safety(model, tok, list(prompts), judge, max_new_tokens=cfg.eval_max_new_tokens,
                              batch_size=batch_size, system_prompt=system_prompt)
     return {"verification": ver, "verification_human": human, "generation": gen,
-            "takeover_rate": gen["takeover_rate"]}, {"verification": vrows, "chat": crows}
+            "takeover_rate": gen["takeover_rate"]}, {"verification": vrows, "chat": crows, "forced_choice": fc_rows}
 
 
 def eval_human_pairs(cfg: SftConfig, seed: int, log: Any = print) -> tuple[dict[str, list[dict]], dict[str, str]]:
-    """The recipe's human-labelled held-out sets ({name: pairs}); sets whose data is absent are skipped
-    with the reason (the shared data folder is optional on a user's machine)."""
+    """The recipe's human-labelled held-out sets ({name: pairs}), from the "eval" side of the split that
+    keeps them apart from Other-Exp's training answers (`sft_data.human_split`); sets whose data is absent
+    are skipped with the reason (the shared data folder is optional on a user's machine)."""
     sets: dict[str, list[dict]] = {}
     skipped: dict[str, str] = {}
     for name in cfg.eval_human_sets:
         try:
-            sets[name] = human_pairs(name, cfg.eval_num_human_pairs, seed + 7)
+            sets[name] = heldout_human_pairs(name, cfg.eval_num_human_pairs, seed + 7)
         except BenchmarkMissing as e:
             skipped[name] = str(e).splitlines()[0]
             log(f"held-out human set {name} skipped: {skipped[name]}")
@@ -297,6 +223,24 @@ def eval_human_pairs(cfg: SftConfig, seed: int, log: Any = print) -> tuple[dict[
 
 
 # ----------------------------------------------------------------------------- the stage
+def variant_training_rows(run: Run, name: str, judge: Judge, human: dict[str, list[dict]], out: Path
+                          ) -> tuple[list[dict], dict[str, Any]]:
+    """A variant's training rows (other_exp's built first into `out`, apart from the `human` held-out
+    sets) and {"mix": sft_data.mix_report, "human_data": Other-Exp's record}; the mixed-in chat rows go to
+    `out/mixed_chat.jsonl` with their flags. Raises sft_data.VariantSkipped (other_exp without data)."""
+    recipe, extra, own = run.recipe, {}, None
+    if name == OTHER_EXP:
+        from transformers import AutoTokenizer  # here, not at the top: transformers takes seconds
+
+        tok = AutoTokenizer.from_pretrained(resolve_model_ref(recipe.model.policy))
+        fits = lambda r: len(prompt_completion_ids(tok, r)[1]) <= recipe.sft.max_length  # noqa: E731
+        own, extra["human_data"] = prepare_other_exp(run, judge, human, out, fits)
+    rows, extra["mix"] = variant_data(run, name, recipe.sft, recipe.run.seed, own)
+    if extra["mix"] is not None:
+        jsonl.write(mixed_rows(rows, recipe.build_data.refusal_prefills), out / MIXED_CHAT)
+    return rows, extra
+
+
 def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Stage 03: evaluate the base model, train + evaluate every variant (skipping those with
     summary.json), and finish the stage (metrics.json `sft` section, manifest last). Returns its summary."""
@@ -311,9 +255,10 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
     prompts = heldout_prompts(cfg.eval_num_prompts, seed)
     human, skipped = eval_human_pairs(cfg, seed, log)
     eval_kw = dict(system_prompt=recipe.model.system_prompt, batch_size=recipe.evaluate.batch_size,
-                   human_sets=human)
+                   human_sets=human, seed=seed)
     key = config_key(run, recipe)
     results: dict[str, dict] = {}
+    variants_skipped: dict[str, str] = {}
     for name in ["base"] + available_variants(run, cfg.variants):
         out = stage.dir / name
         if (out / CONFIG_KEY).is_file() and (out / CONFIG_KEY).read_text().strip() != key:
@@ -327,14 +272,22 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
         (out / CONFIG_KEY).write_text(key + "\n")
         stats: dict[str, Any] = {"steps": 0}
         if name != "base":
-            rows = variant_rows(run, name, cfg, seed)
-            log(f"{name}: training on {len(rows)} rows")
+            try:
+                rows, extra = variant_training_rows(run, name, judge, human, out)
+            except VariantSkipped as e:
+                shutil.rmtree(out)
+                variants_skipped[name] = str(e)
+                log(f"{name}: skipped: {e}")
+                continue
+            log(f"{name}: training on {len(rows)} rows ({(extra['mix'] or {}).get('used', 0)} mixed chat)")
             model, _, stats = train_variant(recipe, rows, out)
+            stats.update(extra)
             del model  # evaluate on a fresh load: the adapter on the generation weights (models.load_policy)
         model, tok = load_policy(recipe, adapter=out / "adapter" if name != "base" else None)
         metrics, eval_rows = evaluate_variant(model, tok, spec, pairs, prompts, judge, cfg, **eval_kw)
         jsonl.write(eval_rows["verification"], out / "verification_eval.jsonl")
         jsonl.write(eval_rows["chat"], out / "chat_eval.jsonl")
+        jsonl.write(eval_rows["forced_choice"], out / FORCED_CHOICE_EVAL)
         results[name] = {"variant": name, **stats, **metrics}
         atomic_write_json(out / SUMMARY, results[name])  # last: marks the variant done
         del model
@@ -343,6 +296,8 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
     summary = stage_summary(results)
     if skipped:
         summary["human_sets_skipped"] = skipped
+    if variants_skipped:
+        summary["variants_skipped"] = variants_skipped
     stage.finish(outputs=[f"{n}/{SUMMARY}" for n in results], summary=summary)
     return summary
 
@@ -357,9 +312,9 @@ def config_key(run: Run, recipe: Recipe) -> str:
 def _lean(s: dict) -> dict:
     """Per-variant entry for metrics.json (the verification block without per-row detail)."""
     keep = ("steps", "train_loss_first", "train_loss_last", "tokens_per_s", "peak_mem_mb", "wall_s",
-            "takeover_rate", "data")
+            "takeover_rate", "data", "mix", "human_data")
     fields = ("balanced_accuracy", "macro_f1", "f1", "accuracy", "no_verdict_rate", "n", "base_rate_unsafe",
-              "ci95", "baselines")
+              "ci95", "baselines", "forced_choice")
     v = {k: s["verification"].get(k) for k in fields}
     human = {name: {k: m.get(k) for k in fields} for name, m in (s.get("verification_human") or {}).items()}
     return {**{k: s.get(k) for k in keep}, "verification": v, "verification_human": human,
@@ -375,7 +330,12 @@ def stage_summary(results: dict[str, dict]) -> dict[str, Any]:
             v = results[name]["verification"]
             for k in HEADLINE_KEYS:
                 head[f"{name}_verify_{k}"] = round(v[k], 3)
+            for k in ("auroc", "balanced_accuracy"):  # summaries written before forced choice lack it
+                head[f"{name}_verify_forced_choice_{k}"] = (v.get("forced_choice") or {}).get(k)
             head[f"{name}_takeover"] = results[name]["takeover_rate"]
+            if (mix := results[name].get("mix")) is not None:  # 0 for the clean SInternal, by construction
+                head[f"{name}_mixed_chat_rows"] = mix["used"]
+                head[f"{name}_mixed_chat_refusal_signal"] = mix["refusal_signal"]
             head[f"{name}_asr"] = results[name]["generation"]["asr"]
             for hname, h in (results[name].get("verification_human") or {}).items():
                 head[f"{name}_verify_{hname}_balanced_accuracy"] = round(h["balanced_accuracy"], 3)

@@ -21,7 +21,9 @@ from .runs import Run
 
 def diagnosis_table(summary: dict[str, Any] | None) -> Any:
     """One row per (model, pair set) of the `diagnose` section: balanced accuracy, macro-F1, unsafe-class
-    F1 with its CI and trivial baselines, no-verdict rate. Sets with no pairs, or missing keys, are left out."""
+    F1 with its CI and trivial baselines, no-verdict rate, then the forced choice on the same pairs (`fc_auroc`,
+    `fc_balanced_acc` on the test half at the calibrated threshold; None where it was not run). Sets with no
+    pairs, or missing keys, are left out."""
     import pandas as pd
 
     rows = []
@@ -37,6 +39,8 @@ def diagnosis_table(summary: dict[str, Any] | None) -> Any:
                 "f1_coin_flip": (b.get("coin_flip") or {}).get("f1"),
                 "f1_always_unsafe": (b.get("always_unsafe") or {}).get("f1"),
                 "no_verdict_rate": m.get("no_verdict_rate"),
+                "fc_auroc": (m.get("forced_choice") or {}).get("auroc"),
+                "fc_balanced_acc": (m.get("forced_choice") or {}).get("balanced_accuracy"),
             })
     return pd.DataFrame(rows).round(3)
 
@@ -70,16 +74,24 @@ def training_example(row: dict, tokenizer: Any, show_unsafe: bool = False, targe
 
 # ----------------------------------------------------------------------------- stage 03 (sft)
 def variant_overview(run: Run, recipe: Recipe) -> Any:
-    """pandas.DataFrame: per SFT variant, its rows, mixed-in chat rows and the start of one target."""
+    """pandas.DataFrame: per SFT variant, its rows, the mixed-in chat rows (wanted, used, and how many answer
+    a harmful prompt, refuse or open with a refusal opener) and the start of one target. other_exp reads
+    None until stage 03 has built its rows from human-labelled answers."""
     import pandas as pd
 
-    from .sft import available_variants, variant_rows  # sft imports torch; views stays light for the report
+    from .sft_data import available_variants, variant_data  # torch via sft_data; views stays light for the report
 
     out = []
     for v in available_variants(run, recipe.sft.variants):
-        rows = variant_rows(run, v, recipe.sft, recipe.run.seed)
+        try:
+            rows, mix = variant_data(run, v, recipe.sft, recipe.run.seed)
+        except FileNotFoundError:  # other_exp before stage 03 has run
+            out.append({"variant": v, "rows": None, "example_target": "(built by sft.run from human-labelled answers)"})
+            continue
         own = [r for r in rows if not r.get("mixed_chat")]
-        out.append({"variant": v, "rows": len(rows), "mixed_chat": len(rows) - len(own),
+        mix = mix or {}
+        out.append({"variant": v, "rows": len(rows), "mixed_chat": len(rows) - len(own), "mix_wanted": mix.get("wanted"),
+                    **{f"mix_{k}": mix.get(k) for k in ("harmful_prompt", "refusal", "refusal_opener")},
                     "unsafe_share": sum(r.get("label") == "unsafe" for r in own) / max(1, len(own)),
                     "example_target": own[0]["completion"][0]["content"][:160] if own else ""})
     return pd.DataFrame(out)
@@ -87,7 +99,7 @@ def variant_overview(run: Run, recipe: Recipe) -> Any:
 
 def results_table(results: dict[str, dict]) -> Any:
     """pandas.DataFrame, one row per model of stage 03's summary (base first): verification and chat figures
-    side by side."""
+    side by side; `fc_auroc` / `fc_bal_acc` are the forced choice on the same held-out pairs (None if absent)."""
     import pandas as pd
 
     rows = []
@@ -96,13 +108,16 @@ def results_table(results: dict[str, dict]) -> Any:
         rows.append({"model": name, "bal_acc": v["balanced_accuracy"],
                      "bal_acc_ci95": [round(x, 2) for x in v["ci95"]["balanced_accuracy"]],
                      "macro_f1": v["macro_f1"], "macro_f1_ci95": [round(x, 2) for x in v["ci95"]["macro_f1"]],
-                     "f1_unsafe": v["f1"], "no_verdict": v["no_verdict_rate"], "asr": g["asr"],
+                     "f1_unsafe": v["f1"], "no_verdict": v["no_verdict_rate"],
+                     "fc_auroc": (v.get("forced_choice") or {}).get("auroc"),
+                     "fc_bal_acc": (v.get("forced_choice") or {}).get("balanced_accuracy"), "asr": g["asr"],
                      "compliance": g["compliance"], "takeover": s["takeover_rate"],
                      "steps": s.get("steps"), "loss_first": s.get("train_loss_first"),
                      "loss_last": s.get("train_loss_last")})
         for hname, h in (s.get("verification_human") or {}).items():
             rows[-1][f"bal_acc_{hname}"] = h["balanced_accuracy"]
             rows[-1][f"bal_acc_{hname}_ci95"] = [round(x, 2) for x in h["ci95"]["balanced_accuracy"]]
+            rows[-1][f"fc_auroc_{hname}"] = (h.get("forced_choice") or {}).get("auroc")
     return pd.DataFrame(rows)
 
 

@@ -82,6 +82,17 @@ def test_stages_01_and_02_on_tiny_model(tmp_path):
     assert "own_answers" in diag["models"]["tiny-random-llama"]
     assert not diagnosis_table(diag).empty or diag["models"]["tiny-random-llama"]["own_answers"]["n"] == 0
     assert stage_for(run, "diagnose").is_complete()
+    own = diag["models"]["tiny-random-llama"]["own_answers"]
+    assert {"forced_choice_auroc", "forced_choice_balanced_accuracy"} <= set(diag["headline"])
+    fc_rows = jsonl.read(stage_for(run, "diagnose").dir / "forced_choice.jsonl")
+    if own["n"]:  # the same pairs scored by forced choice, per item in the stage folder
+        fc = own["forced_choice"]
+        assert {"auroc", "balanced_accuracy", "threshold", "n_calibration", "n_test",
+                "balanced_accuracy_at_0.5"} <= set(fc) and "items" not in fc
+        assert fc["n_calibration"] + fc["n_test"] == own["n"] == len(fc_rows)
+        assert all(0 < r["p_unsafe"] < 1 and r["set"] == "own_answers" for r in fc_rows)
+        assert {"fc_auroc", "fc_balanced_acc"} <= set(diagnosis_table(diag).columns)
+    assert "forced_choice.jsonl" in json.loads((stage_for(run, "diagnose").dir / "manifest.json").read_text())["output_hashes"]
 
 
 def test_judge_that_labels_nothing_stops_the_stage(monkeypatch):

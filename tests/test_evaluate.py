@@ -1,4 +1,4 @@
-"""Evaluation metrics: Wilson intervals, safety rates, the self-check detector, claims, and the
+"""Evaluation metrics: Wilson intervals, safety rates, the self-check detector, and the
 benchmark loop's skip-with-note and resume paths (tiny random model, seconds)."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import pytest
 from sinternal_lib import jsonl
 from sinternal_lib.evaluate import Checkpoint, discover_checkpoints, evaluate_run, load_eval_set
 from sinternal_lib.config import load_recipe
-from sinternal_lib.metrics import (CANNOT_TEST, CONTRADICTED, INCONCLUSIVE, SUPPORTED, assess_claims, compare,
-                                      detects_self_check, math_accuracy, rate, safety_metrics, wilson_ci)
+from sinternal_lib.metrics import detects_self_check, math_accuracy, rate, safety_metrics, wilson_ci
 from sinternal_lib.loaders import BenchmarkMissing
 from sinternal_lib.runs import open_run
 
@@ -84,25 +83,6 @@ def test_self_check_positive(text):
 ])
 def test_self_check_negative(text):
     assert not detects_self_check(text)
-
-
-def test_compare_and_claims():
-    a, b = {**rate(5, 50)}, {**rate(30, 50)}
-    assert compare(a, b) == "better" and compare(b, a) == "worse"
-    assert compare(rate(1, 5), rate(4, 5)) == "small"
-    assert compare(rate(20, 50), rate(22, 50)) == "overlap"
-    assert compare(None, a) == "missing"
-    ev = {"base": {"embedded_harmful": {"metric": "asr", **rate(30, 50)}},
-          "sft/sinternal": {"embedded_harmful": {"metric": "asr", **rate(5, 50)}}}
-    claims = {c["claim"]: c["verdict"] for c in assess_claims({"evaluate": {"checkpoints": ev}})}
-    assert claims["Verification SFT lowers ASR"] == SUPPORTED
-    assert claims["GRPO from SInternal beats GRPO from answer-centric SFT"] == CANNOT_TEST
-    ev["sft/sinternal"]["embedded_harmful"] = {"metric": "asr", **rate(45, 50)}
-    claims = {c["claim"]: c["verdict"] for c in assess_claims({"evaluate": {"checkpoints": ev}})}
-    assert claims["Verification SFT lowers ASR"] == CONTRADICTED
-    ev["sft/sinternal"]["embedded_harmful"] = {"metric": "asr", **rate(28, 50)}
-    claims = {c["claim"]: c["verdict"] for c in assess_claims({"evaluate": {"checkpoints": ev}})}
-    assert claims["Verification SFT lowers ASR"] == INCONCLUSIVE
 
 
 def test_missing_benchmark_raises_with_howto(monkeypatch, tmp_path):

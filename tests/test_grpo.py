@@ -76,6 +76,30 @@ def test_reward_parts_logged_per_step(judge, tmp_path):
     assert metrics == {"safe_rate_harmful": 0.5, "refusal_rate_benign": 0.0, "math_accuracy": 1.0}
 
 
+def test_each_rollout_reward_logged_for_pairing_by_prompt(judge, tmp_path):
+    """rollout_rewards.jsonl: one row per rollout (step, prompt_id, kind, generation, reward) next to
+    rewards.csv; a resumed log keeps the steps already trained and drops the ones redone."""
+    from sinternal_lib import jsonl
+    from sinternal_lib.grpo_rewards import ROLLOUTS
+
+    log = grpo.RewardLog(tmp_path / "rewards.csv")
+    fn = grpo.VerifierReward(judge, log)
+    comps = ["I cannot help with that.", "Sure, here is how: ...", "Use kill -9.", "The answer is 5."]
+    kw = dict(prompts=[None] * 4, kind=["harmful", "harmful", "benign", "math"], reference=["", "", "", "5"],
+              prompt_text=[HARMFUL_Q, HARMFUL_Q, BENIGN_Q, "2+3?"], prompt_id=["h1", "h1", "b1", "m1"])
+    for step in range(2):
+        rewards = fn(completions=[_msg(c) for c in comps], trainer_state=type("S", (), {"global_step": step})(), **kw)
+    rows = jsonl.read(tmp_path / ROLLOUTS)
+    assert [(r["step"], r["prompt_id"], r["kind"], r["generation"]) for r in rows[:4]] == [
+        (1, "h1", "harmful", 0), (1, "h1", "harmful", 1), (1, "b1", "benign", 0), (1, "m1", "math", 0)]
+    assert [r["reward"] for r in rows[4:]] == rewards and {r["step"] for r in rows} == {1, 2}
+    assert sum(r["reward"] for r in rows if r["step"] == 2) / 4 == grpo.read_rewards(tmp_path / "rewards.csv")[1]["mean_reward"]
+    grpo.RewardLog(tmp_path / "rewards.csv", keep_until_step=1)  # resuming after step 1
+    assert {r["step"] for r in jsonl.read(tmp_path / ROLLOUTS)} == {1}
+    grpo.RewardLog(tmp_path / "rewards.csv")  # a fresh run starts the file empty
+    assert jsonl.read(tmp_path / ROLLOUTS) == []
+
+
 def test_unknown_kind_is_an_error(judge):
     with pytest.raises(ValueError, match="unknown prompt kind"):
         _reward(judge, ["x"], ["jailbreak"], [""], ["q"])
@@ -155,6 +179,11 @@ def test_train_from_init_resumes_from_last_checkpoint(tiny_recipe, tmp_path):
     s = grpo.train_from_init(recipe, "base", out)
     assert s["steps"] == 2 and s["resumed_from"] is None and s["s_per_step"] > 0
     assert [r["step"] for r in grpo.read_rewards(out / "rewards.csv")] == [1, 2]
+    rollouts = [json.loads(x) for x in (out / "rollout_rewards.jsonl").open()]
+    per_step = recipe.grpo.per_device_train_batch_size * recipe.grpo.gradient_accumulation_steps
+    assert [r["step"] for r in rollouts] == [1] * per_step + [2] * per_step
+    mix = {r["prompt_id"]: r["kind"] for r in grpo.build_prompt_mix(recipe.grpo, recipe.run.seed)}
+    assert all(mix[r["prompt_id"]] == r["kind"] and 0 <= r["generation"] < recipe.grpo.num_generations for r in rollouts)
     assert grpo.train_from_init(recipe, "base", out) == s  # finished: returned as is
     # simulate a crash after step 1: no summary, no adapter, no checkpoint-2
     (out / "summary.json").unlink()
@@ -163,6 +192,8 @@ def test_train_from_init_resumes_from_last_checkpoint(tiny_recipe, tmp_path):
     s2 = grpo.train_from_init(recipe, "base", out)
     assert s2["resumed_from"].endswith("checkpoint-1") and s2["steps"] == 2
     assert [r["step"] for r in grpo.read_rewards(out / "rewards.csv")] == [1, 2]
+    again = [json.loads(x) for x in (out / "rollout_rewards.jsonl").open()]
+    assert [r["step"] for r in again] == [r["step"] for r in rollouts] and again[:per_step] == rollouts[:per_step]
     assert json.loads((out / "summary.json").read_text())["init"] == "base"
 
 

@@ -6,8 +6,8 @@
 #   specification, it scores near or below a random guesser.
 # - **Inputs**: the recipe's model(s), the safety spec (`spec.path`), train-split prompts, and, when the
 #   shared data folder is present, human-labelled pairs (XSTest completions, PKU-SafeRLHF answers).
-# - **Outputs**: `runs/<run>/01_diagnose/` (`answers_*.jsonl`, `predictions.jsonl`, `manifest.json`,
-#   `figures/`) and the `diagnose` section of `metrics.json`.
+# - **Outputs**: `runs/<run>/01_diagnose/` (`answers_*.jsonl`, `predictions.jsonl`, `forced_choice.jsonl`,
+#   `manifest.json`, `figures/`) and the `diagnose` section of `metrics.json`.
 # - **Runtime**: about 1.5 minutes on a quiet 2-core CPU with the embedded SmolLM2-135M recipe
 #   (docs/LOG.md, 2026-11-27, a from-scratch `make reproduce`); on one GPU, DeepSeek-R1-Distill-Qwen-7B
 #   with long reasoning traces should take tens of minutes (not yet measured).
@@ -72,6 +72,27 @@ from sinternal_lib.views import diagnosis_table
 diagnosis_table(summary)
 
 # %% [markdown]
+# ## Format or understanding? The forced choice
+# The free-form score counts the verdict lines the model writes, so a model that writes none scores as
+# wrong on every pair whatever it knows: that measures the format. The forced choice (`fc_*` columns
+# above) puts `Verdict:` right after the same prompt and asks which word the model finds likelier,
+# " unsafe" or " safe" (no critique, no generation). AUROC 0.5 is chance; its balanced accuracy uses a
+# threshold chosen on one half of the pairs and is read on the other half.
+
+# %%
+def show(x):
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+lead = summary["models"][cfg.model.policy]["own_answers"]
+fc = lead.get("forced_choice") or {}
+print(f"free-form:     balanced accuracy {show(lead.get('balanced_accuracy'))}, "
+      f"no-verdict rate {show(lead.get('no_verdict_rate'))}")
+print(f"forced choice: AUROC {show(fc.get('auroc'))}, balanced accuracy {show(fc.get('balanced_accuracy'))} "
+      f"on {fc.get('n_test')} test pairs (threshold {show(fc.get('threshold'))}; "
+      f"{show(fc.get('balanced_accuracy_at_0.5'))} at 0.5), mean P(unsafe) {show(fc.get('mean_p_unsafe'))}")
+
+# %% [markdown]
 # ## Figure 2, our scale: F1 of each model against a random guesser
 # Bars are F1 (unsafe positive) with 95% bootstrap intervals; the dashed tick is a coin flip at the
 # observed base rate. Read it together with balanced accuracy in the table above.
@@ -105,7 +126,8 @@ for r in rows[:2]:
 # **Reading the result.** Look at `no_verdict_rate` in the table first. If it is near 1.0, the model
 # did not follow the verification format, and its scores sit at or below the baselines because every
 # missing verdict counts as wrong: that measures format-following, not a subtle misunderstanding of
-# safety. Only where most outputs carry a verdict does a balanced accuracy below the baselines speak to
+# safety. The forced-choice AUROC then says whether the model prefers the right word anyway (near 0.5:
+# no sign that it does, at least not from the word right after the prompt). Only where most outputs carry a verdict does a balanced accuracy below the baselines speak to
 # the paper's diagnosis, which is about 7B-14B reasoning models that *do* answer in the format; run the
 # GPU recipe to test that claim. (On 2026-11-27 the base SmolLM2-135M of `cpu-smollm2` wrote no verdict
 # line at all: docs/LOG.md, first full reproduce.)

@@ -7,7 +7,7 @@
 # - **Inputs**: the recipe's policy, train-split prompts (`data.harmful`, `data.benign`), the spec, the
 #   judge (`judge.backend`) and the teacher (`teacher.backend`).
 # - **Outputs**: `runs/<run>/02_build_data/`: `samples_self.jsonl`, `judged_self.jsonl`,
-#   `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp.jsonl`),
+#   `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp_sampled.jsonl`),
 #   `answer_centric.jsonl`, `heldout_pairs.jsonl`, `dataset/` (a `datasets` folder), `figures/`,
 #   `manifest.json`; the `build_data` section of `metrics.json`.
 # - **Runtime**: sampling dominates: about 6 minutes on a quiet 2-core CPU for the embedded recipe
@@ -152,6 +152,8 @@ summary["prefilled"]
 # - `{"build_data.temperature": 0.7}`: fewer mixed prompts? Watch the funnel.
 # - `{"build_data.num_samples": 4}`: half the cost; how many pairs survive?
 # - `{"build_data.refusal_prefill_samples": 0}`: the paper's setting; count the pairs SmolLM2 gives alone.
-# - `{"build_data.other_model": "<another model folder>"}`: builds `other_exp.jsonl` for the Other-Exp ablation.
+# - `{"build_data.other_model": "<another model folder>"}`: builds `other_exp_sampled.jsonl`, another model's
+#   samples labelled by the judge (SFT variant `other_exp_sampled`). The `other_exp` variant proper is
+#   built in notebook 03 from answers other models wrote with human labels (XSTest, PKU-SafeRLHF).
 #
 # Paper: method section (data construction); `docs/PAPER.md` steps 2-4.

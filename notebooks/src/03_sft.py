@@ -4,15 +4,21 @@
 # **What this shows.** Paper step 5: train the policy only to *verify* its own answers (spec, prompt,
 # answer -> critique + verdict), with the loss on the critique and verdict alone, and compare it on the
 # same held-out data with the base model, the ablations (verdict only = "w/o critique", critique only =
-# "w/o verdict", Other-Exp when stage 02 built it) and answer-centric SFT (prompt -> own safe answer).
-# Two questions: does verification improve on held-out pairs, and does it leave ordinary chat alone?
+# "w/o verdict", Other-Exp = verifying answers other models wrote, `sinternal_refusal_mix` = SInternal
+# with the refusal-carrying chat mix, when the recipe lists them) and answer-centric SFT (prompt -> own
+# safe answer). Two questions: does verification improve on held-out pairs, and does it leave ordinary
+# chat alone?
 #
-# **Inputs.** `02_build_data/verification/*.jsonl`, `answer_centric.jsonl` (also the pool of own chat
-# answers mixed in as a takeover guard), `heldout_pairs.jsonl` (test split); held-out chat prompts from
-# the embedded test split.
+# **Inputs.** `02_build_data/verification/*.jsonl`, `judged_self.jsonl` (own answers to benign prompts:
+# the chat mixed in as a takeover guard), `answer_centric.jsonl` (the baseline, and the mix of the
+# refusal-mix ablation), `heldout_pairs.jsonl` (test split); held-out chat prompts from the embedded test
+# split; XSTest completions and PKU-SafeRLHF from the shared data folder (Other-Exp, held-out human pairs).
 #
 # **Outputs.** `03_sft/<variant>/`: `adapter/` (LoRA + tokenizer), `checkpoints/`, `loss.csv`,
-# `verification_eval.jsonl`, `chat_eval.jsonl`, `summary.json` (written last); `03_sft/base/` (the base
+# `mixed_chat.jsonl` (the chat rows mixed in, each flagged: harmful prompt, refusal, refusal opener),
+# `verification_eval.jsonl`, `chat_eval.jsonl`, `forced_choice_eval.jsonl` (P(unsafe) per held-out pair),
+# `summary.json` (written last); `03_sft/other_exp/verification_rows.jsonl` and `human_split.json` (which
+# human-labelled answers Other-Exp trained on, apart from the held-out ones); `03_sft/base/` (the base
 # model's evaluation); figures `sft_loss.png`, `sft_before_after.png`; the `sft` section of `metrics.json`.
 #
 # **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, bf16 autocast, padding-free batches,
@@ -52,7 +58,12 @@ cfg.sft
 # Every variant trains on conversational prompt/completion rows, so TRL puts the loss on the completion
 # only. The verification variants share one prompt (the verifier system message with the spec, then the
 # prompt and the candidate answer) and differ only in the target. `mixed_chat` counts the own judged-safe
-# chat answers mixed in (`sft.chat_mix_fraction`): the takeover guard discussed below.
+# chat answers mixed in (`sft.chat_mix_fraction`): the takeover guard discussed below. `mix_harmful_prompt`,
+# `mix_refusal` and `mix_refusal_opener` count the mixed rows that answer a harmful prompt, refuse, or
+# open with one of stage 02's refusal openers: 0 for every variant but `sinternal_refusal_mix`, whose mix
+# is the answer-centric rows. `mixed_chat` below `mix_wanted` means stage 02 gave too few benign own answers
+# (the summary's `mix.note` says so; nothing harmful is added instead). Other-Exp's rows appear once
+# `sft.run` has built them.
 
 # %%
 overview = views.variant_overview(run, cfg)
@@ -148,6 +159,16 @@ table = views.results_table(variants)
 table.round(3)
 
 # %% [markdown]
+# `no_verdict` and the free-form columns measure whether a model writes a verdict line it can be scored
+# on; the forced-choice columns (`fc_auroc`, `fc_bal_acc`) score the same held-out pairs by which word the
+# model finds likelier right after `Verdict:` (no critique, no generation; AUROC 0.5 is chance,
+# `fc_bal_acc` uses a threshold chosen on one half of the pairs, read on the other). Where a model writes
+# no verdicts but its forced-choice AUROC is above chance, its free-form score is a format failure.
+
+# %%
+table[["model", "bal_acc", "no_verdict", "fc_auroc", "fc_bal_acc"]].round(3)
+
+# %% [markdown]
 # The trivial verifiers on the same pairs: coin flip at the base rate, always unsafe, always safe, and
 # *prompt only* (unsafe exactly when the prompt is harmful, never reading the answer). A verifier is
 # useful only above all of them. The prompt-only row is the hard one: on a set without safe answers to
@@ -184,8 +205,9 @@ plots.sft_before_after(variants, figures)
 # - verdict-only (the paper's "w/o critique"): if it does as well, the critique did not help the decision
 #   at this scale, unlike the paper's ablation.
 #
-# ASR on the held-out harmful prompts: overlapping intervals mean no measured change, and the chat rows
-# mixed into training (below) are refusals, so part of any drop can come from them.
+# ASR on the held-out harmful prompts: overlapping intervals mean no measured change. SInternal's mixed-in
+# chat holds no refusal and no harmful prompt, so a drop there is not taught by the mix; the
+# `sinternal_refusal_mix` ablation (when run) shows what the refusal-carrying mix adds.
 #
 # The embedded default failed all three checks on 2026-11-27 (`cpu-smollm2`, 80 steps per variant, 24
 # held-out own pairs, 16 XSTest pairs): SInternal was above the coin flip but not above the prompt-only
@@ -210,10 +232,13 @@ views.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary el
 # in verification accuracy. Lowering the learning rate or the LoRA rank instead was not measured. The
 # table is in docs/LOG.md (chat takeover with and without the own-chat mix).
 #
-# The mixed rows are mostly refusals (stage 02's refusal openers), so a lower ASR after SFT can come from
-# them rather than from learning to verify: in that comparison SInternal's ASR did not drop without the
-# mix. The right-hand panel above is the takeover check for this run; the first "try this" below removes
-# the mix.
+# That mix was stage 02's answer-centric rows, mostly refusals (stage 02's refusal openers), so a lower
+# ASR after SFT came from them rather than from learning to verify: in that comparison SInternal's ASR
+# did not drop without the mix. SInternal now mixes in only its own judged-safe answers to benign prompts
+# (no refusal, no harmful prompt: see `mixed_chat.jsonl` in its folder); the refusal mix is kept as the
+# ablation `sinternal_refusal_mix`. Whether the benign-only mix guards against takeover as well is not
+# measured yet: the right-hand panel above is the takeover check for this run; the first "try this"
+# below removes the mix.
 #
 # **Does generation get safer?** At 135M and this budget, the paper's transfer from verifying to
 # generating safe answers is not expected to show: compare the ASR bars with their intervals. Overlapping
@@ -237,6 +262,8 @@ views.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary el
 #
 # Try this (as `overrides`):
 # - `{"sft.chat_mix_fraction": 0.0}`: no chat mixing; watch the takeover rate.
+# - `{"sft.variants": ["sinternal", "sinternal_refusal_mix"]}`: the clean mix against the refusal mix; compare ASR.
+# - `{"sft.variants": ["sinternal", "other_exp"]}`: Self-Exp vs Other-Exp (needs the shared data folder).
 # - `{"sft.learning_rate": 3e-4}`: the paper-like low rate; does the verifier still learn in this budget?
 # - `{"sft.variants": ["sinternal"], "sft.max_steps": 160}`: twice the step budget, for the method alone.
 # - `{"lora.r": 4, "lora.lora_alpha": 8}`: a quarter of the adapter rank at the same scale; does it still learn?

@@ -128,22 +128,23 @@ ev["headline"]
 # %% [markdown]
 # ## The report card
 # Rendered from `metrics.json` and `env.json`; stages that have not run say so, and each of the paper's
-# claims gets a verdict from the CIs. Unsafe completions are redacted unless `evaluate.show_unsafe`.
+# claims gets a verdict from a paired test of two checkpoints on the same items (`claims.assess`, Holm-corrected).
+# Unsafe completions are redacted unless `evaluate.show_unsafe`.
 
 # %%
-from sinternal_lib.metrics import assess_claims
+from sinternal_lib.claims import assess
 from sinternal_lib.report import render_report
 
-for c in assess_claims(run.read_metrics()):
-    print(f"{c['verdict']:<13} {c['claim']}")
+for c in assess(run.path, run.read_metrics()):
+    print(f"{c['verdict']:<13} ({c['id']}) {c['claim']}")
 print(render_report(run))
 
 # %% [markdown]
 # ## Reading group
 #
 # 1. Why is ASR computed on the final answer only, not on the reasoning trace? What would change if the judge read both?
-# 2. With n = 50 per benchmark, how far apart must two ASRs be before their Wilson intervals separate?
-# 3. Why does a "keeps compliance" claim need a minimum n before it can be called supported?
+# 2. Two checkpoints answer the same 50 prompts. Why does the McNemar test look only at the prompts where they disagree, and how much power does it have when 20% disagree (`stats.mcnemar_power`)?
+# 3. Why is a "keeps compliance" claim a non-inferiority test with a margin, not "no significant drop"?
 # 4. Which benchmark columns measure robustness to unseen jailbreaks, and why are they the key test of the paper?
 # 5. The self-check detector is a phrase list. Find one false positive and one false negative in `generations.jsonl`.
 # 6. Does the scatter of verification F1 against ASR show a trend across checkpoints? What would confound it?

@@ -1,0 +1,117 @@
+"""The kit's decode loop: batched generation that stops paying for a row as soon as it is done and computes
+a prompt prefix shared by the whole batch once.
+
+Why not `model.generate`: on a 2-core CPU it kept decoding finished rows to the batch's longest one and
+recomputed the verifier's shared spec prompt for every row (profile and before/after figures: docs/LOG.md,
+2026-12-05, where generation time goes). This loop does the same arithmetic otherwise:
+
+- prefill the batch left-padded (`[pad][prompt]`), or, when every row starts with the same `>= min_prefix`
+  tokens, prefill that prefix once at batch 1, repeat its KV cache across the batch, then prefill the rows'
+  own suffixes laid out `[prefix][pad][suffix]` (position ids from the attention mask, so each row sees the
+  positions it would see unpadded);
+- each step: last-position logits in fp32, greedy argmax or temperature + nucleus (top-p) sampling with a
+  seeded `torch.Generator`; rows that emit a stop token leave the batch (their KV rows are dropped).
+
+Greedy outputs match `model.generate` up to floating-point reassociation (a test compares them);
+sampling matches it in distribution, not token for token (a different random stream).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["decode", "common_prefix_len", "MIN_PREFIX"]
+
+MIN_PREFIX = 32  # shorter shared prefixes are cheaper to recompute than to split the prefill for
+
+
+def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix all rows share (at most the shortest row minus one, so every row keeps
+    at least one token of its own for the prefill)."""
+    if len(rows) < 2:
+        return 0
+    first, limit = rows[0], min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
+
+
+def _next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
+                 gen: torch.Generator | None) -> torch.Tensor:
+    logits = logits.float()
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_p < 1.0:  # as transformers' TopPLogitsWarper: drop the tail whose mass is <= 1 - top_p
+        sorted_logits, idx = logits.sort(-1, descending=False)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum <= 1 - top_p
+        drop[:, -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+
+
+def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
+           do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+           min_prefix: int = MIN_PREFIX) -> list[tuple[list[int], bool]]:
+    """Generate for a batch of token-id rows; returns (new ids without the stop token, stopped) per row.
+
+    `stopped` is False when the row ran to `max_new_tokens`. Call under `torch.inference_mode()`.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    b = len(rows)
+    gen = None
+    if do_sample:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(0 if seed is None else seed)
+    p = common_prefix_len(rows)
+    p = p if p >= min_prefix else 0
+    cache = DynamicCache(config=model.config)
+    if p:  # the shared prefix once, at batch 1, then repeated across the batch
+        pre = torch.tensor([list(rows[0][:p])], dtype=torch.long, device=device)
+        model(input_ids=pre, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(b)
+    suffix = [list(r[p:]) for r in rows]
+    width = max(len(s) for s in suffix)
+    ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((b, p + width), dtype=torch.long, device=device)
+    mask[:, :p] = 1
+    for i, s in enumerate(suffix):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long, device=device)
+        mask[i, p + width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
+    logits = out.logits[:, -1, :]
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    active = list(range(b))  # original row index of each live batch row
+    new: list[list[int]] = [[] for _ in range(b)]
+    stopped = [False] * b
+    for step in range(max_new_tokens):
+        tok = _next_tokens(logits, do_sample, temperature, top_p, gen)
+        done = torch.isin(tok, stop) if len(stop) else torch.zeros_like(tok, dtype=torch.bool)
+        for j, (t, d) in enumerate(zip(tok.tolist(), done.tolist())):
+            if d:
+                stopped[active[j]] = True
+            else:
+                new[active[j]].append(t)
+        if step == max_new_tokens - 1:
+            break
+        keep = (~done).nonzero().squeeze(1)
+        if len(keep) == 0:
+            break
+        if len(keep) < len(active):  # finished rows leave the batch: no more compute for them
+            cache.batch_select_indices(keep)
+            mask, tok = mask[keep], tok[keep]
+            active = [active[j] for j in keep.tolist()]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        pos = mask.sum(-1, keepdim=True) - 1
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                    use_cache=True)
+        logits = out.logits[:, -1, :]
+    return [(new[i], stopped[i]) for i in range(b)]

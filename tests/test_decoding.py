@@ -1,0 +1,120 @@
+"""The kit's decode loop (sinternal_lib/decoding.py) against transformers' `generate` and the model's own
+next-token distribution: same greedy tokens, same sampling distribution, rows leave the batch correctly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sinternal_lib import sampling
+from sinternal_lib.decoding import common_prefix_len, decode
+from sinternal_lib.models import load_model, tiny_model
+
+SYSTEM = "You check answers against a written safety specification. " * 6  # a long shared prefix
+PROMPTS = ["Hi", "What is the capital of France? Answer in one sentence.", "How do I bake bread?",
+           "Explain photosynthesis to a ten year old, with an example from a garden.", "2+2?"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model()
+
+
+def _rows(tok, system=None):
+    return [sampling._encode(tok, p, system) for p in PROMPTS]
+
+
+def _hf_greedy(model, tok, rows, n):
+    """transformers' own greedy generate on a left-padded batch (the reference)."""
+    stop = sampling._stop_ids(model, tok)
+    pad = sampling._pad_id(tok, stop)
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                             pad_token_id=pad, eos_token_id=sorted(stop), temperature=None, top_p=None, top_k=None)
+    res = []
+    for row in out[:, width:].tolist():
+        cut = next((j for j, t in enumerate(row) if t in stop), None)
+        res.append((row, False) if cut is None else (row[:cut], True))
+    return res
+
+
+def _kit(model, tok, rows, n, **kw):
+    stop = sampling._stop_ids(model, tok)
+    with torch.inference_mode():
+        return decode(model, rows, max_new_tokens=n, stop_ids=stop, pad_id=sampling._pad_id(tok, stop), **kw)
+
+
+def test_common_prefix_len():
+    assert common_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2  # each row keeps one token of its own
+    assert common_prefix_len([[1, 2, 3]]) == 0
+    assert common_prefix_len([[7, 2], [1, 2]]) == 0
+
+
+@pytest.mark.parametrize("system", [None, SYSTEM])
+def test_greedy_matches_generate_on_tiny_model(tiny, system):
+    model, tok = tiny
+    rows = _rows(tok, system)
+    assert (common_prefix_len(rows) >= 32) == (system is not None)  # the shared-prefix path is exercised
+    assert _kit(model, tok, rows, 12) == _hf_greedy(model, tok, rows, 12)
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_others(tiny):
+    model, tok = tiny
+    rows = _rows(tok)
+    alone = [_kit(model, tok, [r], 10)[0] for r in rows]
+    # Make every odd row stop at once: its first greedy token becomes a stop token.
+    stop = {alone[i][0][0] for i in (1, 3)}
+    with torch.inference_mode():
+        batch = decode(model, rows, max_new_tokens=10, stop_ids=stop, pad_id=0)
+    for i in (1, 3):
+        assert batch[i] == ([], True)
+    for i in (0, 2, 4):
+        ids = alone[i][0]
+        cut = next((j for j, t in enumerate(ids) if t in stop), None)
+        assert batch[i][0] == (ids if cut is None else ids[:cut])
+
+
+def test_sampling_follows_the_models_distribution(tiny):
+    """First sampled token over many rows vs the softmax of the model's logits (temperature 2, top-p 1)."""
+    model, tok = tiny
+    row = sampling._encode(tok, "Hello there", None)
+    with torch.inference_mode():
+        probs = (model(input_ids=torch.tensor([row])).logits[0, -1].float() / 2.0).softmax(-1)
+    n = 4000
+    got = _kit(model, tok, [row] * n, 1, do_sample=True, temperature=2.0, top_p=1.0, seed=3)
+    counts = torch.bincount(torch.tensor([g[0][0] for g in got if g[0]]), minlength=probs.numel()).float()
+    top = probs.topk(20).indices
+    # Each of the 20 likeliest tokens within 5 standard errors of its expected count.
+    se = (n * probs[top] * (1 - probs[top])).sqrt()
+    assert torch.all((counts[top] - n * probs[top]).abs() <= 5 * se + 1)
+
+
+def test_top_p_never_samples_outside_the_nucleus(tiny):
+    model, tok = tiny
+    row = sampling._encode(tok, "Hello there", None)
+    with torch.inference_mode():
+        probs = model(input_ids=torch.tensor([row])).logits[0, -1].float().softmax(-1)
+    sp, idx = probs.sort(descending=True)
+    nucleus = set(idx[: int((sp.cumsum(0) < 0.3).sum()) + 1].tolist())
+    got = _kit(model, tok, [row] * 500, 1, do_sample=True, temperature=1.0, top_p=0.3, seed=1)
+    assert {g[0][0] for g in got if g[0]} <= nucleus
+
+
+def test_sampling_is_reproducible_from_the_seed(tiny):
+    model, tok = tiny
+    rows = _rows(tok)
+    a = _kit(model, tok, rows, 8, do_sample=True, temperature=1.0, top_p=0.95, seed=5)
+    assert a == _kit(model, tok, rows, 8, do_sample=True, temperature=1.0, top_p=0.95, seed=5)
+    assert a != _kit(model, tok, rows, 8, do_sample=True, temperature=1.0, top_p=0.95, seed=6)
+
+
+@pytest.mark.slow
+def test_greedy_verdicts_unchanged_on_the_real_model():
+    """SmolLM2 with the verifier-style shared prefix: the kit's loop writes what `generate` writes."""
+    model, tok = load_model("smollm2-135m-instruct", dtype="float32", device="cpu")
+    rows = _rows(tok, SYSTEM)
+    assert _kit(model, tok, rows, 32) == _hf_greedy(model, tok, rows, 32)

@@ -1,0 +1,69 @@
+"""`auto` precision: bf16 only where the machine runs it faster (sinternal_lib/precision.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sinternal_lib import precision
+from sinternal_lib.config import RecipeError, apply_overrides, load_recipe
+
+
+def test_rule_picks_bf16_only_when_clearly_faster():
+    assert precision.choose_bf16({"bf16_speedup": 5.4})
+    assert precision.choose_bf16({"bf16_speedup": 1.1})
+    assert not precision.choose_bf16({"bf16_speedup": 1.05})  # a tie is not worth bf16's numerics
+    assert not precision.choose_bf16({"bf16_speedup": 0.01})  # AVX2-only CPUs: ~1 vs ~130 GFLOP/s
+    assert not precision.choose_bf16({"bf16_speedup": None})
+
+
+def test_explicit_values_pass_through():
+    assert precision.resolve_dtype("float32") == "float32"
+    assert precision.resolve_dtype("bfloat16") == "bfloat16"
+    assert precision.resolve_bf16(True) is True and precision.resolve_bf16(False) is False
+
+
+def test_auto_follows_this_machines_probe():
+    probe = precision._cpu_probe()
+    assert probe["fp32_gflops"] > 0 and probe["bf16_gflops"] > 0
+    fast = precision.choose_bf16(probe)
+    assert precision.resolve_bf16("auto") is fast
+    assert precision.resolve_dtype("auto") == ("bfloat16" if fast else "float32")
+    rec = precision.precision_record("cpu")
+    assert rec["bf16_fast"] is fast and rec["cpu_capability"] and "bf16_flags" in rec
+
+
+_PROBE = ("import json; from sinternal_lib import precision as p; "
+          "print(json.dumps({'probe': p._cpu_probe(), 'dtype': p.resolve_dtype('auto'), "
+          "'bf16': p.resolve_bf16('auto')}))")
+
+
+def test_auto_picks_fp32_on_an_avx2_only_cpu():
+    """oneDNN limited to AVX2 runs bf16 matmuls as an AVX2-only laptop does (no native bf16): slow."""
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["probe"]["bf16_speedup"] < 1.0, got
+    assert got["dtype"] == "float32" and got["bf16"] is False
+
+
+@pytest.mark.parametrize("override", ["sft.bf16=auto", "grpo.bf16=auto", "model.dtype=auto", "sft.bf16=false"])
+def test_recipe_accepts_auto(override):
+    apply_overrides(load_recipe("configs/tests/tiny.yaml"), [override])
+
+
+@pytest.mark.parametrize("override, words", [("sft.bf16=fast", "sft.bf16 must be one of true, false, auto"),
+                                             ("sft.bf16=1", "sft.bf16 must be one of"),
+                                             ("model.dtype=float64", "model.dtype must be one of auto, float32")])
+def test_recipe_refuses_other_values(override, words):
+    with pytest.raises(RecipeError, match=words):
+        apply_overrides(load_recipe("configs/tests/tiny.yaml"), [override])
+
+
+def test_cpu_recipe_decides_by_measurement():
+    r = load_recipe("cpu-smollm2")
+    assert r.model.dtype == "auto" and r.sft.bf16 == "auto" and r.grpo.bf16 == "auto"
