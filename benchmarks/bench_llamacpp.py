@@ -241,11 +241,13 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     prompts, eog = chat_prompts(llm, PROMPTS), eog_ids(llm)
     n = args.max_new_tokens
-    log = lambda *a: print(*a, file=sys.stderr)  # noqa: E731
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
 
     single_stream(llm, prompts[:1], 4, eog)  # warm-up
+    log(f"llama.cpp {llama_cpp.__version__}, {model_desc(llm)}, {threads} threads: single stream ...")
     row, single_out = single_stream(llm, prompts, n, eog)
     rows = [row]
+    log(f"  {row['tokens_per_s']} tokens/s")
     n_ctx_seq = max(len(p) for p in prompts) + n + 16
     agree = None
     for bs in args.batch_sizes:
@@ -253,7 +255,9 @@ def main() -> None:
                              max(args.prefill_len, 2048), eog)
         try:
             dec.generate(prompts[:1], 4)  # warm-up
+            log(f"batched, B={bs} ...")
             row, outs = batched(dec, prompts, n, bs, len(prompts))
+            log(f"  {row['tokens_per_s']} tokens/s")
             # how many of the first 16 sequences decode to the same text as the single-stream greedy run
             row["same_text_as_single"] = sum(llm.detokenize(o).decode("utf-8", "replace") == t
                                              for o, t in zip(outs, single_out))

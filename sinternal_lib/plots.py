@@ -202,7 +202,8 @@ def proactive_verification(eval_section: dict, out_dir: str | Path | None = None
 
 
 def ablation_rates(eval_section: dict, out_dir: str | Path | None = None,
-                   variants: Sequence[str] = ("sinternal", "verdict_only", "critique_only", "other_exp")) -> Any:
+                   variants: Sequence[str] = ("sinternal", "verdict_only", "critique_only", "other_exp",
+                                              "sinternal_refusal_mix")) -> Any:
     """Ablation bars: ASR per harmful benchmark for each verification-SFT variant (95% CI)."""
     ckpts = eval_section.get("checkpoints") or {}
     series = [f"sft/{v}" for v in variants if f"sft/{v}" in ckpts]

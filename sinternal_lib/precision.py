@@ -1,6 +1,6 @@
 """Pick bf16 or fp32 by what the machine does fast, not by assumption.
 
-Recipe values `model.dtype: auto`, `sft.bf16: auto` and `grpo.bf16: auto` resolve here. On CUDA, bf16 where
+Recipe values `auto` of `model.dtype`, `model.generation_dtype`, `sft.bf16` and `grpo.bf16` resolve here. On CUDA, bf16 where
 the GPU supports it. On CPU, a short matmul probe (bf16 vs fp32, same shapes) decides: bf16 only where it
 runs faster. Why a probe and not a flag: on AVX2-only CPUs (most laptops) a bf16 matmul ran at 1.2 GFLOP/s
 against 134 in fp32, which made the CPU recipe's SFT ~25x slower, while on AVX512-BF16/AMX CPUs bf16 is
@@ -97,6 +97,8 @@ def precision_record(device: str = "cpu", recipe: Any = None) -> dict[str, Any]:
     if recipe is not None:
         chosen = {"resolved": {
             "model.dtype": f"{recipe.model.dtype} -> {resolve_dtype(recipe.model.dtype, device)}",
+            "model.generation_dtype": f"{recipe.model.generation_dtype} -> "
+                                      f"{resolve_dtype(recipe.model.generation_dtype, device)}",
             "sft.bf16": f"{recipe.sft.bf16} -> {resolve_bf16(recipe.sft.bf16, device)}",
             "grpo.bf16": f"{recipe.grpo.bf16} -> {resolve_bf16(recipe.grpo.bf16, device)}"}}
     if torch.device(device).type == "cuda":

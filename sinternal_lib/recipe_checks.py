@@ -163,6 +163,7 @@ NO_RANGE: frozenset[str] = frozenset()  # numeric fields deliberately left unbou
 # Fields that take one of a few values; `auto` resolves by measurement (sinternal_lib/precision.py).
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.generation_dtype": ("auto", "float32", "bfloat16", "float16"),
     "sft.bf16": (True, False, "auto"),
     "grpo.bf16": (True, False, "auto"),
 }

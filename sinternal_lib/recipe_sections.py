@@ -32,7 +32,8 @@ class RunConfig:
 class ModelConfig:
     policy: str = "smollm2-135m-instruct"  # bundled name, local folder or hub id
     others: list[str] = field(default_factory=list)  # extra models diagnosed side by side
-    dtype: str = "float32"  # weights / compute dtype of non-quantized layers; auto: precision.resolve_dtype
+    dtype: str = "float32"  # training: compute dtype of the 4-bit base and its other layers; auto: precision.resolve_dtype
+    generation_dtype: str = "auto"  # weights of full-precision generation loads (quantize_generation false)
     device: str = "auto"  # "auto" = cuda when available, else cpu
     load_in_4bit: bool = True  # NF4 + double quantization through bitsandbytes
     quantize_generation: bool = True  # False: sample/evaluate with the full-precision weights (faster on CPU)

@@ -31,7 +31,7 @@ JUDGE_AGREEMENT = REPO_ROOT / "benchmarks" / "results" / "judge_agreement.json"
 COLUMN_ORDER = ("embedded_harmful", "strongreject", "harmbench", "jbb", "advbench", "xstest_unsafe",
                 "embedded_jailbreak", "jbb_artifacts", "embedded_benign", "xstest", "gsm8k", "math500",
                 "aime2024", "embedded_math", "verification", "proactive")
-ABLATIONS = ("sft/sinternal", "sft/verdict_only", "sft/critique_only", "sft/other_exp")
+ABLATIONS = ("sft/sinternal", "sft/verdict_only", "sft/critique_only", "sft/other_exp", "sft/sinternal_refusal_mix")
 EXAMPLE_CHARS = 400
 
 

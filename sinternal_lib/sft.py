@@ -280,6 +280,8 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
                 log(f"{name}: skipped: {e}")
                 continue
             log(f"{name}: training on {len(rows)} rows ({(extra['mix'] or {}).get('used', 0)} mixed chat)")
+            if (extra["mix"] or {}).get("note"):
+                log(f"{name}: {extra['mix']['note']}")
             model, _, stats = train_variant(recipe, rows, out)
             stats.update(extra)
             del model  # evaluate on a fresh load: the adapter on the generation weights (models.load_policy)

@@ -14,6 +14,8 @@ from sinternal_lib.build_data import run as run_build_data
 from sinternal_lib.config import load_recipe
 from sinternal_lib.datasets import Record
 from sinternal_lib.diagnose import human_pairs, xstest_safety_label
+from sinternal_lib.judges import is_refusal
+from sinternal_lib.sft_data import benign_chat_pool, opens_with
 from sinternal_lib.views import diagnosis_table
 from sinternal_lib.diagnose import run as run_diagnosis
 from sinternal_lib.runs import open_run, stage_for
@@ -76,6 +78,13 @@ def test_stages_01_and_02_on_tiny_model(tmp_path):
             assert ("Verdict:" in target) == (v != "critique_only")
     samples = jsonl.read(st.dir / "samples_self.jsonl")
     cfg = run.recipe.build_data
+    # the clean chat mix of stage 03 draws from these judged samples: benign prompts, no refusal, no opener
+    judged = jsonl.read(st.dir / "judged_self.jsonl")
+    pool = benign_chat_pool(judged, cfg.refusal_prefills)
+    assert {r["prompt_id"] for r in pool} <= {j["prompt_id"] for j in judged if j["prompt_label"] == "benign"}
+    assert not any(is_refusal(r["completion"][0]["content"]) or opens_with(r["completion"][0]["content"],
+                                                                           cfg.refusal_prefills) for r in pool)
+    assert any(j["prefill"] for j in judged)  # harmful prompts did get openers, and none reached the pool
     assert len(samples) == (cfg.num_harmful_prompts + cfg.num_benign_prompts) * cfg.num_samples
     assert json.loads((run.path / "metrics.json").read_text())["build_data"]["funnel"]["prompts_total"] == 10
     diag = run_diagnosis(run, log=lambda s: None)

@@ -51,7 +51,8 @@ def test_auto_picks_fp32_on_an_avx2_only_cpu():
     assert got["dtype"] == "float32" and got["bf16"] is False
 
 
-@pytest.mark.parametrize("override", ["sft.bf16=auto", "grpo.bf16=auto", "model.dtype=auto", "sft.bf16=false"])
+@pytest.mark.parametrize("override", ["sft.bf16=auto", "grpo.bf16=auto", "model.dtype=auto", "model.generation_dtype=auto",
+                                      "sft.bf16=false"])
 def test_recipe_accepts_auto(override):
     apply_overrides(load_recipe("configs/tests/tiny.yaml"), [override])
 
@@ -66,4 +67,4 @@ def test_recipe_refuses_other_values(override, words):
 
 def test_cpu_recipe_decides_by_measurement():
     r = load_recipe("cpu-smollm2")
-    assert r.model.dtype == "auto" and r.sft.bf16 == "auto" and r.grpo.bf16 == "auto"
+    assert r.model.generation_dtype == "auto" and r.sft.bf16 == "auto" and r.grpo.bf16 == "auto"

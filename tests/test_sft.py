@@ -155,10 +155,12 @@ def test_clean_sinternal_mix_carries_no_refusal_and_the_ablation_keeps_it(run02,
     ablation, arep = sft_data.variant_data(run02, "sinternal_refusal_mix", cfg, 0)
     assert [r for r in clean if not r.get("mixed_chat")] == [r for r in ablation if not r.get("mixed_chat")]
     mixed = [r for r in clean if r.get("mixed_chat")]
-    assert mixed and all(r["prompt_label"] == "benign" for r in mixed)
-    for r in mixed:
+    chat = [r for r in clean if [m["role"] for m in r["prompt"]] == ["user"]]  # rows whose target is an answer
+    assert mixed and chat == mixed and all(r["prompt_label"] == "benign" for r in chat)
+    for r in chat:
         text = r["completion"][0]["content"]
         assert not is_refusal(text) and not sft_data.opens_with(text, openers)
+    assert not any(sft_data.opens_with(r["completion"][0]["content"], openers) for r in clean)
     assert rep["harmful_prompt"] == rep["refusal"] == rep["refusal_opener"] == rep["refusal_signal"] == 0
     assert rep["used"] == rep["wanted"] == round(0.3 * 11 / 0.7) and "note" not in rep
     assert arep["harmful_prompt"] > 0 and arep["refusal"] > 0 and arep["refusal_signal"] > 0
@@ -166,6 +168,11 @@ def test_clean_sinternal_mix_carries_no_refusal_and_the_ablation_keeps_it(run02,
     assert sum(r["harmful_prompt"] for r in flagged) == arep["harmful_prompt"]
     for v in ("verdict_only", "critique_only"):  # the ablations get the same clean mix as SInternal
         assert sft_data.variant_data(run02, v, cfg, 0)[1]["refusal_signal"] == 0
+    recipe = apply_overrides(tiny_recipe, {"sft.chat_mix_fraction": 0.3,
+                                           "sft.variants": ["sinternal", "sinternal_refusal_mix", "other_exp"]})
+    table = views.variant_overview(run02, recipe).set_index("variant")
+    assert table.loc["sinternal", "mix_refusal"] == 0 and table.loc["sinternal_refusal_mix", "mix_refusal"] > 0
+    assert table["rows"].isna()["other_exp"]  # built by sft.run, not yet
 
 
 def test_benign_pool_filters_and_a_short_pool_is_reported_not_topped_up(tiny_recipe):
@@ -360,13 +367,15 @@ def test_training_configs_pass_recipe_keys_unchanged(tiny_recipe, tmp_path):
     from trl import SFTConfig
 
     from sinternal_lib.config import LORA_PEFT_FIELDS, SFT_TRL_FIELDS
+    from sinternal_lib.precision import resolve_bf16
 
     recipe = apply_overrides(tiny_recipe, {"sft.per_device_train_batch_size": 3, "sft.gradient_accumulation_steps": 5,
                                            "sft.num_train_epochs": 1.5, "lora.lora_dropout": 0.0})
     c = sft.training_configs(recipe, tmp_path)
     assert isinstance(c["sft"], SFTConfig) and isinstance(c["lora"], LoraConfig)
-    for f in SFT_TRL_FIELDS:
-        assert getattr(c["sft"], f) == getattr(recipe.sft, f), f
+    for f in SFT_TRL_FIELDS:  # bf16 "auto" is resolved by measurement (precision.resolve_bf16)
+        want = resolve_bf16(recipe.sft.bf16) if f == "bf16" else getattr(recipe.sft, f)
+        assert getattr(c["sft"], f) == want, f
     for f in LORA_PEFT_FIELDS:
         want = getattr(recipe.lora, f)
         assert getattr(c["lora"], f) == (set(want) if f == "target_modules" else want), f
