@@ -10,7 +10,7 @@ ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup reproduce test test-nodata lab bench reliability report strip clean-venv
+.PHONY: setup reproduce study test test-nodata lab bench reliability report strip clean-venv
 
 # Create .venv (CPU torch==2.13.0 first where no CUDA GPU is present, so no multi-GB CUDA build is
 # downloaded), install the kit, register its Jupyter kernel and convert the embedded model once.
@@ -38,6 +38,12 @@ $(VENV)/.sinternal-ready: pyproject.toml
 # Other recipes: make reproduce RECIPE=configs/gpu-ds-r1-qwen-7b.yaml RUN=r1-7b
 reproduce: setup
 	$(PY) -m sinternal_lib run --recipe $(RECIPE) $(if $(RUN),--run-name $(RUN)) $(ARGS)
+
+# The study: every claim of the paper on the embedded model, with n sized by a power calculation
+# (configs/cpu-smollm2-study.yaml; the plan is printed first and kept in the run's power_plan.json), into
+# runs/cpu-smollm2-study/. Sized for about 2 hours of stages on a 2-core CPU; not yet run end to end.
+study: setup
+	$(PY) -m sinternal_lib run --recipe cpu-smollm2-study --run-name $(if $(RUN),$(RUN),cpu-smollm2-study) $(ARGS)
 
 # Unit tests plus the five notebooks executed on the tiny test recipe. Called by .ci/run. Tests that
 # need the real datasets (../shared/data or $$SINTERNAL_SHARED_DATA) skip with a how-to where absent.

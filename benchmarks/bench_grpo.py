@@ -24,6 +24,9 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which GRPOConfig; "grpo": recip
     "kit": {"config": "kit"},
     "kit-bf16": {"config": "kit", "grpo": {"bf16": True}},
     "kit-no-gc": {"config": "kit", "grpo": {"gradient_checkpointing": False}},
+    # LoRA on the full-precision base (grpo.load_in_4bit false): rollouts without 4-bit dequantization
+    "kit-fp32-base": {"config": "kit", "grpo": {"load_in_4bit": False}, "model": {"generation_dtype": "float32"}},
+    "kit-bf16-base": {"config": "kit", "grpo": {"load_in_4bit": False}, "model": {"generation_dtype": "bfloat16"}},
 }
 QUICK_ARMS = ["default", "kit"]
 
@@ -67,12 +70,14 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
     from transformers import set_seed
 
     spec = ARMS[name]
-    g, m = dataclasses.replace(recipe.grpo, **spec.get("grpo", {})), recipe.model
-    recipe = dataclasses.replace(recipe, grpo=g)
+    g = dataclasses.replace(recipe.grpo, **spec.get("grpo", {}))
+    m = dataclasses.replace(recipe.model, **spec.get("model", {}))
+    recipe = dataclasses.replace(recipe, grpo=g, model=m)
     set_seed(recipe.run.seed)
     t0 = time.perf_counter()
-    model, tok = load_model(m.policy, dtype=m.dtype, device=device, load_in_4bit=m.load_in_4bit, trainable=True,
-                            gradient_checkpointing=g.gradient_checkpointing)
+    four_bit = m.load_in_4bit and g.load_in_4bit  # as grpo.training_configs / train_from_init
+    model, tok = load_model(m.policy, dtype=m.dtype if four_bit else m.generation_dtype, device=device,
+                            load_in_4bit=four_bit, trainable=True, gradient_checkpointing=g.gradient_checkpointing)
     load_s = time.perf_counter() - t0
     rows = build_prompt_mix(g, recipe.run.seed, m.system_prompt)
     reward = CountingReward(VerifierReward(make_judge(recipe.judge)))

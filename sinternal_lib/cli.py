@@ -4,9 +4,11 @@
     python -m sinternal_lib report --run-name demo
     python -m sinternal_lib prepare-model [NAME]
 
-One progress line per notebook with its time. A stage whose manifest matches its current config and
-inputs is skipped (`--force` redoes it). On failure the runner names the notebook and the failing cell
-and keeps the partly executed copy. The run folder is locked while the runner works on it.
+First the power plan (per claim the n the recipe gives and the effect it can detect: `power_plan.py`;
+also written to `runs/<run>/power_plan.json`), then one progress line per notebook with its time. A
+stage whose manifest matches its current config and inputs is skipped (`--force` redoes it). On failure
+the runner names the notebook and the failing cell and keeps the partly executed copy. The run folder
+is locked while the runner works on it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 from .config import load_recipe, parse_override_strings
+from .power_plan import format_power_plan, write_power_plan
 from .recipe_checks import RecipeError
 from .recipe_sections import REPO_ROOT
 from .report import headline, render_report
@@ -97,6 +100,10 @@ def run_notebooks(
     log(f"run '{run.name}' -> {run.path}  (recipe {Path(recipe.source).name}, kernel {kernel})")
     total = time.time()
     try:
+        try:
+            log(format_power_plan(write_power_plan(run)))
+        except Exception as e:  # the plan is advice: a fault in it must not stop the stages
+            log(f"power plan not computed ({type(e).__name__}: {e})")
         for stage in stages:
             nb = notebook_path(stage)
             out = out_dir / nb.name

@@ -116,8 +116,8 @@ def training_configs(recipe: Recipe, output_dir: str | Path) -> dict[str, Any]:
         save_strategy="steps", logging_steps=1, seed=seed, data_seed=seed,
         use_cpu=pick_device(recipe.model.device) == "cpu", report_to=[], disable_tqdm=True,
     )
-    return {"quantization": policy_quantization(recipe, for_training=True), "lora": lora_config(recipe.lora),
-            "grpo": args}
+    quant = policy_quantization(recipe, for_training=True) if g.load_in_4bit else None
+    return {"quantization": quant, "lora": lora_config(recipe.lora), "grpo": args}
 
 
 def build_trainer(recipe: Recipe, model: Any, tok: Any, judge: Judge, output_dir: str | Path, *,
@@ -183,7 +183,9 @@ def train_from_init(recipe: Recipe, init: str, out_dir: str | Path, *, adapter: 
     device = pick_device(m.device)
     set_seed(recipe.run.seed)
     configs = training_configs(recipe, ckpt_dir)
-    model, tok = load_model(m.policy, dtype=m.dtype, device=device, quantization_config=configs["quantization"],
+    # A full-precision base (grpo.load_in_4bit false) rolls out with the generation weights' dtype.
+    dtype = m.dtype if configs["quantization"] is not None else m.generation_dtype
+    model, tok = load_model(m.policy, dtype=dtype, device=device, quantization_config=configs["quantization"],
                             adapter=adapter, trainable=True, gradient_checkpointing=g.gradient_checkpointing)
     judge = judge or make_judge(recipe.judge)
     done_steps = int(Path(last).name.split("-")[-1]) if last else None

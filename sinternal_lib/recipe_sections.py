@@ -194,6 +194,9 @@ class GrpoConfig:
     save_steps: int = 25
     bf16: bool | str = False  # true, false or auto (precision.resolve_bf16)
     gradient_checkpointing: bool = True
+    # False: GRPO trains its LoRA on the full-precision base (model.generation_dtype), so rollouts skip 4-bit
+    # dequantization; the SFT stage stays 4-bit QLoRA (the method). Only where model.load_in_4bit is true.
+    load_in_4bit: bool = True
 
 
 @dataclass

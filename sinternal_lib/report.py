@@ -21,6 +21,7 @@ import yaml
 
 from . import jsonl
 from .claims import CANNOT_TEST, CONTRADICTED, INCONCLUSIVE, METRICS, SUPPORTED, VERDICTS, assess
+from .power_plan import PLAN_FILE, format_power_plan
 from .recipe_sections import REPO_ROOT
 from .runs import Run, atomic_write_text
 from .stages import STAGES
@@ -280,6 +281,11 @@ def _claims_md(run: Run, metrics: dict) -> list[str]:
                      f"{r['n']} | {c['power']} | **{r['verdict']}** |")
     lines += ["", "**What this run can and cannot say.** " + claims_summary(rows), "", "Reasons:", ""]
     lines += [f"- ({r['id']}) {r['verdict']}: {_cell(r['reason'])}" for r in rows]
+    plan = run.path / PLAN_FILE  # written by the runner before any stage ran (power_plan.py)
+    if plan.is_file():  # an indented block: a code block in markdown and in the HTML copy alike
+        table = format_power_plan(json.loads(plan.read_text(encoding="utf-8")).get("rows") or [])
+        lines += ["", "**Power plan** (made when the run started: the n the recipe gives each claim and the "
+                  "smallest effect it can detect):", ""] + ["    " + x for x in table.splitlines()]
     return lines + [""]
 
 
