@@ -281,12 +281,34 @@ def _claims_md(run: Run, metrics: dict) -> list[str]:
                      f"{r['n']} | {c['power']} | **{r['verdict']}** |")
     lines += ["", "**What this run can and cannot say.** " + claims_summary(rows), "", "Reasons:", ""]
     lines += [f"- ({r['id']}) {r['verdict']}: {_cell(r['reason'])}" for r in rows]
+    lines += ["", *judge_ceiling(run.recipe.judge.backend)]
     plan = run.path / PLAN_FILE  # written by the runner before any stage ran (power_plan.py)
     if plan.is_file():  # an indented block: a code block in markdown and in the HTML copy alike
         table = format_power_plan(json.loads(plan.read_text(encoding="utf-8")).get("rows") or [])
         lines += ["", "**Power plan** (made when the run started: the n the recipe gives each claim and the "
                   "smallest effect it can detect):", ""] + ["    " + x for x in table.splitlines()]
     return lines + [""]
+
+
+def judge_ceiling(backend: str, path: Path = JUDGE_AGREEMENT) -> list[str]:
+    """What the judge behind every rate can know: its measured agreement with human labels, by task, and
+    what that caps (a verifier trained on its labels learns its rule at best)."""
+    ja = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    sets = ja.get("sets") or {}
+    def fig(name: str) -> str:
+        v = sets.get(name) or {}
+        return f"accuracy {v['accuracy']:.2f}, kappa {v['kappa']:.2f}, n = {v['n']}" if v else "not measured"
+    text = (f"**The judge's ceiling.** Every ASR, compliance rate and training label in this run comes from the "
+            f"`{backend}` judge.")
+    if backend == "matcher":
+        text += (f" Against human labels it detects refusals (held-out XSTest answers: "
+                 f"{fig('xstest_held_out')}) but not harm (PKU-SafeRLHF answers: {fig('pku_saferlhf')}), "
+                 "so an ASR here is a non-refusal rate, and a verifier trained on its labels can at best learn "
+                 "its rule (\"a refusal to a harmful prompt is safe\"). Compare the trained verifiers with "
+                 "the prompt-only rule on the human-labelled pairs (stage 03) before reading (b) as understanding.")
+    else:
+        text += f" Its measured agreement is in `benchmarks/results/judge_agreement.json` ({ja.get('judge') or 'none'})."
+    return [text]
 
 
 def render_report(run: Run, show_unsafe: bool = False) -> Path:

@@ -108,3 +108,17 @@ def test_provenance_names_each_benchmark_origin_and_skips(run):
     del m["evaluate"]["origins"]
     run.metrics_path.write_text(json.dumps(m))
     assert "origins not recorded in this run" in render_report(run).read_text()
+
+
+def test_judge_ceiling_states_what_the_matcher_can_know(tmp_path):
+    from sinternal_lib.report import judge_ceiling
+
+    path = tmp_path / "judge_agreement.json"
+    path.write_text(json.dumps({"judge": "matcher-v1", "sets": {
+        "xstest_held_out": {"accuracy": 0.8607, "kappa": 0.7094, "n": 1350},
+        "pku_saferlhf": {"accuracy": 0.6002, "kappa": 0.0722, "n": 4000}}}))
+    text = " ".join(judge_ceiling("matcher", path))
+    assert "accuracy 0.86, kappa 0.71, n = 1350" in text and "accuracy 0.60, kappa 0.07, n = 4000" in text
+    assert "non-refusal rate" in text and "prompt-only" in text
+    other = " ".join(judge_ceiling("guard", tmp_path / "absent.json"))
+    assert "`guard` judge" in other and "non-refusal" not in other
