@@ -47,3 +47,11 @@ def hardware() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def precision(recipe: Any) -> dict[str, Any]:
+    """The dtype choices of `recipe` on its device, with what they rested on (`precision.precision_record`)."""
+    from .models import pick_device  # torch-heavy: imported when a stage finishes, not with runs
+    from .precision import precision_record  # as above
+
+    return precision_record(pick_device(recipe.model.device), recipe)

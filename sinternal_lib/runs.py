@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import dump_recipe
-from .provenance import git_revision, hardware, package_versions
+from .provenance import git_revision, hardware, package_versions, precision
 from .recipe_sections import Recipe
 from .stages import LEGACY_SECTIONS, STAGES, stage_info
 
@@ -176,13 +176,6 @@ class Stage:
                 a.update(wall_s=round(max(last - a["start"], 0.0), 1), finished=False, estimated=True)
         return attempts
 
-    def _precision(self) -> dict[str, Any]:
-        from .models import pick_device  # torch-heavy: imported when a stage finishes, not with runs
-        from .precision import precision_record  # as above
-
-        recipe = self.run.recipe
-        return precision_record(pick_device(recipe.model.device), recipe)
-
     def finish(self, outputs: list[str], summary: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict:
         """Write the manifest (last, atomically) and the stage's section of metrics.json.
 
@@ -219,7 +212,7 @@ class Stage:
             "output_hashes": {o: hash_path(self.dir / o) for o in outputs},
             "versions": package_versions(),
             "git": git_revision(),
-            "precision": self._precision(),
+            "precision": precision(self.run.recipe),
             **(extra or {}),
         }
         atomic_write_json(self.manifest_path, manifest)

@@ -39,6 +39,8 @@ def test_manifest_makes_stage_complete_and_metrics(run):
     assert stage_for(run, "build_data").is_complete()
     m = json.loads((st.dir / "manifest.json").read_text())
     assert m["output_hashes"]["samples.jsonl"] and m["versions"]["torch"]
+    # the dtype choices and the probe behind them (precision.py), for a rerun on another CPU to compare
+    assert m["precision"]["device"] == "cpu" and "sft.bf16" in m["precision"]["resolved"]
     assert run.read_metrics()["build_data"] == {"examples": 1}
     assert "build_data" in run.read_metrics()["timings"]
 
