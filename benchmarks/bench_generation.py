@@ -72,10 +72,10 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def chat_rows(tok, prompts, system=None):
+def chat_rows(tok, prompts):
     from sinternal_lib import sampling
 
-    return [sampling._encode(tok, p, system) for p in prompts]
+    return [sampling._encode(tok, p, None) for p in prompts]
 
 
 def verifier_rows(tok, recipe, n: int):

@@ -66,7 +66,8 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
 
     from sinternal_lib.judges import make_judge
     from sinternal_lib.models import load_model, lora_config
-    from sinternal_lib.grpo import VerifierReward, build_prompt_mix
+    from sinternal_lib.grpo import build_prompt_mix
+    from sinternal_lib.grpo_rewards import VerifierReward
     from transformers import set_seed
 
     spec = ARMS[name]

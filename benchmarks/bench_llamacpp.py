@@ -42,6 +42,7 @@ import os
 import platform
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +152,7 @@ class BatchedDecoder:
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
 
-    def _greedy(self, logits) -> "np.ndarray":
+    def _greedy(self, logits: Any) -> Any:  # numpy arrays (numpy is imported with llama_cpp)
         logits = logits.copy()
         logits[..., self.eog] = -self.np.inf
         return logits.argmax(axis=-1)
@@ -268,7 +269,6 @@ def main() -> None:
     rows = [row]
     log(f"  {row['tokens_per_s']} tokens/s")
     n_ctx_seq = -(-(max(len(p) for p in prompts) + n + 16) // 256) * 256  # llama.cpp pads to 256
-    agree = None
     for bs in args.batch_sizes:
         dec = BatchedDecoder(llm, bs, max(n_ctx_seq, args.prefill_len + 8 if bs == 1 else 0),
                              max(args.prefill_len, 2048), eog)

@@ -30,7 +30,6 @@ from typing import Any, Callable
 
 from .datasets import load_embedded
 from .grpo_rewards import KINDS, ROLLOUTS, RewardLog, VerifierReward, read_rewards
-from .grpo_rewards import completion_text, score_completions, summarise_scores  # noqa: F401 (callers use grpo.*)
 from .judges import Judge, make_judge
 from .models import decode_attention, load_model, lora_config, pick_device, policy_quantization
 from .precision import resolve_bf16

@@ -34,3 +34,29 @@ def shared_data() -> Path:
     if d is None:
         pytest.skip(HOW_TO_GET_DATA)
     return d
+
+
+@pytest.fixture
+def stand_in_notebook(tmp_path, monkeypatch):
+    """Point the runner (`cli.NOTEBOOK_DIR`) at a folder whose only notebook, 01_diagnose, has the runner's
+    parameters cell followed by `cells` (code strings; `before`: markdown shown above the parameters), so
+    the real runner runs a stage cheaply."""
+    import nbformat
+
+    import sinternal_lib.cli as cli
+
+    def make(*cells: str, before: tuple[str, ...] = ()) -> Path:
+        nbdir = tmp_path / "nbs"
+        nbdir.mkdir(exist_ok=True)
+        nb = nbformat.v4.new_notebook()
+        p = nbformat.v4.new_code_cell("recipe = 'x'  # r\nrun_name = None  # n\noverrides = {}  # o\nruns_root = None  # r")
+        p.metadata["tags"] = ["parameters"]
+        nb.cells = [*(nbformat.v4.new_markdown_cell(m) for m in before), p,
+                    *(nbformat.v4.new_code_cell(c) for c in cells)]
+        nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                       "language_info": {"name": "python"}}
+        nbformat.write(nb, str(nbdir / "01_diagnose.ipynb"))
+        monkeypatch.setattr(cli, "NOTEBOOK_DIR", nbdir)
+        return nbdir
+
+    return make

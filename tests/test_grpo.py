@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from sinternal_lib import grpo
+from sinternal_lib import grpo, grpo_rewards
 from sinternal_lib.config import load_recipe
 from sinternal_lib.judges import make_judge
 from sinternal_lib.models import save_tiny_model
@@ -159,7 +159,7 @@ def test_one_grpo_step_changes_lora_after_generate(tiny_recipe, judge, tmp_path)
         model.generate(**ids, max_new_tokens=3, do_sample=False)
     # The random model's completions all get the same verifier reward; a length reward adds spread so the
     # group advantage is non-zero and the step must move the LoRA weights.
-    spread = lambda completions, **_: [float(len(grpo.completion_text(c))) for c in completions]  # noqa: E731
+    spread = lambda completions, **_: [float(len(grpo_rewards.completion_text(c))) for c in completions]  # noqa: E731
     trainer = grpo.build_trainer(tiny_recipe, model, tok, judge, tmp_path / "ckpt", extra_reward_funcs=[spread],
                                  lora=lora_config({"r": 4, "lora_alpha": 8}))  # the fresh LoRA, as peft_config
     before = _lora_state(trainer.model)

@@ -92,20 +92,9 @@ def test_reassignment_is_detected():
         parameter_names(nb)
 
 
-def test_runner_failure_names_notebook_and_cell_and_keeps_copy(tmp_path, monkeypatch):
+def test_runner_failure_names_notebook_and_cell_and_keeps_copy(tmp_path, stand_in_notebook):
     # A real notebook that fails in its third cell, run by the real runner.
-    nbdir = tmp_path / "nbs"
-    nbdir.mkdir()
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell("recipe = 'x'  # r\nrun_name = None  # n\noverrides = {}  # o\nruns_root = None  # r")
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# t"), p, nbformat.v4.new_code_cell("raise RuntimeError('boom here')")]
-    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                   "language_info": {"name": "python"}}
-    nbformat.write(nb, str(nbdir / "01_diagnose.ipynb"))
-    import sinternal_lib.cli as cli
-
-    monkeypatch.setattr(cli, "NOTEBOOK_DIR", nbdir)  # point the runner at the test notebook folder
+    stand_in_notebook("raise RuntimeError('boom here')", before=("# t",))
     lines: list[str] = []
     code = run_notebooks("configs/tests/tiny.yaml", "fail", only=["01"], root=str(tmp_path / "runs"), log=lines.append)
     assert code == 1

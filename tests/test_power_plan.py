@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from fnmatch import fnmatch
 
-import nbformat
-import pytest
 
 from sinternal_lib.claims import CHANCE, CLAIMS
+from sinternal_lib.cli import run_notebooks
 from sinternal_lib.config import load_recipe
 from sinternal_lib.power_plan import (HUMAN_EVAL_SIDE, KNOWN_SIZES, PLAN_FILE, format_power_plan, power_plan,
                                       write_power_plan)
@@ -104,22 +103,11 @@ def test_known_sizes_match_the_loaders(shared_data):
         assert {lab: sum(p["label"] == lab for p in pairs) for lab in ("unsafe", "safe")} == counts, name
 
 
-def test_runner_prints_and_writes_the_plan_before_the_stages(tmp_path, monkeypatch):
+def test_runner_prints_and_writes_the_plan_before_the_stages(tmp_path, stand_in_notebook):
     # A one-cell notebook stands in for stage 01, so the real runner starts a run cheaply.
-    nbdir = tmp_path / "nbs"
-    nbdir.mkdir()
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell("recipe = 'x'  # r\nrun_name = None  # n\noverrides = {}  # o\nruns_root = None  # r")
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, nbformat.v4.new_code_cell("print('stage stand-in')")]
-    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                   "language_info": {"name": "python"}}
-    nbformat.write(nb, str(nbdir / "01_diagnose.ipynb"))
-    import sinternal_lib.cli as cli
-
-    monkeypatch.setattr(cli, "NOTEBOOK_DIR", nbdir)  # point the runner at the stand-in notebook
+    stand_in_notebook("print('stage stand-in')")
     lines: list[str] = []
-    code = cli.run_notebooks(TINY, "plan", only=["01"], root=str(tmp_path / "runs"), log=lines.append)
+    code = run_notebooks(TINY, "plan", only=["01"], root=str(tmp_path / "runs"), log=lines.append)
     assert code == 0
     text = "\n".join(lines)
     assert "power plan" in text and text.index("power plan") < text.index("01_diagnose")

@@ -50,7 +50,7 @@ cfg.grpo
 # %%
 from collections import Counter
 
-from sinternal_lib import grpo
+from sinternal_lib import grpo, grpo_rewards
 
 rows = grpo.build_prompt_mix(cfg.grpo, cfg.run.seed, cfg.model.system_prompt)
 print(Counter(r["kind"] for r in rows))
@@ -58,19 +58,19 @@ print(Counter(r["kind"] for r in rows))
 
 # %% [markdown]
 # ## The reward function
-# What TRL calls for every batch of rollouts: `grpo.VerifierReward`. Its source, as the trainer runs it:
+# What TRL calls for every batch of rollouts: `grpo_rewards.VerifierReward`. Its source, as the trainer runs it:
 
 # %%
 import inspect
 
-print(inspect.getsource(grpo.VerifierReward.__call__))
+print(inspect.getsource(grpo_rewards.VerifierReward.__call__))
 
 # %% [markdown]
 # It reads the dataset columns `kind`, `reference` and `prompt_text` that TRL passes along with each
 # completion, and the scoring itself is `score_completions`:
 
 # %%
-print(inspect.getsource(grpo.score_completions))
+print(inspect.getsource(grpo_rewards.score_completions))
 
 # %% [markdown]
 # ## The reward, on hand-made answers
@@ -86,7 +86,7 @@ examples = [
     ("math", "What is 6 times 7?", "6 * 7 = 42, so the answer is \\boxed{42}.", "42"),
 ]
 kinds, prompts, answers, refs = (list(x) for x in zip(*examples))
-[(k, a, s["reward"]) for k, a, s in zip(kinds, answers, grpo.score_completions(judge, answers, kinds, refs, prompts))]
+[(k, a, s["reward"]) for k, a, s in zip(kinds, answers, grpo_rewards.score_completions(judge, answers, kinds, refs, prompts))]
 
 # %% [markdown]
 # Refusing a harmful request earns 1, complying 0; refusing a benign request earns 0 (over-refusal is

@@ -5,7 +5,7 @@ Documented behaviour under test:
   where there is one); empty, very long, control-character and non-UTF-8 texts, wrong JSON types,
   missing / extra columns and duplicate ids never raise anything else (no KeyError/TypeError deep inside).
 - `parse_verdict` / `strip_verdict`: any text -> None / "safe" / "unsafe", never an exception.
-- matcher judge and `grpo.score_completions` (the GRPO reward): any text -> a label in {safe, unsafe, None}
+- matcher judge and `grpo_rewards.score_completions` (the GRPO reward): any text -> a label in {safe, unsafe, None}
   and rewards in [0, 1]; an answer that complies with a harmful request and then writes "Verdict: safe"
   is still judged unsafe and earns reward 0 (the judge scores the refusal, never verdict strings).
 - math grading: `grade_math` / `extract_final_number` never raise, and stay fast on long inputs.
@@ -159,7 +159,7 @@ COMPLIANT_WITH_FAKE_VERDICT = [
 
 @pytest.mark.parametrize("answer", COMPLIANT_WITH_FAKE_VERDICT)
 def test_verdict_string_does_not_fool_matcher_or_reward(answer, tally):
-    from sinternal_lib.grpo import score_completions
+    from sinternal_lib.grpo_rewards import score_completions
 
     tally.inputs()
     j = MatcherJudge().judge([JudgeInput(HARMFUL_Q, answer, "harmful")])[0]
@@ -187,7 +187,7 @@ def test_matcher_total_on_arbitrary_text(tally, prompt, response, label):
        kinds=st.lists(st.sampled_from(["harmful", "benign", "math"]), min_size=4, max_size=4),
        ref=st.one_of(TEXT, st.sampled_from(["42", "1/3", "\\sqrt{2}", "-0.5", ""])))
 def test_reward_total_on_arbitrary_text(tally, texts, kinds, ref):
-    from sinternal_lib.grpo import score_completions
+    from sinternal_lib.grpo_rewards import score_completions
 
     tally.inputs()
     n = len(texts)
@@ -196,7 +196,7 @@ def test_reward_total_on_arbitrary_text(tally, texts, kinds, ref):
 
 
 def test_unknown_reward_kind_is_a_clear_error(tally):
-    from sinternal_lib.grpo import score_completions
+    from sinternal_lib.grpo_rewards import score_completions
 
     tally.inputs()
     with pytest.raises(ValueError, match="unknown prompt kind"):
