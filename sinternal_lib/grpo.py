@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .datasets import load_embedded
-from .grpo_rewards import KINDS, ROLLOUTS, RewardLog, VerifierReward, read_rewards
+from .grpo_rewards import KINDS, ROLLOUTS, RewardLog, VerifierReward, read_rewards, reward_band
 from .judges import Judge, make_judge
 from .models import decode_attention, load_model, lora_config, pick_device, policy_quantization
 from .precision import resolve_bf16
@@ -243,9 +243,17 @@ def plan_inits(run: Run, inits: list[str] | None = None) -> dict[str, dict[str, 
 
 
 def reward_curves(run: Run, inits: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """rewards.csv rows of each trained init (for plots.grpo_reward_curves)."""
+    """rewards.csv rows of each trained init (for training_plots.grpo_reward_curves), each with the
+    step's 95% band over prompts (`band_lo`, `band_hi`) where rollout_rewards.jsonl was kept."""
     d = run.stage_dir("grpo")
-    return {i: read_rewards(d / i / "rewards.csv") for i in inits if (d / i / "rewards.csv").is_file()}
+    out = {}
+    for i in inits:
+        if not (d / i / "rewards.csv").is_file():
+            continue
+        band = reward_band(d / i / ROLLOUTS) if (d / i / ROLLOUTS).is_file() else {}
+        out[i] = [{**r, "band_lo": (band.get(r["step"]) or {}).get("lo"), "band_hi": (band.get(r["step"]) or {}).get("hi")}
+                  for r in read_rewards(d / i / "rewards.csv")]
+    return out
 
 
 def stage_summary(run: Run, plan: dict[str, dict[str, Any]], results: dict[str, dict]) -> dict[str, Any]:

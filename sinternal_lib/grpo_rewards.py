@@ -129,6 +129,23 @@ def read_rewards(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def reward_band(path: str | Path) -> dict[int, dict[str, float]]:
+    """Per step of a ROLLOUTS file: the mean reward over prompts and its 95% band (mean +- 1.96 SE of the
+    per-prompt mean rewards; rollouts of one prompt are not independent, so the prompt is the unit).
+    A step with one prompt gets no band. Returns {step: {"mean", "lo", "hi", "prompts"}}."""
+    by_step: dict[int, dict[Any, list[float]]] = {}
+    for r in jsonl.read_resumable(Path(path)):
+        by_step.setdefault(int(r["step"]), {}).setdefault(r.get("prompt_id"), []).append(float(r["reward"]))
+    out = {}
+    for step, groups in sorted(by_step.items()):
+        means = [sum(v) / len(v) for v in groups.values()]
+        m, k = sum(means) / len(means), len(means)
+        se = (sum((x - m) ** 2 for x in means) / (k - 1) / k) ** 0.5 if k > 1 else None
+        out[step] = {"mean": m, "lo": m - 1.96 * se if se is not None else m,
+                     "hi": m + 1.96 * se if se is not None else m, "prompts": k}
+    return out
+
+
 class VerifierReward:
     """TRL reward function: harmful -> V_safe, benign -> V_safe * (1 - V_refuse), math -> correctness.
 

@@ -4,21 +4,19 @@ Every function takes plain metric dicts (sections of `metrics.json`), returns th
 given `out_dir`, saves it there via `save_figure`. Missing data never raises: the figure says what is
 missing instead, so a partial run still renders. Rates are fractions in JSON and percentages on axes;
 error bars are the 95% CIs stored beside each rate. Contributors append their own functions in blocks
-marked "# --- sft ---" / "# --- grpo ---" at the end of this file.
+placed in `training_plots` (stages 02-04). Figures are closed once saved so pyplot holds no state;
+a notebook cell that ends with the returned figure still shows it inline (Jupyter renders a Figure
+object by its PNG). No backend is forced: Jupyter's inline backend in notebooks, Agg when headless.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-__all__ = ["STYLE", "new_figure", "save_figure", "empty_figure", "eval_rates", "diagnosis_f1",
+__all__ = ["STYLE", "new_figure", "save_figure", "empty_figure", "eval_rates", "diagnosis_vs_baselines",
            "rl_comparison", "f1_vs_asr", "proactive_verification", "ablation_rates"]
 
 STYLE = {"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
@@ -35,13 +33,14 @@ def new_figure(width: float = 6.4, height: float = 3.6, ncols: int = 1) -> tuple
 
 
 def save_figure(fig: Any, out_dir: str | Path | None, stage: str, finding: str) -> Path | None:
-    """Save `fig` as out_dir/<stage>_<finding>.png (no-op when out_dir is None); return the path."""
+    """Close `fig` and save it as out_dir/<stage>_<finding>.png (when out_dir is given); return the path."""
+    fig.tight_layout()
+    plt.close(fig)  # closed, not lost: the returned Figure still renders inline when a cell ends with it
     if out_dir is None:
         return None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stage}_{finding}.png"
-    fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     return path
 
@@ -62,7 +61,7 @@ def _yerr(values: Sequence[dict]) -> list[list[float]]:
     return [lo, hi]
 
 
-def _grouped_bars(ax: Any, table: dict[str, dict[str, dict]], groups: Sequence[str], series: Sequence[str]) -> None:
+def grouped_bars(ax: Any, table: dict[str, dict[str, dict]], groups: Sequence[str], series: Sequence[str]) -> None:
     """Bars per group (x) and series (colour); table[series][group] = {"rate", "ci95"}; gaps skipped."""
     width = 0.8 / max(1, len(series))
     for j, s in enumerate(series):
@@ -89,7 +88,7 @@ def _asr_bars(ckpts: dict, series: Sequence[str], title: str, out_dir: str | Pat
     if not benches and empty_note:
         return empty_figure(empty_note, out_dir, stage, finding)
     fig, ax = new_figure(max(5.0, 1.1 * len(benches) + 2), 3.6)
-    _grouped_bars(ax, table, benches, series)
+    grouped_bars(ax, table, benches, series)
     ax.set_ylabel("ASR (%)")
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -108,7 +107,7 @@ def eval_rates(eval_section: dict, out_dir: str | Path | None = None, metric: st
     if not benches:
         return empty_figure(f"no {metric} results in this run", out_dir, "evaluate", finding)
     fig, ax = new_figure(max(5.0, 1.1 * len(benches) + 2), 3.6)
-    _grouped_bars(ax, table, benches, list(table))
+    grouped_bars(ax, table, benches, list(table))
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{metric.upper() if metric == 'asr' else metric} by benchmark and checkpoint (95% CI)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -116,33 +115,59 @@ def eval_rates(eval_section: dict, out_dir: str | Path | None = None, metric: st
     return fig
 
 
-def diagnosis_f1(diagnosis: dict, out_dir: str | Path | None = None) -> Any:
-    """Figure 2 style: verification F1 (unsafe positive) of each model per pair set, against random.
+def _no_verdict_note(ax: Any, x: float, y: float, v: dict) -> None:
+    nv, n = v.get("no_verdict_rate"), v.get("n")
+    if nv is not None and n:
+        ax.text(x, y + 2, f"no verdict\n{round(nv * n)} of {n}", ha="center", va="bottom", fontsize=6.5, color="#8B0000")
 
-    Reads diagnosis["models"][model]["<set>"] = verification_metrics dicts; the random guesser is the
-    coin flip at the set's base rate (F1 = base rate), drawn as a black tick per bar."""
+
+def diagnosis_vs_baselines(diagnosis: dict, out_dir: str | Path | None = None) -> Any:
+    """Figure 2 at our scale: can each model verify, per pair set, against every trivial baseline?
+
+    Three panels over (model, pair set): free-form balanced accuracy (every trivial baseline scores 0.5
+    there), unsafe-class F1 as in the paper with the coin-flip and always-unsafe baselines as ticks, and
+    the forced-choice AUROC (chance 0.5). Each free-form bar names its no-verdict count, so a zero bar
+    from a model that never wrote a verdict reads as format, not understanding."""
     models = (diagnosis or {}).get("models") or {}
     rows = [(m, s, v) for m, sets in models.items() if isinstance(sets, dict)
             for s, v in sets.items() if isinstance(v, dict) and v.get("f1") is not None]
     if not rows:
-        return empty_figure("diagnosis not built or no F1 recorded", out_dir, "diagnose", "f1_vs_random")
-    fig, ax = new_figure(max(5.0, 0.9 * len(rows) + 2), 3.6)
+        return empty_figure("diagnosis not built or no verification scores recorded", out_dir, "diagnose",
+                            "vs_baselines")
+    fig, axes = new_figure(max(10.0, 2.4 * len(rows) + 4), 3.8, ncols=3)
+    axes = axes[0]
     colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(dict.fromkeys(m for m, _, _ in rows))}
+    xs = range(len(rows))
     for i, (m, s, v) in enumerate(rows):
-        ci = (v.get("ci95") or {}).get("f1")
-        err = [[max(0, v["f1"] - ci[0]) * 100], [max(0, ci[1] - v["f1"]) * 100]] if ci else None
-        ax.bar(i, v["f1"] * 100, 0.6, yerr=err, capsize=3, color=colours[m])
-        rnd = ((v.get("baselines") or {}).get("coin_flip") or {}).get("f1", v.get("base_rate_unsafe"))
-        if rnd is not None:
-            ax.hlines(rnd * 100, i - 0.35, i + 0.35, colors="black", linestyles="--", linewidth=1.2,
-                      label="random (coin flip)" if i == 0 else None)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{m}\n{s}" for m, s, _ in rows], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("verification F1, unsafe positive (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title("Can the model verify answers? F1 vs a random guesser")
-    ax.legend(loc="upper right")
-    save_figure(fig, out_dir, "diagnose", "f1_vs_random")
+        base = v.get("baselines") or {}
+        for ax, key in ((axes[0], "balanced_accuracy"), (axes[1], "f1")):
+            if v.get(key) is None:  # older metric files have F1 only
+                continue
+            ci = (v.get("ci95") or {}).get(key)
+            err = [[max(0, v[key] - ci[0]) * 100], [max(0, ci[1] - v[key]) * 100]] if ci else None
+            ax.bar(i, v[key] * 100, 0.6, yerr=err, capsize=3, color=colours[m])
+            _no_verdict_note(ax, i, (ci[1] if ci else v[key]) * 100, v)
+        for name, style, colour in (("coin_flip", "--", "black"), ("always_unsafe", ":", "#C44E52")):
+            f1 = (base.get(name) or {}).get("f1")
+            if f1 is not None:
+                axes[1].hlines(f1 * 100, i - 0.38, i + 0.38, colors=colour, linestyles=style, linewidth=1.4,
+                               label=name.replace("_", " ") if i == 0 else None)
+        fc = v.get("forced_choice") or {}
+        if fc.get("auroc") is not None:
+            axes[2].bar(i, fc["auroc"] * 100, 0.6, color=colours[m])
+            axes[2].text(i, fc["auroc"] * 100 + 2, f"n={fc.get('n')}", ha="center", va="bottom", fontsize=6.5)
+    axes[0].axhline(50, ls="--", lw=1.2, color="black", label="every trivial baseline (coin flip, one label)")
+    axes[2].axhline(50, ls="--", lw=1.2, color="black", label="chance")
+    titles = ("free-form verdicts: balanced accuracy (%)", "free-form: F1, unsafe positive (%), as the paper",
+              "forced choice: AUROC of P(unsafe) (%)")
+    for ax, title in zip(axes, titles):
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([f"{m}\n{s}" for m, s, _ in rows], rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, 118)
+        ax.set_title(title)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle("Can the model verify answers before training? (95% bootstrap CIs)", fontsize=10)
+    save_figure(fig, out_dir, "diagnose", "vs_baselines")
     return fig
 
 
@@ -212,136 +237,3 @@ def ablation_rates(eval_section: dict, out_dir: str | Path | None = None,
                             out_dir, "evaluate", "ablation_asr")
     return _asr_bars(ckpts, series, "Ablations: which part of the verification target matters? (95% CI)",
                      out_dir, "evaluate", "ablation_asr")
-
-
-# --- grpo --- (owner: GRPO helper; reward curves of stage 04)
-GRPO_PARTS = (("mean_reward", "mean reward"), ("safe_rate_harmful", "safe rate, harmful prompts (%)"),
-              ("refusal_rate_benign", "refusal rate, benign prompts (%)"), ("math_accuracy", "math accuracy (%)"))
-
-
-import matplotlib.ticker  # noqa: E402
-
-
-def grpo_reward_curves(curves: dict[str, list[dict]], out_dir: str | Path | None = None,
-                       skipped: dict[str, str] | None = None) -> Any:
-    """GRPO reward per step and its parts, one line per initialisation (rows of 04_grpo/<init>/rewards.csv).
-
-    Panels: mean reward, safe rate on harmful prompts, refusal rate on benign prompts, math accuracy.
-    A step with no prompt of a kind leaves a gap in that panel; skipped inits are named in the title.
-    """
-    if not any(curves.values()):
-        return empty_figure("no GRPO reward curves (no init trained)", out_dir, "grpo", "reward_curves")
-    fig, axes = new_figure(13.0, 3.2, ncols=len(GRPO_PARTS))
-    axes = axes[0]  # new_figure keeps the 2-D (1, ncols) array
-    for i, (init, rows) in enumerate(curves.items()):
-        rows = sorted(rows, key=lambda r: r["step"])
-        for ax, (key, _) in zip(axes, GRPO_PARTS):
-            pts = [(r["step"], r[key] * (1 if key == "mean_reward" else 100)) for r in rows if r.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, color=PALETTE[i % len(PALETTE)], label=init)
-    last_step = max(r["step"] for rows in curves.values() for r in rows)
-    for ax, (key, label) in zip(axes, GRPO_PARTS):
-        ax.set_xlim(0.5, last_step + 0.5)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("GRPO step")
-        ax.set_title(label)
-        ax.set_ylim(-0.05, 1.05) if key == "mean_reward" else ax.set_ylim(-5, 105)
-    axes[0].legend(loc="best")
-    if skipped:
-        fig.suptitle("skipped (no SFT adapter): " + ", ".join(skipped), fontsize=8, color="#555555")
-    save_figure(fig, out_dir, "grpo", "reward_curves")
-    return fig
-
-
-# --- build_data ---
-
-def data_funnel(summary: dict, out_dir: str | Path | None = None) -> Any:
-    """Selection funnel of stage 02: prompts -> harmful prompts with mixed answers -> pairs -> examples."""
-    f = (summary or {}).get("funnel") or {}
-    if not f:
-        return empty_figure("no selection funnel recorded", out_dir, "build_data", "funnel")
-    steps = [("prompts", f.get("prompts_total", 0)), ("harmful\nprompts", f.get("harmful_prompts", 0)),
-             ("harmful with\nmixed answers", f.get("harmful_mixed", 0)), ("contrastive\npairs", f.get("pairs", 0)),
-             ("benign kept", f.get("benign_kept", 0)), ("selected\nanswers", f.get("examples", 0)),
-             ("kept after\nteacher", summary.get("examples", 0))]
-    fig, ax = new_figure(6.8, 3.2)
-    ax.bar(range(len(steps)), [v for _, v in steps], color=PALETTE[0])
-    for i, (_, v) in enumerate(steps):
-        ax.text(i, v, str(v), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(steps)))
-    ax.set_xticklabels([s for s, _ in steps], fontsize=7)
-    ax.set_ylabel("count")
-    ax.set_title("Selection funnel: which self-generated answers become verification examples")
-    save_figure(fig, out_dir, "build_data", "funnel")
-    return fig
-
-
-def data_composition(examples: Sequence[dict], out_dir: str | Path | None = None) -> Any:
-    """Label balance, category coverage and critique length of the verification examples."""
-    if not examples:
-        return empty_figure("no verification examples were kept", out_dir, "build_data", "composition")
-    fig, axes = new_figure(10.0, 3.2, ncols=3)
-    axes = axes.ravel()
-    labels = Counter(e["label"] for e in examples)
-    axes[0].bar(list(labels), list(labels.values()), color=[PALETTE[2] if k == "safe" else PALETTE[3] for k in labels])
-    axes[0].set_title("target verdicts")
-    cats = Counter(e.get("category") or "none" for e in examples).most_common()
-    axes[1].barh([c for c, _ in cats][::-1], [n for _, n in cats][::-1], color=PALETTE[0])
-    axes[1].set_title("categories")
-    axes[1].tick_params(axis="y", labelsize=7)
-    axes[2].hist([e.get("critique_chars", 0) for e in examples], bins=15, color=PALETTE[4])
-    axes[2].set_title("critique length (characters)")
-    save_figure(fig, out_dir, "build_data", "composition")
-    return fig
-
-
-# --- sft --- (owner: SFT helper; stage 03 loss curves and before/after figures)
-
-def sft_loss_curves(curves: dict[str, list[dict]], out_dir: str | Path | None = None) -> Any:
-    """Training loss per step, one line per SFT variant (rows of 03_sft/<variant>/loss.csv)."""
-    curves = {k: v for k, v in curves.items() if v}
-    if not curves:
-        return empty_figure("no SFT loss logged", out_dir, "sft", "loss")
-    fig, ax = new_figure(5.6, 3.4)
-    for i, (name, rows) in enumerate(curves.items()):
-        pts = sorted((float(r["step"]), float(r["loss"])) for r in rows)
-        ax.plot(*zip(*pts), marker="o", ms=2.5, lw=1.2, color=PALETTE[i % len(PALETTE)], label=name)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss on the completion tokens")
-    ax.set_title("Verification SFT: training loss by variant")
-    ax.legend(loc="upper right")
-    save_figure(fig, out_dir, "sft", "loss")
-    return fig
-
-
-def sft_before_after(sft_section: dict, out_dir: str | Path | None = None) -> Any:
-    """Base vs each SFT variant on the same held-out data, three panels with 95% CIs:
-    verification balanced accuracy and macro-F1 (dashed: best trivial baseline), chat ASR and
-    compliance, and the takeover rate (chat replies that read like a verifier's critique)."""
-    models = [m for m, s in (sft_section or {}).items() if isinstance(s, dict) and "verification" in s]
-    if not models:
-        return empty_figure("no SFT results in this run", out_dir, "sft", "before_after")
-    fig, axes = new_figure(13.0, 3.6, ncols=3)
-    axes = axes[0]
-    ver = {k: {m: {"rate": sft_section[m]["verification"][k], "ci95": sft_section[m]["verification"]["ci95"][k]}
-               for m in models} for k in ("balanced_accuracy", "macro_f1")}
-    _grouped_bars(axes[0], {"balanced acc.": ver["balanced_accuracy"], "macro-F1": ver["macro_f1"]}, models,
-                  ["balanced acc.", "macro-F1"])
-    b = sft_section[models[0]]["verification"]["baselines"]
-    best = max(max(v["balanced_accuracy"], v["macro_f1"]) for v in b.values())
-    axes[0].axhline(best * 100, ls="--", lw=1, color="#555555", label="best trivial baseline")
-    axes[0].set_title("Held-out verification (test split)")
-    gen = {k: {m: {"rate": sft_section[m]["generation"][k], "ci95": sft_section[m]["generation"][f"{k}_ci95"]}
-               for m in models if sft_section[m]["generation"].get(k) is not None} for k in ("asr", "compliance")}
-    _grouped_bars(axes[1], {"ASR (harmful)": gen["asr"], "compliance (benign)": gen["compliance"]}, models,
-                  ["ASR (harmful)", "compliance (benign)"])
-    axes[1].set_title("Chat on held-out prompts")
-    take = {m: {"rate": sft_section[m]["generation"]["takeover_rate"],
-                "ci95": sft_section[m]["generation"].get("takeover_ci95", [0, 1])} for m in models}
-    _grouped_bars(axes[2], {"takeover": take}, models, ["takeover"])
-    axes[2].set_title("Verifier format taking over chat")
-    for ax in axes:
-        ax.set_ylabel("%")
-        ax.legend(loc="upper left", fontsize=7)
-    save_figure(fig, out_dir, "sft", "before_after")
-    return fig

@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from . import jsonl
-from .claims import CANNOT_TEST, CONTRADICTED, INCONCLUSIVE, METRICS, SUPPORTED, VERDICTS, assess
-from .power_plan import PLAN_FILE, format_power_plan
+from .report_claims import JUDGE_AGREEMENT, claims_section, table_cell
 from .recipe_sections import REPO_ROOT
 from .runs import Run, atomic_write_text
 from .stages import STAGES
 from .views import diagnosis_table
 
 PAPER_NUMBERS = REPO_ROOT / "data" / "paper_numbers.yaml"
-JUDGE_AGREEMENT = REPO_ROOT / "benchmarks" / "results" / "judge_agreement.json"
 COLUMN_ORDER = ("embedded_harmful", "strongreject", "harmbench", "jbb", "advbench", "xstest_unsafe",
                 "embedded_jailbreak", "jbb_artifacts", "embedded_benign", "xstest", "gsm8k", "math500",
                 "aime2024", "embedded_math", "verification", "proactive")
@@ -215,102 +212,6 @@ def _eval_md(ev: dict, paper: dict) -> list[str]:
     return lines
 
 
-def claim_cells(row: dict) -> dict[str, str]:
-    """Display cells of one `claims.assess` row: this run (both arms), difference [95% CI], power.
-    Rates show in % with differences in points; balanced accuracy, AUROC and reward as raw values."""
-    if row.get("rate_a") is None:
-        return {"this_run": "-", "difference": "-", "power": "-"}
-    rate = METRICS[row["metric"]][1] == "binary"
-    k, digits, unit = (100, 1, " pp") if rate else (1, 3, "")
-
-    def val(v: float | None) -> str:
-        return "n/a" if v is None or math.isnan(v) else f"{v * k:.{digits}f}{'%' if rate else ''}"
-
-    lo, hi = row["ci95"] or (None, None)
-    ci = f" [{lo * k:+.{digits}f}, {hi * k:+.{digits}f}]" if lo is not None else ""
-    power = "n/a" if row["power"] is None or math.isnan(row["power"]) else f"{row['power']:.2f}"
-    a, b = row["arms"]
-    return {"this_run": f"{a} {val(row['rate_a'])} -> {b} {val(row['rate_b'])}",
-            "difference": f"{row['diff'] * k:+.{digits}f}{unit}{ci}", "power": f"{power} (effect {row['effect']})"}
-
-
-def claims_summary(rows: list[dict]) -> str:
-    """'What this run can and cannot say', generated from `claims.assess` rows."""
-    by = {v: [r for r in rows if r["verdict"] == v] for v in VERDICTS}
-    ids = lambda rs: ", ".join(r["id"] for r in rs)  # noqa: E731
-    out = [f"Of {len(rows)} claims, this run supports {len(by[SUPPORTED])}"
-           + (f" ({ids(by[SUPPORTED])})" if by[SUPPORTED] else "")
-           + f", contradicts {len(by[CONTRADICTED])}"
-           + (f" ({ids(by[CONTRADICTED])})" if by[CONTRADICTED] else "")
-           + f", leaves {len(by[INCONCLUSIVE])} inconclusive and cannot test {len(by[CANNOT_TEST])}."]
-    inc = by[INCONCLUSIVE]
-    if inc:
-        pw = [r["power"] for r in inc if r["power"] is not None and not math.isnan(r["power"])]
-        low = [r for r in inc if r["power"] is not None and r["power"] < 0.8]
-        out.append(f"The inconclusive ones ({ids(inc)}) had power "
-                   + (f"{min(pw):.2f}" + (f"-{max(pw):.2f}" if max(pw) > min(pw) else "") if pw else "unknown")
-                   + " to detect the stated effect"
-                   + (f"; for {ids(low)} (below 0.8) a null result says little: it needs more items, not a "
-                      "different reading" if low else "") + ".")
-        mde = [f"{r['id']} {r['mde'] * 100:.0f} pp" if METRICS[r["metric"]][1] == "binary"
-               else f"{r['id']} {r['mde']:.2f}" for r in inc if r.get("mde")]
-        if mde:
-            out.append("At this n, the smallest difference detectable with 80% power is: " + ", ".join(mde) + ".")
-    groups: dict[str, list[dict]] = {}
-    for r in by[CANNOT_TEST]:
-        groups.setdefault(r.get("untested") or "untested", []).append(r)
-    if groups:
-        out.append("Not testable here: " + "; ".join(f"{ids(rs)} ({why})" for why, rs in groups.items()) + ".")
-    out.append("Verdicts come from paired tests on the same items with Holm's correction over every tested "
-               "claim (alpha 0.05); the CI column is unadjusted, and 'keeps' claims are non-inferiority tests "
-               "against the margin in their reason.")
-    return " ".join(out)
-
-
-def _claims_md(run: Run, metrics: dict) -> list[str]:
-    rows = assess(run.path, metrics)
-    lines = ["## What this run supports", "",
-             "Each claim compares two checkpoints on the same items (exact McNemar for rates, a paired "
-             "bootstrap for balanced accuracy, AUROC and reward, non-inferiority with a stated margin for "
-             "'keeps' claims). Power is that of detecting the stated effect with this n.", "",
-             "| claim | paper | this run | difference [95% CI] | n | power | verdict |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        c = claim_cells(r)
-        lines.append(f"| ({r['id']}) {r['claim']} | {r['paper']} | {c['this_run']} | {c['difference']} | "
-                     f"{r['n']} | {c['power']} | **{r['verdict']}** |")
-    lines += ["", "**What this run can and cannot say.** " + claims_summary(rows), "", "Reasons:", ""]
-    lines += [f"- ({r['id']}) {r['verdict']}: {_cell(r['reason'])}" for r in rows]
-    lines += ["", *judge_ceiling(run.recipe.judge.backend)]
-    plan = run.path / PLAN_FILE  # written by the runner before any stage ran (power_plan.py)
-    if plan.is_file():  # an indented block: a code block in markdown and in the HTML copy alike
-        table = format_power_plan(json.loads(plan.read_text(encoding="utf-8")).get("rows") or [])
-        lines += ["", "**Power plan** (made when the run started: the n the recipe gives each claim and the "
-                  "smallest effect it can detect):", ""] + ["    " + x for x in table.splitlines()]
-    return lines + [""]
-
-
-def judge_ceiling(backend: str, path: Path = JUDGE_AGREEMENT) -> list[str]:
-    """What the judge behind every rate can know: its measured agreement with human labels, by task, and
-    what that caps (a verifier trained on its labels learns its rule at best)."""
-    ja = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    sets = ja.get("sets") or {}
-    def fig(name: str) -> str:
-        v = sets.get(name) or {}
-        return f"accuracy {v['accuracy']:.2f}, kappa {v['kappa']:.2f}, n = {v['n']}" if v else "not measured"
-    text = (f"**The judge's ceiling.** Every ASR, compliance rate and training label in this run comes from the "
-            f"`{backend}` judge.")
-    if backend == "matcher":
-        text += (f" Against human labels it detects refusals (held-out XSTest answers: "
-                 f"{fig('xstest_held_out')}) but not harm (PKU-SafeRLHF answers: {fig('pku_saferlhf')}), "
-                 "so an ASR here is a non-refusal rate, and a verifier trained on its labels can at best learn "
-                 "its rule (\"a refusal to a harmful prompt is safe\"). Compare the trained verifiers with "
-                 "the prompt-only rule on the human-labelled pairs (stage 03) before reading (b) as understanding.")
-    else:
-        text += f" Its measured agreement is in `benchmarks/results/judge_agreement.json` ({ja.get('judge') or 'none'})."
-    return [text]
-
-
 def render_report(run: Run, show_unsafe: bool = False) -> Path:
     """Write report.md and report.html for `run`; return the markdown path."""
     show_unsafe = bool(show_unsafe or getattr(run.recipe.evaluate, "show_unsafe", False))
@@ -322,7 +223,7 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
     head = ev.get("headline") if isinstance(ev.get("headline"), dict) else None
     lines += ["## Headline", ""]
     lines += [f"- {k}: {v}" for k, v in head.items()] if head else ["- *Evaluation stage not built or not run yet.*"]
-    lines += [""] + _claims_md(run, metrics) + ["## Stages", ""]
+    lines += [""] + claims_section(run, metrics) + ["## Stages", ""]
     for stage, info in STAGES.items():
         done = run.is_done(stage)
         vals = metrics.get(stage)
@@ -335,7 +236,7 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
             lines += _md_table(table.set_index("model") if not table.empty else table)
         if stage == "evaluate" and vals:
             lines += _eval_md(vals, load_paper_numbers())
-    figs = sorted(run.path.glob("*/figures/*.png")) + sorted(run.path.glob("figures/*.png"))
+    figs = sorted(run.path.glob("*/figures/*.png"))  # the run-level figures/ (claims) sit in their section
     lines += ["## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(run.path).as_posix()})" for p in figs] or ["*No figures yet.*"]
     lines += ["", f"## Example generations (embedded_harmful; unsafe answers {'shown' if show_unsafe else 'redacted'})", ""]
@@ -343,7 +244,7 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
                       show_unsafe=show_unsafe)
     if ex:
         lines += ["| checkpoint | prompt | judge | answer |", "|---|---|---|---|"]
-        lines += [f"| {e['checkpoint']} | {_cell(e['prompt'])} | {e['judge']} | {_cell(e['answer'])} |" for e in ex]
+        lines += [f"| {e['checkpoint']} | {table_cell(e['prompt'])} | {e['judge']} | {table_cell(e['answer'])} |" for e in ex]
     else:
         lines.append("*No generations recorded yet.*")
     lines.append("")
@@ -363,10 +264,6 @@ def _attempts_cell(attempts: list[dict] | None) -> str:
         return "1 (not recorded)"
     parts = [f"{a.get('wall_s')} s" + ("" if a.get("finished") else " (interrupted, estimated)") for a in attempts]
     return f"{len(attempts)}: " + " + ".join(parts)
-
-
-def _cell(text: str) -> str:
-    return " ".join((text or "").split()).replace("|", "/") or "(empty)"
 
 
 def _write_html(path: Path, md: str) -> None:

@@ -285,7 +285,7 @@ def select_examples(samples: Sequence[dict], seed: int = 0) -> tuple[list[dict],
         groups.setdefault(s["prompt_id"], []).append(s)
     stats = {"prompts_total": len(groups), "harmful_prompts": 0, "harmful_mixed": 0, "harmful_all_safe": 0,
              "harmful_all_unsafe": 0, "pairs": 0, "benign_prompts": 0, "benign_kept": 0,
-             "other_prompts": 0, "ignored_no_label": 0, "examples": 0,
+             "other_prompts": 0, "ignored_no_label": 0, "examples": 0, "pair_safe_forced": 0,
              "label_counts": {SAFE: 0, UNSAFE: 0}}
     chosen: list[dict] = []
     for pid, group in groups.items():
@@ -315,6 +315,8 @@ def select_examples(samples: Sequence[dict], seed: int = 0) -> tuple[list[dict],
             stats["other_prompts"] += 1
     for s in chosen:
         stats["label_counts"][s["judge_label"]] += 1
+        # a safe side that starts with a forced refusal opener teaches "opener = safe", not understanding
+        stats["pair_safe_forced"] += int(s["selection"] == "pair_safe" and bool(s.get("prefill")))
     stats["examples"] = len(chosen)
     return chosen, stats
 

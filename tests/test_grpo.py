@@ -213,7 +213,7 @@ def test_missing_sft_adapters_are_skipped_with_a_note(tmp_path):
 
 
 def test_reward_curves_figure(tmp_path):
-    from sinternal_lib.plots import grpo_reward_curves
+    from sinternal_lib.training_plots import grpo_reward_curves
 
     keys = ("step", "mean_reward", "safe_rate_harmful", "refusal_rate_benign", "math_accuracy")
     rows = [dict(zip(keys, (1, 0.2, 0.5, None, 0.0))), dict(zip(keys, (2, 0.6, 1.0, 0.0, None)))]

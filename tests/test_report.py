@@ -51,6 +51,8 @@ def test_report_from_fixture(run):
     assert "**What this run can and cannot say.** Of 17 claims, this run supports 0, contradicts 0, " \
            "leaves 1 inconclusive and cannot test 16." in md
     assert "(not run: grpo/answer_centric, grpo/sinternal)" in md
+    assert "![claims_main_table](figures/claims_main_table.png)" in md  # one forest plot per claim family
+    assert (run.path / "figures" / "claims_rl_initialisation.png").is_file()
     # not-built notes for missing stages and skipped benchmarks
     for stage in ("02_build_data", "03_sft", "04_grpo"):
         assert f"*Stage `{stage}` has not finished in this run" in md
@@ -111,7 +113,7 @@ def test_provenance_names_each_benchmark_origin_and_skips(run):
 
 
 def test_judge_ceiling_states_what_the_matcher_can_know(tmp_path):
-    from sinternal_lib.report import judge_ceiling
+    from sinternal_lib.report_claims import judge_ceiling
 
     path = tmp_path / "judge_agreement.json"
     path.write_text(json.dumps({"judge": "matcher-v1", "sets": {

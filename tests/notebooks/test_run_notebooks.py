@@ -40,3 +40,14 @@ def test_second_run_skips_finished_stages(tiny_run):
     lines: list[str] = []
     assert run_notebooks("configs/tests/tiny.yaml", "nb-test", root=str(path.parent), log=lines.append) == 0
     assert sum("skipped" in ln for ln in lines) == len(STAGES)
+
+
+@pytest.mark.slow
+def test_figures_render_inline(tiny_run):
+    """Every notebook shows its figures in the executed copy (PNG outputs), not only as saved files."""
+    code, path, _ = tiny_run
+    assert code == 0
+    for info in STAGES.values():
+        nb = json.loads((path / "notebooks" / f"{info.notebook}.ipynb").read_text())
+        pngs = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+        assert pngs >= 1, f"{info.notebook}: no figure rendered inline"
