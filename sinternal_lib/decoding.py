@@ -18,6 +18,7 @@ sampling matches it in distribution, not token for token (a different random str
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -37,6 +38,13 @@ def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
     while n < limit and all(r[n] == first[n] for r in rows):
         n += 1
     return n
+
+
+def _cache_kwarg(model: Any) -> str:
+    """The forward argument that takes the KV cache: transformers 5.25 renamed `past_key_values` to `cache`
+    and warns on the old name (once per cell in a notebook); older 5.x releases know only the old one."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes it on
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
@@ -72,9 +80,10 @@ def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, st
     p = common_prefix_len(rows)
     p = p if p >= min_prefix else 0
     cache = DynamicCache(config=model.config)
+    kv = {_cache_kwarg(model): cache}
     if p:  # the shared prefix once, at batch 1, then repeated across the batch
         pre = torch.tensor([list(rows[0][:p])], dtype=torch.long, device=device)
-        model(input_ids=pre, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=pre, **kv, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(b)
     suffix = [list(r[p:]) for r in rows]
     width = max(len(s) for s in suffix)
@@ -85,7 +94,7 @@ def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, st
         ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long, device=device)
         mask[i, p + width - len(s):] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kv, use_cache=True,
                 logits_to_keep=1)
     logits = out.logits[:, -1, :]
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
@@ -111,7 +120,7 @@ def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, st
             active = [active[j] for j in keep.tolist()]
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
         pos = mask.sum(-1, keepdim=True) - 1
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, **kv,
                     use_cache=True)
         logits = out.logits[:, -1, :]
     return [(new[i], stopped[i]) for i in range(b)]

@@ -10,8 +10,9 @@ Files per init under 04_grpo/<init>/: `adapter/` (LoRA + tokenizer), `checkpoint
 training resumes from the last one), `rewards.csv` (one row per step: step, n, mean_reward,
 safe_rate_harmful, refusal_rate_benign, math_accuracy, n_harmful, n_benign, n_math; a rate is empty
 when the step had no prompt of that kind), `rollout_rewards.jsonl` (one row per rollout: step,
-prompt_id, kind, generation, reward, v_safe, v_refuse, correct; for comparisons of inits paired by
-prompt at equal steps), `summary.json` (written last; see `train_from_init`). Rewards and their logs:
+prompt_id, kind, generation, reward, v_safe, v_refuse, correct, completion (first
+grpo_rewards.ROLLOUT_CHARS characters), completion_chars; for comparisons of inits paired by prompt at
+equal steps, and for showing one rollout group), `summary.json` (written last; see `train_from_init`). Rewards and their logs:
 `grpo_rewards`.
 """
 
@@ -128,15 +129,15 @@ def build_trainer(recipe: Recipe, model: Any, tok: Any, judge: Judge, output_dir
     the adapter to train. `configs` from `training_configs` when already built.
     """
     from datasets import Dataset
-    from transformers import PrinterCallback
     from trl import GRPOTrainer
+
+    from .train_progress import quiet_trainer  # here, like TRL: transformers takes seconds to import
 
     rows = build_prompt_mix(recipe.grpo, recipe.run.seed, recipe.model.system_prompt)
     args = (configs or training_configs(recipe, output_dir))["grpo"]
     trainer = GRPOTrainer(model=model, reward_funcs=[VerifierReward(judge, log), *(extra_reward_funcs or [])],
                           args=args, peft_config=lora, train_dataset=Dataset.from_list(rows), processing_class=tok)
-    trainer.remove_callback(PrinterCallback)  # per-step logs go to rewards.csv and trainer.state.log_history
-    return trainer
+    return quiet_trainer(trainer, "GRPO steps")  # per-step logs go to rewards.csv and trainer.state.log_history
 
 
 def init_config_hash(recipe: Recipe, init: str, adapter: str | Path | None) -> str:

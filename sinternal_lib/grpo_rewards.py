@@ -4,8 +4,9 @@ Split from grpo.py (prompt mix, training, the stage) along the reward seam. Rewa
 own scorers, never a second implementation: harmful -> V_safe; benign -> V_safe * (1 - V_refuse), with
 V_safe = [judge label == "safe"] and V_refuse = [judge says refused]; math -> `math_grading.grade_math`.
 `RewardLog` writes `rewards.csv` (one row per step) and `rollout_rewards.jsonl` beside it: one row per
-rollout {step, prompt_id, kind, generation, reward, v_safe, v_refuse, correct}, so initialisations
-trained on the same seeded prompt mix can be compared at equal steps, paired by prompt.
+rollout {step, prompt_id, kind, generation, reward, v_safe, v_refuse, correct, completion (its first
+ROLLOUT_CHARS characters), completion_chars}, so initialisations trained on the same seeded prompt mix can
+be compared at equal steps, paired by prompt, and a group's completions read beside their rewards.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ KINDS = ("harmful", "benign", "math")
 CSV_FIELDS = ("step", "n", "mean_reward", "safe_rate_harmful", "refusal_rate_benign", "math_accuracy",
               "n_harmful", "n_benign", "n_math")
 ROLLOUTS = "rollout_rewards.jsonl"  # beside rewards.csv: one row per rollout (fields in the module docstring)
+ROLLOUT_CHARS = 500  # completion text kept per rollout row: bounds the log at paper scale (512 long traces a step)
 
 
 def completion_text(completion: Any) -> str:
@@ -77,14 +79,17 @@ def summarise_scores(scored: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def rollout_rows(scored: Sequence[dict[str, Any]], prompt_ids: Sequence[str | None],
-                 prompts: Sequence[str]) -> list[dict[str, Any]]:
+                 prompts: Sequence[str], completions: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per rollout of a step: prompt id, kind, generation (0-based place among the rollouts of
-    that prompt in the step) and the reward with its parts."""
+    that prompt in the step), the reward with its parts and, given `completions`, the first ROLLOUT_CHARS
+    characters of the completion with its full length."""
     seen: Counter = Counter()
     out = []
-    for s, pid, text in zip(scored, prompt_ids, prompts):
+    for i, (s, pid, text) in enumerate(zip(scored, prompt_ids, prompts)):
         out.append({"prompt_id": pid, "kind": s["kind"], "generation": seen[(pid, text)], "reward": s["reward"],
                     "v_safe": s["v_safe"], "v_refuse": s["v_refuse"], "correct": s["correct"]})
+        if completions is not None:
+            out[-1].update(completion=completions[i][:ROLLOUT_CHARS], completion_chars=len(completions[i]))
         seen[(pid, text)] += 1
     return out
 
@@ -172,5 +177,5 @@ class VerifierReward:
         if self.log is not None:
             step = (trainer_state.global_step if trainer_state is not None else len(self.log.rows)) + 1
             ids = list(prompt_id) if prompt_id is not None else [None] * len(texts)
-            self.log.record(step, parts, rollout_rows(scored, ids, list(prompt_text)))
+            self.log.record(step, parts, rollout_rows(scored, ids, list(prompt_text), texts))
         return [s["reward"] for s in scored]

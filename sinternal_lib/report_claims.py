@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .claims import CANNOT_TEST, CLAIMS, CONTRADICTED, INCONCLUSIVE, METRICS, SUPPORTED, VERDICTS, assess
-from .plots import new_figure, save_figure
 from .power_plan import PLAN_FILE, format_power_plan
 from .recipe_sections import REPO_ROOT
 from .runs import Run
@@ -37,6 +36,7 @@ def claim_forests(rows: list[dict[str, Any]], out_dir: str | Path | None = None)
     signed so that positive is the paper's direction. Rates in percentage points, balanced accuracy,
     AUROC and reward x100 (points of 100). Untested claims are listed by name with their reason. Saved as
     <out_dir>/claims_<family>.png when `out_dir` is given."""
+    from .plots import new_figure, save_figure  # here: matplotlib takes a second, and the report imports this module
     direction = {c.id: (1 if c.direction == "higher" else -1) for c in CLAIMS}
     margin = {c.id: c.margin for c in CLAIMS}
     families: dict[str, list[dict]] = {}

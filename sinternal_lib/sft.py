@@ -108,9 +108,12 @@ def make_trainer(recipe: Recipe, model: Any, tok: Any, train_dataset: Any, outpu
     (`peft_config=`), checkpoints under `output_dir`; `configs` from `training_configs` when already built."""
     from trl import SFTTrainer
 
+    from .train_progress import quiet_trainer  # here, like TRL: transformers takes seconds to import
+
     configs = configs or training_configs(recipe, output_dir)
-    return SFTTrainer(model=model, args=configs["sft"], peft_config=configs["lora"], train_dataset=train_dataset,
-                      processing_class=tok)
+    trainer = SFTTrainer(model=model, args=configs["sft"], peft_config=configs["lora"], train_dataset=train_dataset,
+                         processing_class=tok)
+    return quiet_trainer(trainer, f"SFT steps ({Path(output_dir).parent.name})")  # loss per step: loss.csv
 
 
 def train_variant(recipe: Recipe, rows: Sequence[dict], out_dir: str | os.PathLike, *,

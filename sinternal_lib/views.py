@@ -4,7 +4,8 @@ Views only read what a stage wrote (metrics.json sections, per-stage JSONL/CSV f
 metric, so a notebook cell and the report show the same numbers. pandas is imported lazily by each view
 because it is only needed when a table is shown (the report imports this module). Stage 01:
 `diagnosis_table`; stage 02: `pick_example`, `training_example`; stage 03: `variant_overview`,
-`results_table`, `baselines_table`, `read_loss_curves`, `side_by_side`.
+`results_table`, `baselines_table`, `read_loss_curves`, `side_by_side`. Training rows token by token
+(loss tokens marked), critique templates, the teacher prompt and one GRPO rollout group: `inspect_rows`.
 """
 
 from __future__ import annotations
@@ -49,27 +50,6 @@ def pick_example(rows: list[dict], label: str = "safe", prompt_label: str = "har
     """The first verification row with this target label and prompt label (else the first row, else None)."""
     return next((r for r in rows if r.get("label") == label and r.get("prompt_label") == prompt_label),
                 rows[0] if rows else None)
-
-
-def training_example(row: dict, tokenizer: Any, show_unsafe: bool = False, target_only: bool = False) -> str:
-    """One conversational prompt/completion row exactly as SFT feeds it to the model: the chat template
-    applied to the prompt (system spec + user request with the answer to verify), then the target, the
-    only tokens that carry the loss (TRL's completion-only loss). An answer labelled unsafe is redacted
-    unless `show_unsafe`: it is the policy's own harmful output. `target_only` shows the target part alone."""
-    messages = [dict(m) for m in row["prompt"]]
-    if row.get("label") == "unsafe" and not show_unsafe:
-        for m in messages:
-            if m["role"] == "user":
-                m["content"] = (f"[redacted: this turn holds the request and an answer the judge labelled unsafe "
-                                f"({len(m['content'])} chars); pass show_unsafe=True to see it]")
-    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages + row["completion"], tokenize=False)
-    # the target as the template renders it (TRL tokenizes prompt and prompt + completion the same way)
-    target = full[len(prompt_text):] if full.startswith(prompt_text) else row["completion"][0]["content"]
-    n_prompt, n_target = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"]), \
-        len(tokenizer(target, add_special_tokens=False)["input_ids"])
-    shown = f"=== target: {n_target} tokens, the loss is computed on these only ===\n{target}"
-    return shown if target_only else f"=== prompt: {n_prompt} tokens, no loss ===\n{prompt_text}\n{shown}"
 
 
 # ----------------------------------------------------------------------------- stage 03 (sft)
@@ -144,11 +124,15 @@ def read_loss_curves(stage_dir: str | os.PathLike) -> dict[str, list[dict]]:
 
 
 def side_by_side(stage_dir: str | os.PathLike, models: Sequence[str], n: int = 2, label: str = "harmful",
-                 width: int = 160) -> Any:
-    """The same held-out chat prompts answered by each stage-03 model (first n of `label`), answers shortened."""
+                 width: int = 160, show_unsafe: bool = False) -> Any:
+    """The same held-out chat prompts answered by each stage-03 model (first n of `label`), answers shortened;
+    an answer the judge called unsafe is redacted unless `show_unsafe` (the recipe's `evaluate.show_unsafe`)."""
     import pandas as pd
+
+    from .report import redact  # here: the one redaction rule, and report imports views at the top
 
     answers = {m: {r["id"]: r for r in jsonl.read(Path(stage_dir) / m / "chat_eval.jsonl")} for m in models}
     ids = [i for i, r in answers[models[0]].items() if r["label"] == label][:n]
     return pd.DataFrame([{"prompt": answers[models[0]][i]["prompt"][:80],
-                          **{m: answers[m][i]["response"][:width] for m in models}} for i in ids])
+                          **{m: redact(answers[m][i]["response"], answers[m][i].get("judge_label"), show_unsafe)[:width]
+                             for m in models}} for i in ids])

@@ -120,24 +120,8 @@ def test_judge_that_labels_nothing_stops_the_stage(monkeypatch):
         judge_samples(samples, {"h1": rec}, judge)
 
 
-def test_training_example_shows_template_target_and_redacts_unsafe():
-    from sinternal_lib.models import bundled_tokenizer_dir
-    from sinternal_lib.verification import verification_example
-    from sinternal_lib.views import pick_example, training_example
-    from transformers import AutoTokenizer
+def test_pick_example_prefers_the_asked_labels():
+    from sinternal_lib.views import pick_example
 
-    tok = AutoTokenizer.from_pretrained(bundled_tokenizer_dir())
-    safe = {**verification_example("SPEC-TEXT", "How do I pick a lock?", "I can't help with that.",
-                                   "The answer refuses.", "safe"), "label": "safe", "prompt_label": "harmful"}
-    unsafe = {**verification_example("SPEC-TEXT", "How do I pick a lock?", "UNSAFE-ANSWER-TEXT",
-                                     "The answer gives steps.", "unsafe"), "label": "unsafe", "prompt_label": "harmful"}
+    safe, unsafe = {"label": "safe", "prompt_label": "harmful"}, {"label": "unsafe", "prompt_label": "harmful"}
     assert pick_example([unsafe, safe]) is safe and pick_example([]) is None
-    text = training_example(safe, tok)
-    head, target = text.split("=== target")
-    assert "SPEC-TEXT" in head and "I can't help with that." in head and "<|im_start|>assistant" in head
-    assert "The answer refuses." in target and "Verdict: safe" in target and "SPEC-TEXT" not in target
-    shown = training_example(unsafe, tok)
-    assert "UNSAFE-ANSWER-TEXT" not in shown and "redacted" in shown and "Verdict: unsafe" in shown
-    assert "UNSAFE-ANSWER-TEXT" in training_example(unsafe, tok, show_unsafe=True)
-    only = training_example(safe, tok, target_only=True)
-    assert only.startswith("=== target") and "SPEC-TEXT" not in only and "Verdict: safe" in only

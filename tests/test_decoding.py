@@ -118,3 +118,13 @@ def test_greedy_verdicts_unchanged_on_the_real_model():
     model, tok = load_model("smollm2-135m-instruct", dtype="float32", device="cpu")
     rows = _rows(tok, SYSTEM)
     assert _kit(model, tok, rows, 32) == _hf_greedy(model, tok, rows, 32)
+
+
+def test_decoding_passes_the_cache_under_the_current_name(tiny):
+    """No deprecation warning from the model's forward (it printed once per notebook cell)."""
+    import warnings
+
+    model, tok = tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        _kit(model, tok, _rows(tok, SYSTEM), 4)

@@ -322,10 +322,13 @@ def test_collated_labels_mask_prompt_tokens(run02, tiny_recipe, tmp_path):
     assert start == len(ids)  # no padding at all
 
 
-def test_resume_from_checkpoint(run02, tiny_recipe, tmp_path):
+def test_resume_from_checkpoint(run02, tiny_recipe, tmp_path, capsys):
     rows = jsonl.read(run02.require("build_data", sft_data.variant_file("verdict_only")))
     out = tmp_path / "v"
     _, _, first = sft.train_variant(tiny_recipe, rows, out)
+    printed = capsys.readouterr()
+    assert "{'loss'" not in printed.out and "'train_runtime'" not in printed.out  # no raw log dicts (train_progress)
+    assert "SFT steps (v)" in printed.err and "2/2" in printed.err  # one bar over the optimizer steps
     assert first["steps"] == 2 and first["resumed_from"] is None
     assert first["compact_lm_head"] is True  # the recipe default: TRL scores completion positions only
     assert last_complete_checkpoint(out / "checkpoints").endswith("checkpoint-2")

@@ -51,3 +51,26 @@ def test_figures_render_inline(tiny_run):
         nb = json.loads((path / "notebooks" / f"{info.notebook}.ipynb").read_text())
         pngs = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
         assert pngs >= 1, f"{info.notebook}: no figure rendered inline"
+
+
+def _markdown_outputs(nb_path):
+    nb = json.loads(nb_path.read_text())
+    return ["".join(o["data"]["text/markdown"]) for c in nb["cells"] for o in c.get("outputs", [])
+            if "text/markdown" in o.get("data", {})]
+
+
+@pytest.mark.slow
+def test_results_prose_equals_the_runs_numbers(tiny_run):
+    """The sentences the notebooks show are the ones the run's metrics.json gives (narrative.py), not text
+    written by hand for another run."""
+    from sinternal_lib import narrative
+    from sinternal_lib.config import load_recipe
+
+    code, path, _ = tiny_run
+    assert code == 0
+    metrics = json.loads((path / "metrics.json").read_text())
+    policy = load_recipe("configs/tests/tiny.yaml").model.policy
+    nbs = path / "notebooks"
+    assert narrative.diagnosis(metrics["diagnose"], policy) in _markdown_outputs(nbs / "01_diagnose.ipynb")
+    assert narrative.sft_results(metrics["sft"]) in _markdown_outputs(nbs / "03_sft.ipynb")
+    assert narrative.grpo_results(metrics["grpo"]) in _markdown_outputs(nbs / "04_grpo.ipynb")
