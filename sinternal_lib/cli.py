@@ -6,9 +6,11 @@
 
 First the power plan (per claim the n the recipe gives and the effect it can detect: `power_plan.py`;
 also written to `runs/<run>/power_plan.json`), then one progress line per notebook with its time. A
-stage whose manifest matches its current config and inputs is skipped (`--force` redoes it). On failure
-the runner names the notebook and the failing cell and keeps the partly executed copy. The run folder
-is locked while the runner works on it.
+stage whose manifest matches its current config and inputs is skipped (`--force` redoes it). Without
+`--force` a finished stage of another config is never replaced: the runner stops before the first notebook
+and names the changed keys; a finished stage that is redone is kept per config and restored when its
+config comes back (`kept_stages`). On failure the runner names the notebook and the failing cell and keeps
+the partly executed copy. The run folder is locked while the runner works on it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from .power_plan import format_power_plan, write_power_plan
 from .recipe_checks import RecipeError
 from .recipe_sections import REPO_ROOT
 from .report import headline, render_report
-from .runs import Run, RunLocked, StageIncomplete, stage_for
+from .kept_stages import prepare, refusal
+from .runs import Run, RunLocked, StageIncomplete, read_manifest, stage_for
 from .stages import STAGES, stage_info
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -93,6 +96,12 @@ def run_notebooks(
     except RunLocked as e:
         log(f"error: {e}")
         return 2
+    refused = [] if force else [e for e in (refusal(stage_for(run, s), runner=True) for s in stages) if e]
+    for e in refused:  # before writing anything: the finished run stays as it was
+        log(f"error: {e}")
+    if refused:
+        run.release()
+        return 2
     run.write_env()
     out_dir = run.path / "notebooks"
     out_dir.mkdir(exist_ok=True)
@@ -109,11 +118,13 @@ def run_notebooks(
             out = out_dir / nb.name
             st = stage_for(run, stage)
             try:
-                complete = st.is_complete()
+                read_manifest(st.dir)
             except StageIncomplete as e:  # corrupt manifest: say so, drop it and redo the stage
                 log(f"  {nb.stem:<32} {e}; redoing the stage")
                 st.invalidate()
-                complete = False
+            if (note := prepare(st, force)):  # a kept copy of this config comes back, or the finished one is kept
+                log(f"  {nb.stem:<32} {note}")
+            complete = st.is_complete()
             if not force and complete and executed_ok(out):
                 log(f"  {nb.stem:<32} skipped (finished, config and inputs unchanged)")
                 continue
@@ -152,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--run-name", default=None, help="run folder name (default: the recipe's run.name)")
     r.add_argument("--only", action="append", help="stage to run (e.g. 03 or sft); repeatable")
     r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="recipe override")
-    r.add_argument("--force", action="store_true", help="redo stages even when finished")
+    r.add_argument("--force", action="store_true", help="redo stages even when finished, and replace finished stages of another config (kept in <stage>.previous/)")
     r.add_argument("--runs-root", default=None, help="folder holding run folders (default: recipe run.output_root)")
     rep = sub.add_parser("report", help="render runs/<run>/report.md from metrics.json")
     rep.add_argument("--run-name", required=True)

@@ -1,7 +1,7 @@
 """Run folders: one folder per run, one subfolder per stage, a manifest written last.
 
-Layout (`runs/<run>/`): `recipe.yaml` (resolved), `env.json`, `notebooks/` (executed copies),
-`01_diagnose/ 02_build_data/ 03_sft/ 04_grpo/ 05_evaluate/` and `metrics.json` (one section per stage).
+Layout (`runs/<run>/`): `recipe.yaml` (resolved), `env.json`, `notebooks/` (executed copies), `metrics.json`,
+`01_diagnose/` ... `05_evaluate/`, and finished stages set aside per config (`<folder>.previous/`: `kept_stages`).
 
 A stage is complete only when its `manifest.json` exists and matches the current config hash and the
 hashes of its inputs; the manifest is written atomically (temp file + rename) as the stage's last act,
@@ -91,6 +91,7 @@ class Stage:
     config: dict[str, Any]
     inputs: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    _reused: dict | None = field(default=None, init=False, repr=False)  # the manifest begin() found complete
 
     @property
     def dir(self) -> Path:
@@ -128,38 +129,42 @@ class Stage:
         """Remove the manifest so the stage counts as unfinished (outputs are rewritten by the rerun)."""
         self.manifest_path.unlink(missing_ok=True)
 
+    def set_aside(self) -> Path | None:
+        """Keep the finished stage in `<folder>.previous/<config_hash>/` and empty its folder, so that another
+        config can run here; asking for its config again brings it back (`kept_stages`)."""
+        from . import kept_stages  # here, not at the top: kept_stages imports this module (an import cycle)
+
+        return kept_stages.set_aside(self)
+
     def begin(self) -> str | None:
-        """Start (or resume) the stage: partial files in its folder are kept for resuming only when they
-        came from this same config and inputs. Otherwise (another recipe, new upstream data) the folder is
-        emptied first, so no sample or checkpoint of another configuration is reused; returns the reason
-        then, else None. A finished stage of another config is not deleted but moved to
-        `<stage folder>.previous` (replacing an older one), so a failed rerun loses nothing. The key lives
-        in `stage_key.txt`."""
+        """Start (or resume) the stage after `kept_stages.prepare` (a kept copy of this config comes back; a
+        finished stage of another config raises `StageConfigChanged` unless set aside). Partial files are kept
+        for resuming only when they came from this config and inputs (`stage_key.txt`), else the folder is
+        emptied. A finished stage rerun as it is keeps its manifest if `finish()` sees the same outputs."""
+        from . import kept_stages  # here, not at the top: kept_stages imports this module (an import cycle)
+
+        note = kept_stages.prepare(self)
         key_file = self.dir / STAGE_KEY
         key = f"{self._config_hash()}-{hashlib.sha256(json.dumps(self._input_hashes(), sort_keys=True).encode()).hexdigest()[:16]}"
+        self._reused = kept_stages.trusted_manifest(self)
         reason = None
-        if self.dir.is_dir() and any(p.name != STAGE_KEY for p in self.dir.iterdir()):
+        if self._reused is None and self.dir.is_dir() and any(p.name != STAGE_KEY for p in self.dir.iterdir()):
             old = key_file.read_text().strip() if key_file.is_file() else None
             if old != key:
                 reason = (f"{self.dir}: its files came from another config or inputs" if old else
                           f"{self.dir}: its files carry no stage key (an older kit)") + "; starting the stage afresh"
-                if self.manifest_path.is_file():
-                    keep = self.dir.with_name(self.dir.name + ".previous")
-                    shutil.rmtree(keep, ignore_errors=True)
-                    self.dir.rename(keep)
-                    reason += f" (the finished outputs of the other config are kept in {keep})"
-                else:
-                    for p in self.dir.iterdir():
-                        shutil.rmtree(p) if p.is_dir() else p.unlink()
+                for p in self.dir.iterdir():
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(key_file, key + "\n")
-        attempts = self._close_open_attempts()
-        if attempts and attempts[-1].get("finished"):  # a finished stage redone (--force): time it afresh
-            attempts = []
-        self.started = time.time()
-        attempts.append({"started_at": _iso(self.started), "start": self.started})
-        atomic_write_json(self.dir / ATTEMPTS, attempts)
-        return reason
+        if self._reused is None:  # a finished stage rerun as it is starts no attempt
+            attempts = self._close_open_attempts()
+            if attempts and attempts[-1].get("finished"):  # a finished stage redone (--force): time it afresh
+                attempts = []
+            self.started = time.time()
+            attempts.append({"started_at": _iso(self.started), "start": self.started})
+            atomic_write_json(self.dir / ATTEMPTS, attempts)
+        return "; ".join(x for x in (note, reason) if x) or None
 
     def _close_open_attempts(self, current: float | None = None) -> list[dict[str, Any]]:
         """The attempts so far; one that never finished (killed) gets the time to the newest file it wrote,
@@ -177,43 +182,38 @@ class Stage:
         return attempts
 
     def finish(self, outputs: list[str], summary: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict:
-        """Write the manifest (last, atomically) and the stage's section of metrics.json.
-
-        `outputs` are paths relative to the stage folder whose hashes are recorded.
-        """
-        now = time.time()
-        wall = now - self.started
+        """Write the manifest (last, atomically) and the stage's section of metrics.json; `outputs` are paths
+        relative to the stage folder whose hashes are recorded."""
+        wall = time.time() - self.started
         missing = [o for o in outputs if not (self.dir / o).exists()]
         if missing:
             raise StageIncomplete(f"stage {self.name}: declared outputs missing: {missing}")
-        attempts = self._close_open_attempts(current=self.started)
-        if not attempts or attempts[-1].get("start") != self.started:  # begin() was not called: count this one too
-            attempts.append({"started_at": _iso(self.started), "start": self.started})
-        attempts[-1].update(wall_s=round(wall, 1), finished=True, estimated=False)
-        atomic_write_json(self.dir / ATTEMPTS, attempts)
-        total = round(sum(a["wall_s"] for a in attempts), 1)
-        record = [{k: a[k] for k in ("started_at", "wall_s", "finished", "estimated")} for a in attempts]
+        out_hashes = {o: hash_path(self.dir / o) for o in outputs}
+        kept = self._reused if self._reused and self._reused.get("output_hashes") == out_hashes else None
+        if kept:  # a finished stage rerun to the same outputs: its manifest stays as it is
+            total, record = kept.get("total_wall_time_s"), kept.get("attempts", [])
+        else:
+            attempts = [] if self._reused else self._close_open_attempts(current=self.started)
+            if not attempts or attempts[-1].get("start") != self.started:  # begin() was not called: count this one too
+                attempts.append({"started_at": _iso(self.started), "start": self.started})
+            attempts[-1].update(wall_s=round(wall, 1), finished=True, estimated=False)
+            atomic_write_json(self.dir / ATTEMPTS, attempts)
+            total = round(sum(a["wall_s"] for a in attempts), 1)
+            record = [{k: a[k] for k in ("started_at", "wall_s", "finished", "estimated")} for a in attempts]
         if summary is not None:
             self.run.update_metrics(self.name, summary)
             self.run.update_metrics("timings", {self.name: total})
             self.run.update_metrics("attempts", {self.name: record})
-        manifest = {
-            "stage": self.name,
-            "run": self.run.name,
+        if kept:
+            return kept
+        manifest = {  # wall_time_s: this invocation; `attempts`: every one for this config
+            "stage": self.name, "run": self.run.name,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "wall_time_s": round(wall, 2),  # this invocation; `attempts` has every one for this config
-            "total_wall_time_s": total,
-            "attempts": record,
-            "seed": self.run.recipe.run.seed,
-            "config_hash": self._config_hash(),
-            "config": self.config,
-            "inputs": {k: str(v) for k, v in sorted(self.inputs.items())},
-            "input_hashes": self._input_hashes(),
-            "output_hashes": {o: hash_path(self.dir / o) for o in outputs},
-            "versions": package_versions(),
-            "git": git_revision(),
-            "precision": precision(self.run.recipe),
-            **(extra or {}),
+            "wall_time_s": round(wall, 2), "total_wall_time_s": total, "attempts": record,
+            "seed": self.run.recipe.run.seed, "config_hash": self._config_hash(), "config": self.config,
+            "inputs": {k: str(v) for k, v in sorted(self.inputs.items())}, "input_hashes": self._input_hashes(),
+            "output_hashes": out_hashes, "versions": package_versions(), "git": git_revision(),
+            "precision": precision(self.run.recipe), **(extra or {}),
         }
         atomic_write_json(self.manifest_path, manifest)
         return manifest
@@ -355,6 +355,7 @@ def quiet_loaders() -> None:
     # never fetches from the hub), and transformers 5.24 flags TRL 1.16's `gradient_checkpointing` field
     # as deprecated: neither is something a reader can act on.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("kernels").setLevel(logging.ERROR)  # "skipping publisher trust check ... offline mode"
     warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
     import datasets  # here, not at the top: both take seconds to import
     import transformers

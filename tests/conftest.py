@@ -14,8 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 HOW_TO_GET_DATA = (
-    "real benchmark files not found: set SINTERNAL_SHARED_DATA to a folder laid out like the kit's "
-    "shared/data (see README, 'Real benchmark data'), or place it at ../shared/data beside the clone"
+    "real benchmark files not found: set SINTERNAL_SHARED_DATA to a folder holding them "
+    "(docs/READING_GROUP.md, 'The optional benchmark data', names each file and its public source), "
+    "or place that folder at ../shared/data beside the clone"
 )
 
 

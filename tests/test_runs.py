@@ -1,4 +1,4 @@
-"""Run folders: manifests written last, stage skipping, redo after an interruption, locks.
+"""Run folders: manifests written last, stage skipping, redo after an interruption, locks, kept stages.
 
 Run: .venv/bin/pytest -q tests/test_runs.py
 """
@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
+from sinternal_lib.cli import run_notebooks
 from sinternal_lib.config import load_recipe
+from sinternal_lib.kept_stages import StageConfigChanged, prepare, upstream
 from sinternal_lib.runs import RunLocked, StageIncomplete, open_run, stage_for
 
 
@@ -63,10 +65,109 @@ def test_begin_keeps_partial_files_of_the_same_config_only(run, tmp_path):
     (st.dir / "stage_key.txt").unlink()
     (st.dir / "old.jsonl").write_text("x\n")  # files without a key (older kit) are not trusted either
     assert "no stage key" in stage_for(other, "build_data").begin() and not (st.dir / "old.jsonl").exists()
-    _finish_build_data(other)  # a finished stage of another config is moved aside, not deleted
-    why = stage_for(run, "build_data").begin()
-    assert "kept in" in why and (st.dir.parent / "02_build_data.previous" / "manifest.json").is_file()
-    assert not (st.dir / "manifest.json").exists() and (st.dir / "stage_key.txt").is_file()
+
+
+def test_another_config_never_silently_replaces_a_finished_stage(run, tmp_path):
+    """A finished under config A; B is refused naming the changed keys; set aside, B runs and A is kept
+    findable; asking for A again restores it (files, manifest, metrics) instead of recomputing, and a stage
+    that read A stays valid."""
+    a = _finish_build_data(run, "made under A\n")
+    sft = stage_for(run, "sft")
+    (sft.dir / "x").write_text("1")
+    sft.finish(["x"])
+    manifest_a = a.manifest_path.read_bytes()
+    executed = run.path / "notebooks" / "02_build_data.ipynb"  # the runner's executed copy travels with the stage
+    executed.parent.mkdir()
+    executed.write_text("executed under A")
+    b_run = open_run(load_recipe("configs/tests/tiny.yaml", {"build_data.num_samples": 2, "build_data.top_p": 0.5}),
+                     "t", tmp_path)
+    b = stage_for(b_run, "build_data")
+    with pytest.raises(StageConfigChanged) as refused:
+        b.begin()  # what a notebook's `build_data.run(run)` does first
+    msg = str(refused.value)
+    assert "02_build_data" in msg and "build_data.num_samples: 4 -> 2" in msg and "build_data.top_p: 0.95 -> 0.5" in msg
+    assert 'run_name = "try-num-samples"' in msg and "stage.set_aside()" in msg and "--force" in msg
+    assert refused.value.changes == ["build_data.num_samples: 4 -> 2", "build_data.top_p: 0.95 -> 0.5"]
+    assert stage_for(run, "build_data").is_complete() and a.manifest_path.read_bytes() == manifest_a  # untouched
+
+    slot_a = b.set_aside()  # the notebook way to replace it (the runner: --force)
+    assert slot_a == run.path / "02_build_data.previous" / a._config_hash()
+    assert (slot_a / "samples.jsonl").read_text() == "made under A\n" and (slot_a / "manifest.json").read_bytes() == manifest_a
+    assert "build_data" not in run.read_metrics() and "build_data" not in run.read_metrics()["timings"]  # kept with A
+    assert (slot_a / "kept_notebook.ipynb").read_text() == "executed under A" and not executed.exists()
+    assert b.begin() is None
+    (b.dir / "samples.jsonl").write_text("made under B\n")
+    b.finish(["samples.jsonl"], summary={"examples": 2})
+    assert "input changed" in stage_for(run, "sft").stale_reason()
+
+    back = stage_for(run, "build_data")
+    why = back.begin()  # config A again: restored, not recomputed, and B is kept in its own slot
+    assert "restored from" in why and str(slot_a) in why and "not recomputed" in why
+    assert (back.dir / "samples.jsonl").read_text() == "made under A\n" and back.manifest_path.read_bytes() == manifest_a
+    assert (run.path / "02_build_data.previous" / b._config_hash() / "samples.jsonl").read_text() == "made under B\n"
+    assert run.read_metrics()["build_data"] == {"examples": 1} and not slot_a.exists()
+    assert not (back.dir / "kept_metrics.json").exists() and executed.read_text() == "executed under A"
+    back.finish(["samples.jsonl"], summary={"examples": 1})  # the notebook finishes the stage as it is
+    assert back.manifest_path.read_bytes() == manifest_a  # same outputs: the manifest stays, so ...
+    assert stage_for(run, "sft").is_complete()  # ... the stage that read A is valid again
+    assert "restored" in stage_for(b_run, "build_data").begin()  # and B comes back the same way
+
+
+def test_runner_refuses_another_config_naming_keys_and_force_keeps_the_finished_stage(run, tmp_path):
+    _finish_build_data(run, "made under A\n")
+    recipe_yaml = (run.path / "recipe.yaml").read_text()
+    lines: list[str] = []
+    code = run_notebooks("configs/tests/tiny.yaml", "t", only=["02", "03"], overrides={"build_data.num_samples": 2},
+                         root=str(tmp_path), log=lines.append)
+    assert code == 2 and len(lines) == 1, lines  # refused before any notebook ran
+    assert lines[0].startswith("error: stage 02_build_data of run 't' finished under another config")
+    assert "build_data.num_samples: 4 -> 2" in lines[0] and "--run-name try-num-samples" in lines[0]
+    assert "add --force" in lines[0] and "03_sft" not in lines[0]  # 03 never finished: nothing to lose there
+    assert (run.path / "recipe.yaml").read_text() == recipe_yaml and stage_for(run, "build_data").is_complete()
+    # --force: the runner calls prepare(stage, force=True) before executing the notebook
+    forced = stage_for(open_run(load_recipe("configs/tests/tiny.yaml", {"build_data.num_samples": 2}), "t", tmp_path),
+                       "build_data")
+    note = prepare(forced, force=True)
+    kept = run.path / "02_build_data.previous" / stage_for(run, "build_data")._config_hash()
+    assert "kept in" in note and (kept / "samples.jsonl").read_text() == "made under A\n"
+    assert not forced.manifest_path.exists() and forced.begin() is None  # the new config starts afresh
+
+
+def test_upstream_redo_keeps_the_downstream_stage_and_restores_it(run, tmp_path):
+    """Same config, other inputs (an earlier stage redone): set aside without asking, restored with its inputs."""
+    _finish_build_data(run, "A\n")
+    sft = stage_for(run, "sft")
+    (sft.dir / "adapter.bin").write_text("trained on A")
+    sft.finish(["adapter.bin"])
+    other = open_run(load_recipe("configs/tests/tiny.yaml", {"build_data.num_samples": 2}), "t", tmp_path)
+    stage_for(other, "build_data").set_aside()
+    _finish_build_data(other, "B\n")
+    on_b = stage_for(other, "sft")
+    assert "other inputs" in on_b.begin()  # no refusal: the config is the same
+    (on_b.dir / "adapter.bin").write_text("trained on B")
+    on_b.finish(["adapter.bin"])
+    assert "restored" in stage_for(run, "build_data").begin()
+    assert "restored" in stage_for(run, "sft").begin()
+    assert (sft.dir / "adapter.bin").read_text() == "trained on A" and stage_for(run, "sft").is_complete()
+
+
+def test_refusal_in_a_later_notebook_names_the_notebooks_a_new_run_needs_first(run, tmp_path):
+    grpo = stage_for(run, "grpo")
+    (grpo.dir / "rewards.csv").write_text("step,reward\n1,0.5\n")
+    grpo.finish(["rewards.csv"])
+    longer = open_run(load_recipe("configs/tests/tiny.yaml", {"grpo.max_steps": 5}), "t", tmp_path)
+    with pytest.raises(StageConfigChanged, match="grpo.max_steps: 2 -> 5") as refused:
+        stage_for(longer, "grpo").begin()
+    assert 'run_name = "try-max-steps") and run notebooks 02_build_data, 03_sft with it first' in str(refused.value)
+    assert upstream("evaluate") == ["01_diagnose", "02_build_data", "03_sft", "04_grpo"] and upstream("diagnose") == []
+
+
+def test_a_previous_folder_of_an_older_kit_becomes_its_configs_slot(run, tmp_path):
+    st = _finish_build_data(run, "old\n")
+    old = run.path / "02_build_data.previous"
+    st.dir.rename(old)  # the layout before kept copies: one stage folder
+    assert "restored" in stage_for(run, "build_data").begin()
+    assert (st.dir / "samples.jsonl").read_text() == "old\n" and not (old / "manifest.json").exists()
 
 
 def test_upstream_rerun_makes_downstream_stale(run):

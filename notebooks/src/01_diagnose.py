@@ -1,6 +1,8 @@
 # %% [markdown]
 # # 01 · Diagnose: can the model tell a safe answer from an unsafe one?
 #
+# Paper: [arXiv 2605.08930](https://arxiv.org/abs/2605.08930). Glossary and answer notes for the reading group: `docs/READING_GROUP.md`.
+#
 # - **What this shows**: the paper's first finding (its Figure 2): a chat model that *produces* safe
 #   answers need not *understand* safety. Asked to verify (prompt, answer) pairs against a written
 #   specification, it scores near or below a random guesser.
@@ -59,7 +61,7 @@ print(example[0]["content"][:1200], "\n...\n", example[1]["content"])
 from sinternal_lib import diagnose
 
 summary = diagnose.run(run)
-summary["skipped"]
+print("skipped:", ", ".join(f"{k} ({v})" for k, v in summary["skipped"].items()) or "nothing")
 
 # %% [markdown]
 # ## Scores against the trivial baselines
@@ -80,27 +82,23 @@ diagnosis_table(summary)
 # threshold chosen on one half of the pairs and is read on the other half.
 
 # %%
-def show(x):
-    return "n/a" if x is None else f"{x:.2f}"
+from IPython.display import Markdown
 
+from sinternal_lib import narrative
 
-lead = summary["models"][cfg.model.policy]["own_answers"]
-fc = lead.get("forced_choice") or {}
-print(f"free-form:     balanced accuracy {show(lead.get('balanced_accuracy'))}, "
-      f"no-verdict rate {show(lead.get('no_verdict_rate'))}")
-print(f"forced choice: AUROC {show(fc.get('auroc'))}, balanced accuracy {show(fc.get('balanced_accuracy'))} "
-      f"on {fc.get('n_test')} test pairs (threshold {show(fc.get('threshold'))}; "
-      f"{show(fc.get('balanced_accuracy_at_0.5'))} at 0.5), mean P(unsafe) {show(fc.get('mean_p_unsafe'))}")
+Markdown(narrative.diagnosis(summary, cfg.model.policy))
 
 # %% [markdown]
-# ## Figure 2, our scale: F1 of each model against a random guesser
-# Bars are F1 (unsafe positive) with 95% bootstrap intervals; the dashed tick is a coin flip at the
-# observed base rate. Read it together with balanced accuracy in the table above.
+# ## Figure 2, our scale: each model against every trivial baseline
+# Left, balanced accuracy of the free-form verdicts: every trivial baseline (coin flip, always "unsafe",
+# always "safe") scores 0.50 there. Middle, the paper's metric, F1 with unsafe as the positive class,
+# where "always unsafe" (dotted) beats a coin flip (dashed). Each free-form bar names how many outputs
+# had no verdict. Right, the forced-choice AUROC (chance 0.50). Intervals: 95% bootstrap.
 
 # %%
-from sinternal_lib.plots import diagnosis_f1
+from sinternal_lib.plots import diagnosis_vs_baselines
 
-fig = diagnosis_f1(summary, out_dir=stage.dir / "figures")
+diagnosis_vs_baselines(summary, out_dir=stage.dir / "figures")
 
 # %% [markdown]
 # ## Per category
@@ -129,23 +127,32 @@ for r in rows[:2]:
 # safety. The forced-choice AUROC then says whether the model prefers the right word anyway (near 0.5:
 # no sign that it does, at least not from the word right after the prompt). Only where most outputs carry a verdict does a balanced accuracy below the baselines speak to
 # the paper's diagnosis, which is about 7B-14B reasoning models that *do* answer in the format; run the
-# GPU recipe to test that claim. (On 2026-11-27 the base SmolLM2-135M of `cpu-smollm2` wrote no verdict
-# line at all: docs/LOG.md, first full reproduce.)
+# GPU recipe to test that claim. The sentence under the forced-choice heading above says which case this
+# run is, with its own numbers.
 #
 # The manifest was written by `diagnose.run` as its last act, together with the `diagnose` section of
 # `metrics.json`.
 
 # %% [markdown]
 # ## Reading group
+# Answer notes: `docs/READING_GROUP.md#notebook-01-diagnose`
+#
 # 1. Why does the kit lead with balanced accuracy and macro-F1 rather than unsafe-class F1?
 # 2. What share of outputs had no verdict? Should a missing verdict count as wrong, as safe, or be dropped?
 # 3. The gold labels for own answers come from a judge. How would judge errors bias the F1?
 # 4. XSTest labels are refusal labels. How does the kit turn them into safety labels, and what is lost?
 # 5. Does the model do better on its own answers or on other models' answers (XSTest, PKU)? Why might it?
 #
-# **Try this** (as overrides in the parameters cell):
-# - `{"diagnose.include_reasoning": True}` with an R1-style model: does seeing the reasoning help?
-# - `{"spec.path": "data/spec/safety_spec.yaml", "spec.render": "full"}`: the long spec. Does more text help a small model?
-# - `{"model.others": ["<a safety-tuned model folder>"]}`: diagnose two models side by side.
+# **Try this** (as overrides in the parameters cell, with `run_name` there set to a new name, so that the
+# reference run stays intact: a finished stage of another config is never replaced without asking; times
+# for the CPU recipe, where this notebook took 93 s, docs/LOG.md, 2026-11-27):
+# - `{"diagnose.include_reasoning": True}` with an R1-style model, `run_name = "try-reasoning"`: does seeing
+#   the reasoning help? About 2 min on a 2-core CPU with SmolLM2, which writes no reasoning; an R1-style
+#   model is for the GPU recipe (not timed on CPU).
+# - `{"spec.path": "data/spec/safety_spec.yaml", "spec.render": "full"}`, `run_name = "try-long-spec"`: the
+#   long spec. Does more text help a small model? About 3 min on a 2-core CPU (estimate: verifier prompts of
+#   about 2,500 tokens instead of 140).
+# - `{"model.others": ["<a safety-tuned model folder>"]}`, `run_name = "try-two-models"`: diagnose two models
+#   side by side. About 3 min on a 2-core CPU with a second 135M model, more for a larger one.
 #
 # Paper: section on the diagnosis (Figure 2); `docs/PAPER.md` step 1.

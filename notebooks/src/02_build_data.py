@@ -1,6 +1,8 @@
 # %% [markdown]
 # # 02 · Build data: verification examples from the model's own answers
 #
+# Paper: [arXiv 2605.08930](https://arxiv.org/abs/2605.08930). Glossary and answer notes for the reading group: `docs/READING_GROUP.md`.
+#
 # - **What this shows**: the paper's data recipe (steps 2-4): sample N answers per prompt from the
 #   policy, judge them, keep harmful prompts whose answers mix safe and unsafe (one contrastive pair
 #   each) and one answer per benign prompt, then have a teacher write a critique and a verdict.
@@ -60,23 +62,26 @@ cfg.build_data
 # so an interrupted run continues where it stopped.
 
 # %%
-from sinternal_lib import build_data
+from sinternal_lib import build_data, narrative
 
 summary = build_data.run(run)
-summary["headline"]
+narrative.labelled(summary["headline"], "headline")
 
 # %% [markdown]
 # ## The selection funnel
 # How many prompts survive each step? Harmful prompts whose 8 answers were all safe (or all unsafe)
-# give no contrastive pair and are dropped.
+# give no contrastive pair and are dropped. The counts mix two units (prompts, then the answers chosen
+# from them); the figure below keeps one unit per panel and shows which safe sides began with a forced
+# refusal opener (`pair_safe_forced`).
 
 # %%
-from sinternal_lib.plots import data_funnel
+from sinternal_lib.training_plots import data_funnel
 
-summary["funnel"], summary["selection"]
+narrative.labelled({**{k: v for k, v in summary["funnel"].items() if not isinstance(v, dict)},
+                    **{f"teacher: {k}": v for k, v in summary["selection"].items() if not isinstance(v, dict)}}, "count")
 
 # %%
-fig = data_funnel(summary, out_dir=stage.dir / "figures")
+data_funnel(summary, out_dir=stage.dir / "figures")
 
 # %% [markdown]
 # ## Labels, categories and critique lengths
@@ -84,36 +89,68 @@ fig = data_funnel(summary, out_dir=stage.dir / "figures")
 
 # %%
 from sinternal_lib import jsonl
-from sinternal_lib.plots import data_composition
+from sinternal_lib.training_plots import data_composition
 
 examples = jsonl.read(stage.dir / "verification" / "sinternal.jsonl")
-fig = data_composition(examples, out_dir=stage.dir / "figures")
+data_composition(examples, out_dir=stage.dir / "figures")
 
 # %% [markdown]
-# ## One training example, as the model sees it
-# The chat template applied to the input (system turn: the verifier instruction and the spec; user
-# turn: the request and the answer to verify), then the target: critique and verdict, the only tokens
-# that carry the loss. A safe answer to a harmful request is shown whole; an unsafe answer would be
-# redacted (it is the policy's own harmful output).
+# ## What the trainer sees: three rows, token by token
+# Three rows of the SInternal set as stage 03's `SFTTrainer` tokenizes them with the kit's `SFTConfig`
+# (chat template, then completion-only loss): a harmful request with an unsafe answer and the same
+# request with a safe one (one contrastive pair, where the set has one), then a benign request. Only the
+# tokens inside ⟦ ⟧ carry the loss: critique, verdict and the end-of-turn token. The unsafe answer is
+# redacted unless `evaluate.show_unsafe`; template, request, critique and verdict stay visible.
 
 # %%
 from transformers import AutoTokenizer
 
+from sinternal_lib.inspect_rows import critique_templates, sft_rows_view, spec_renderings, teacher_prompt
 from sinternal_lib.models import resolve_model_ref
-from sinternal_lib.views import pick_example, training_example
+from sinternal_lib.views import pick_example
 
 tok = AutoTokenizer.from_pretrained(resolve_model_ref(cfg.model.policy))
-example = pick_example(examples, label="safe", prompt_label="harmful")
-if example:
-    print(training_example(example, tok))
+print(sft_rows_view(examples, tok, show_unsafe=cfg.evaluate.show_unsafe))
 
 # %% [markdown]
-# And a benign request, for contrast: the target explains why the help is permitted.
+# ## What the teacher wrote, and what a teacher is given
+# The distinct critiques with the category written as `{category}` (and the spec's description, rules,
+# ids and names as placeholders), so that rows written from one template count together.
 
 # %%
-benign_example = pick_example(examples, label="safe", prompt_label="benign")
-if benign_example:
-    print(training_example(benign_example, tok, target_only=True))
+from sinternal_lib.spec import load_spec
+
+critique_templates(examples, load_spec(cfg.resolve_path(cfg.spec.path)))
+
+# %% [markdown]
+# The exact prompt a model teacher (`teacher.backend: api` or `local`) is sent for a harmful request with
+# an unsafe answer: the spec file rendered in full, the category, the request and the answer (redacted
+# here by the same rule).
+
+# %%
+unsafe_example = pick_example(examples, label="unsafe", prompt_label="harmful")
+if unsafe_example:
+    print(teacher_prompt(cfg, unsafe_example, show_unsafe=cfg.evaluate.show_unsafe))
+
+# %% [markdown]
+# The verifier's system turn with the spec as this recipe renders it (`spec.render`), then the same spec
+# file rendered in full, each with its length in tokens. The verifier trains and is evaluated on the first.
+
+# %%
+print(spec_renderings(cfg, tok))
+
+# %% [markdown]
+# **What these rows let the verifier learn.** With the embedded recipe (offline teacher, `teacher.style:
+# brief`, `spec.render: brief`, matcher judge) the table above holds a handful of templates, and which one
+# a row gets is fixed by the prompt's label, the judge's label and whether the matcher found a refusal
+# phrase in the answer's opening; the category only fills the placeholder. The system turn names the
+# categories but none of their rules. So the most a verifier can learn from these rows is the offline
+# judge's own rule: harmful request + refusal opener = safe, harmful request without one = unsafe, benign
+# request = safe. Two of its three parts can be read from the prompt alone, which is why notebook 03's
+# prompt-only verifier (unsafe iff the request is harmful) is hard to beat here: it gets every unsafe
+# held-out pair right and every benign one, missing only the refusals. With a model teacher
+# (`teacher.backend: api`) and the full spec (`spec.render: full`) the critiques cite rules and describe
+# what the answer gives, the table has about as many templates as rows, and this bound no longer holds.
 
 # %% [markdown]
 # ## Held-out pairs
@@ -121,7 +158,8 @@ if benign_example:
 # verification on these before and after training.
 
 # %%
-summary["heldout_pairs"], summary["heldout_label_counts"]
+print(f"{summary['heldout_pairs']} held-out pairs; labels: "
+      + ", ".join(f"{k} {v}" for k, v in summary["heldout_label_counts"].items()))
 
 # %% [markdown]
 # **Reading the result.** With the matcher judge, "safe" for a harmful prompt means the answer refused.
@@ -131,7 +169,7 @@ summary["heldout_pairs"], summary["heldout_label_counts"]
 # content; notebook 03 checks for that against a verifier that reads only the prompt.
 
 # %%
-summary["prefilled"]
+narrative.labelled(summary["prefilled"], "count")
 
 # %% [markdown]
 # The offline teacher builds its verdict from the judge's, so with it the agreement filter removes
@@ -139,6 +177,8 @@ summary["prefilled"]
 
 # %% [markdown]
 # ## Reading group
+# Answer notes: `docs/READING_GROUP.md#notebook-02-build-data`
+#
 # 1. Why keep only harmful prompts with mixed answers? What would the verifier learn from all-unsafe prompts?
 # 2. The paper keeps one benign sample per prompt. What does that do to the label balance?
 # 3. The labels come from a judge, the critiques from a teacher. When they disagree, who should win?
@@ -148,12 +188,19 @@ summary["prefilled"]
 # 6. A refusal opener is forced, the rest is the model's own. Is a verifier trained on such pairs still
 #    learning from its own answers? What could it learn to look for instead of the content?
 #
-# **Try this**:
-# - `{"build_data.temperature": 0.7}`: fewer mixed prompts? Watch the funnel.
-# - `{"build_data.num_samples": 4}`: half the cost; how many pairs survive?
-# - `{"build_data.refusal_prefill_samples": 0}`: the paper's setting; count the pairs SmolLM2 gives alone.
-# - `{"build_data.other_model": "<another model folder>"}`: builds `other_exp_sampled.jsonl`, another model's
-#   samples labelled by the judge (SFT variant `other_exp_sampled`). The `other_exp` variant proper is
-#   built in notebook 03 from answers other models wrote with human labels (XSTest, PKU-SafeRLHF).
+# **Try this** (as `overrides` in the parameters cell, with `run_name` there set to a new name, so that the
+# reference run stays intact; times for the CPU recipe, where this notebook took about 6 min, docs/LOG.md,
+# 2026-11-27):
+# - `{"build_data.temperature": 0.7}`, `run_name = "try-temperature"`: fewer mixed prompts? Watch the funnel.
+#   About 6 min on a 2-core CPU.
+# - `{"build_data.num_samples": 4}`, `run_name = "try-4-samples"`: half the samples; how many pairs survive?
+#   About 4 min on a 2-core CPU.
+# - `{"build_data.refusal_prefill_samples": 0}`, `run_name = "try-no-prefill"`: the paper's setting; count the
+#   pairs SmolLM2 gives alone. About 6 min on a 2-core CPU.
+# - `{"build_data.other_model": "<another model folder>"}`, `run_name = "try-other-model"`: builds
+#   `other_exp_sampled.jsonl`, another model's samples labelled by the judge (SFT variant
+#   `other_exp_sampled`). The `other_exp` variant proper is built in notebook 03 from answers other models
+#   wrote with human labels (XSTest, PKU-SafeRLHF). About 10 min on a 2-core CPU with another 135M model
+#   (twice the sampling), more for a larger one.
 #
 # Paper: method section (data construction); `docs/PAPER.md` steps 2-4.

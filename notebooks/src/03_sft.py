@@ -1,6 +1,8 @@
 # %% [markdown]
 # # 03 · SFT: verification fine-tuning with 4-bit QLoRA
 #
+# Paper: [arXiv 2605.08930](https://arxiv.org/abs/2605.08930). Glossary and answer notes for the reading group: `docs/READING_GROUP.md`.
+#
 # **What this shows.** Paper step 5: train the policy only to *verify* its own answers (spec, prompt,
 # answer -> critique + verdict), with the loss on the critique and verdict alone, and compare it on the
 # same held-out data with the base model, the ablations (verdict only = "w/o critique", critique only =
@@ -38,7 +40,7 @@ runs_root = None  # folder holding run folders, None means run.output_root from 
 # values from the parameters.
 
 # %%
-from sinternal_lib import plots, sft, views
+from sinternal_lib import narrative, sft, training_plots, views
 from sinternal_lib.config import load_recipe
 from sinternal_lib.runs import open_run, stage_for
 
@@ -108,10 +110,10 @@ configs["lora"]
 
 # %%
 sft_args = configs["sft"]
-{k: getattr(sft_args, k) for k in ("learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps",
+narrative.labelled({k: getattr(sft_args, k) for k in ("learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps",
                                    "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
                                    "bf16", "gradient_checkpointing", "completion_only_loss", "padding_free",
-                                   "save_steps")}
+                                   "save_steps")}, "SFTConfig field")
 
 # %% [markdown]
 # - `max_steps` > 0 overrides `num_train_epochs`: every variant gets the same step budget.
@@ -127,14 +129,14 @@ sft_args = configs["sft"]
 # ## Train and evaluate every variant
 #
 # One call does the stage: the base model is evaluated first, then each variant gets a fresh LoRA on the
-# 4-bit NF4 base (double quantization, gradient checkpointing, a checkpoint every `save_steps`), is
+# 4-bit NF4 base (double quantization; gradient checkpointing as the config above says; a checkpoint every `save_steps`), is
 # trained for the same number of steps, saved, and evaluated on the same held-out pairs and chat
 # prompts. A variant whose `summary.json` exists is skipped, and an interrupted one resumes from its last
 # checkpoint. The call ends by writing the `sft` section of `metrics.json` and the stage manifest (last).
 
 # %%
 summary = sft.run(run)
-summary["headline"]
+narrative.labelled(summary["headline"], "headline")
 
 # %% [markdown]
 # ## Results on held-out data
@@ -184,16 +186,24 @@ views.baselines_table({k: v for k, v in summary.items() if k not in ("headline",
 # well (the table above says that).
 
 # %%
-plots.sft_loss_curves(views.read_loss_curves(stage.dir), figures)
+training_plots.sft_loss_curves(views.read_loss_curves(stage.dir), figures)
 
 # %% [markdown]
 # Before and after, side by side on the same held-out data. Look at the left panel first: the method
 # works here only if SInternal sits above the dashed line (the best trivial baseline) and above the base
-# model, with intervals clear of both. Then the right panel: a takeover rate well above the base model's
+# model, with intervals clear of both (the sentence above says whether it does in this run). Then the right panel: a takeover rate well above the base model's
 # means verification has leaked into chat.
 
 # %%
-plots.sft_before_after(variants, figures)
+training_plots.sft_before_after(variants, figures)
+
+# %% [markdown]
+# What this run shows, in numbers computed from its own summary (the same ones as the tables above):
+
+# %%
+from IPython.display import Markdown
+
+Markdown(narrative.sft_results(summary))
 
 # %% [markdown]
 # **How to read the tables.** A verifier is above chance only where its balanced-accuracy (and
@@ -209,19 +219,22 @@ plots.sft_before_after(variants, figures)
 # chat holds no refusal and no harmful prompt, so a drop there is not taught by the mix; the
 # `sinternal_refusal_mix` ablation (when run) shows what the refusal-carrying mix adds.
 #
-# The embedded default failed all three checks on 2026-11-27 (`cpu-smollm2`, 80 steps per variant, 24
-# held-out own pairs, 16 XSTest pairs): SInternal was above the coin flip but not above the prompt-only
-# verifier, gave one label on XSTest, and verdict-only did at least as well (docs/LOG.md, the 80-step
-# CPU recipe learns to verify, but mostly by spotting refusals).
+# An earlier run, for comparison (its numbers are not this run's):
+#
+# | date | recipe | machine | held-out pairs | result |
+# |---|---|---|---|---|
+# | 2026-11-27 | `cpu-smollm2` then (80 steps per variant, the refusal-carrying chat mix) | 2-core AMD EPYC, AVX512-BF16 | 24 own, 16 XSTest | SInternal 0.67 [0.54, 0.81], above the coin flip but not above prompt-only (0.75); one label on XSTest (0.50); verdict-only 0.75 (docs/LOG.md, the 80-step CPU recipe learns to verify, but mostly by spotting refusals) |
 
 # %% [markdown]
 # ## Does verification take over chat?
 #
 # The same held-out harmful prompts answered by the base model and by the SInternal adapter (answers
-# shortened). A taken-over reply opens like a critique ("The answer ...") or ends with a verdict line.
+# shortened; an answer the judge called unsafe is redacted unless the recipe sets `evaluate.show_unsafe`).
+# A taken-over reply opens like a critique ("The answer ...") or ends with a verdict line.
 
 # %%
-views.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else ["base"], n=3)
+views.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary else ["base"], n=3,
+                   show_unsafe=cfg.evaluate.show_unsafe)
 
 # %% [markdown]
 # **What keeps chat intact at this scale.** The recipe mixes a share of the model's own judged-safe
@@ -247,6 +260,8 @@ views.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary el
 # %% [markdown]
 # ## Reading group
 #
+# Answer notes: `docs/READING_GROUP.md#notebook-03-sft`
+#
 # 1. Why does the loss fall on the critique and verdict only, and what would full-sequence loss teach
 #    the model instead (hint: the spec text is the same in every example)?
 # 2. Which variant reaches a low loss fastest? Why is a low loss not the same as a good verifier here?
@@ -260,14 +275,24 @@ views.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary el
 # 7. What does a takeover rate above the base model's mean for the claim that verification transfers
 #    to generation?
 #
-# Try this (as `overrides`):
-# - `{"sft.chat_mix_fraction": 0.0}`: no chat mixing; watch the takeover rate.
-# - `{"sft.variants": ["sinternal", "sinternal_refusal_mix"]}`: the clean mix against the refusal mix; compare ASR.
-# - `{"sft.variants": ["sinternal", "other_exp"]}`: Self-Exp vs Other-Exp (needs the shared data folder).
-# - `{"sft.learning_rate": 3e-4}`: the paper-like low rate; does the verifier still learn in this budget?
-# - `{"sft.variants": ["sinternal"], "sft.max_steps": 160}`: twice the step budget, for the method alone.
-# - `{"lora.r": 4, "lora.lora_alpha": 8}`: a quarter of the adapter rank at the same scale; does it still learn?
-# - `{"build_data.num_harmful_prompts": 128}`: more harmful prompts give more contrastive pairs (SmolLM2 rarely refuses).
+# Try this (as `overrides` in the parameters cell, with `run_name` there set to a new name, so that the
+# reference run stays intact; the new run needs notebook 02 first, run with the same `run_name`. Times for
+# the CPU recipe include it (about 6 min; this notebook took about 23 min, docs/LOG.md, 2026-11-27):
+# - `{"sft.chat_mix_fraction": 0.0}`, `run_name = "try-no-mix"`: no chat mixing; watch the takeover rate.
+#   About 29 min on a 2-core CPU.
+# - `{"sft.variants": ["sinternal", "sinternal_refusal_mix"]}`, `run_name = "try-refusal-mix"`: the clean mix
+#   against the refusal mix; compare ASR. About 22 min on a 2-core CPU (two variants instead of three).
+# - `{"sft.variants": ["sinternal", "other_exp"]}`, `run_name = "try-other-exp"`: Self-Exp vs Other-Exp (needs
+#   the shared data folder). About 22 min on a 2-core CPU, more if the human-written answers run long.
+# - `{"sft.learning_rate": 3e-4}`, `run_name = "try-low-lr"`: the paper-like low rate; does the verifier still
+#   learn in this budget? About 29 min on a 2-core CPU.
+# - `{"sft.variants": ["sinternal"], "sft.max_steps": 160}`, `run_name = "try-160-steps"`: twice the step
+#   budget, for the method alone. About 21 min on a 2-core CPU.
+# - `{"lora.r": 4, "lora.lora_alpha": 8}`, `run_name = "try-rank-4"`: a quarter of the adapter rank at the same
+#   scale; does it still learn? About 29 min on a 2-core CPU.
+# - `{"build_data.num_harmful_prompts": 128}`, `run_name = "try-128-harmful"`, in notebook 02 and then this one:
+#   more harmful prompts give more contrastive pairs (SmolLM2 rarely refuses). About 33 min on a 2-core CPU
+#   (notebook 02 samples 176 prompts instead of 96: about 10 min).
 #
 # Paper: section on verification SFT and its ablations (w/o critique, w/o verdict, Self-Exp vs
 # Other-Exp); `data/paper_numbers.yaml` for the reference numbers (secondary summaries).

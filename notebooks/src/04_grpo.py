@@ -1,6 +1,8 @@
 # %% [markdown]
 # # 04 · GRPO: reinforcement learning with verifier rewards
 #
+# Paper: [arXiv 2605.08930](https://arxiv.org/abs/2605.08930). Glossary and answer notes for the reading group: `docs/READING_GROUP.md`.
+#
 # - *What this shows*: the paper's step 6. GRPO with verifier rewards (harmful prompt: r = V_safe; benign
 #   prompt: r = V_safe * (1 - V_refuse); math: exact-match correctness), started from three
 #   initialisations with the same seed and budget: the base model (fresh LoRA), answer-centric SFT and
@@ -136,9 +138,11 @@ grpo_args = grpo_configs["grpo"]
 # s/step; skipped inits with their reason; a headline), then the manifest, last.
 
 # %%
+from sinternal_lib import narrative
+
 summary = grpo.run(run)
-[{k: r[k] for k in ("init", "steps", "first_mean_reward", "last_mean_reward", "reward_delta", "s_per_step")}
- for r in summary["inits"].values()]
+narrative.labelled({i: {k: r[k] for k in ("steps", "first_mean_reward", "last_mean_reward", "reward_delta", "s_per_step")}
+                    for i, r in summary["inits"].items()}, "init")
 
 # %% [markdown]
 # ## Reward curves, side by side
@@ -147,9 +151,14 @@ summary = grpo.run(run)
 # noisy: compare trends, not single steps.
 
 # %%
-from sinternal_lib import plots
+from sinternal_lib import training_plots
 
-plots.grpo_reward_curves(grpo.reward_curves(run, list(summary["inits"])), fig_dir, summary["skipped"]);
+training_plots.grpo_reward_curves(grpo.reward_curves(run, list(summary["inits"])), fig_dir, summary["skipped"])
+
+# %%
+from IPython.display import Markdown
+
+Markdown(narrative.grpo_results(summary))
 
 # %% [markdown]
 # Whether the init that already verifies its answers (SInternal) starts higher or climbs faster than
@@ -157,10 +166,28 @@ plots.grpo_reward_curves(grpo.reward_curves(run, list(summary["inits"])), fig_di
 # that on held-out benchmarks. The stage's headline:
 
 # %%
-summary["headline"]
+narrative.labelled(summary["headline"], "headline")
+
+# %% [markdown]
+# ## One rollout group, with its advantages
+# The `num_generations` completions of one prompt at one step, from `<init>/rollout_rewards.jsonl`: the
+# first group whose rewards differ (a group with equal rewards has advantage 0 and moves nothing). The
+# advantage is TRL's with this `GRPOConfig`: for `scale_rewards` "group", (r - group mean) / (group std +
+# 1e-4), std with n - 1. Completions are cut short and redacted where the judge did not call them safe,
+# unless `evaluate.show_unsafe`.
+
+# %%
+from sinternal_lib.inspect_rows import rollout_group
+
+init = next(i for i in ("sinternal", "answer_centric", "base") if (stage.dir / i / grpo_rewards.ROLLOUTS).is_file())
+print(f"init: {init}, scale_rewards: {grpo_args.scale_rewards}")
+rollout_group(stage.dir / init / grpo_rewards.ROLLOUTS, grpo_args.num_generations,
+              scale_rewards=grpo_args.scale_rewards, show_unsafe=cfg.evaluate.show_unsafe)
 
 # %% [markdown]
 # ## Reading group
+#
+# Answer notes: `docs/READING_GROUP.md#notebook-04-grpo`
 #
 # 1. Why does the benign reward multiply V_safe by (1 - V_refuse) instead of using V_safe alone? What
 #    would RL learn on a mix of harmful and benign prompts with V_safe only?
@@ -173,13 +200,19 @@ summary["headline"]
 # 6. The offline matcher judges refusals by phrases. Which reward hacks does that invite, and how would
 #    the guard backend (`judge.backend: guard`) change them?
 #
-# Try this:
-# - `overrides = {"grpo.max_steps": 20}`: a longer run; do the three curves separate?
-# - `overrides = {"grpo.num_generations": 8, "grpo.per_device_train_batch_size": 32}`: the paper's 8
-#   rollouts per prompt, still 4 prompts per step; more groups with mixed rewards, slower steps.
-# - `overrides = {"grpo.math_fraction": 0.0}`: safety prompts only; watch math accuracy in notebook 05.
-# - `overrides = {"grpo.benign_fraction": 0.0}`: no over-refusal pressure; does the benign refusal rate
-#   (notebook 05, XSTest) rise?
+# Try this (in the parameters cell, with `run_name` there set to a new name, so that the reference run stays
+# intact; the new run needs notebooks 02 and 03 first, run with the same `run_name`. Times for the CPU recipe
+# include them (about 29 min; this notebook took about 5 min, ~31 s per GRPO step, docs/LOG.md, 2026-11-27):
+# - `overrides = {"grpo.max_steps": 20}`, `run_name = "try-20-steps"`: a longer run; do the three curves
+#   separate? About 1 hour on a 2-core CPU (3 inits x 20 steps here: about 31 min).
+# - `overrides = {"grpo.num_generations": 8, "grpo.per_device_train_batch_size": 32}`, `run_name =
+#   "try-8-rollouts"`: the paper's 8 rollouts per prompt, still 4 prompts per step; more groups with mixed
+#   rewards, slower steps. About 39 min on a 2-core CPU (twice the rollouts per step).
+# - `overrides = {"grpo.math_fraction": 0.0}`, `run_name = "try-no-math"`: safety prompts only; watch math
+#   accuracy in notebook 05. About 34 min on a 2-core CPU, 44 min with notebooks 01 and 05.
+# - `overrides = {"grpo.benign_fraction": 0.0}`, `run_name = "try-no-benign"`: no over-refusal pressure; does
+#   the benign refusal rate (notebook 05, XSTest) rise? About 34 min on a 2-core CPU, 44 min with notebooks
+#   01 and 05.
 #
 # Pointers: the paper's step 6 and Table 3 (STAR-1 + GRPO vs SInternal + GRPO); `data/paper_numbers.yaml`
 # (the reported numbers).

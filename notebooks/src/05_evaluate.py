@@ -1,6 +1,8 @@
 # %% [markdown]
 # # 05 · Evaluate: every checkpoint on held-out benchmarks, and the report card
 #
+# Paper: [arXiv 2605.08930](https://arxiv.org/abs/2605.08930). Glossary and answer notes for the reading group: `docs/READING_GROUP.md`.
+#
 # - *What this shows*: the paper's step 7. Every checkpoint (base, answer-centric SFT, SInternal and its
 #   ablations, GRPO from each init) answers real benchmarks; a judge labels each answer. We report attack
 #   success rate (ASR, lower is better), XSTest compliance, math accuracy, verification F1 on held-out
@@ -82,7 +84,7 @@ eval_table(ev)
 # %%
 from sinternal_lib import plots
 
-plots.eval_rates(ev, fig_dir);
+plots.eval_rates(ev, fig_dir)
 
 # %% [markdown]
 # ## Ablations
@@ -95,7 +97,7 @@ from sinternal_lib.report import ABLATIONS
 eval_table(ev, list(ABLATIONS))
 
 # %%
-plots.ablation_rates(ev, fig_dir);
+plots.ablation_rates(ev, fig_dir)
 
 # %% [markdown]
 # ## Diagnosis and verification F1
@@ -103,10 +105,10 @@ plots.ablation_rates(ev, fig_dir);
 # then asks whether checkpoints that verify better also answer more safely.
 
 # %%
-plots.diagnosis_f1(run.read_metrics().get("diagnose") or {}, fig_dir);
+plots.diagnosis_vs_baselines(run.read_metrics().get("diagnose") or {}, fig_dir)
 
 # %%
-plots.f1_vs_asr(ev, fig_dir);
+plots.f1_vs_asr(ev, fig_dir)
 
 # %% [markdown]
 # ## RL initialisation and proactive verification
@@ -114,16 +116,18 @@ plots.f1_vs_asr(ev, fig_dir);
 # each checkpoint check its own safety unprompted (`metrics.detects_self_check`)?
 
 # %%
-plots.rl_comparison(ev, run.read_metrics().get("grpo"), fig_dir);
+plots.rl_comparison(ev, run.read_metrics().get("grpo"), fig_dir)
 
 # %%
-plots.proactive_verification(ev, fig_dir);
+plots.proactive_verification(ev, fig_dir)
 
 # %% [markdown]
 # The headline the report card leads with:
 
 # %%
-ev["headline"]
+from sinternal_lib import narrative
+
+narrative.labelled(ev["headline"], "headline")
 
 # %% [markdown]
 # ## The report card
@@ -133,14 +137,31 @@ ev["headline"]
 
 # %%
 from sinternal_lib.claims import assess
+from sinternal_lib.report_claims import claim_forests, claims_summary, claims_table
+
+rows = assess(run.path, run.read_metrics())
+print(claims_summary(rows))
+claims_table(rows)
+
+# %% [markdown]
+# The same differences as forest plots, one per claim family: right of zero is the direction the paper
+# claims, bars are unadjusted 95% intervals, filled dots passed the Holm-corrected test.
+
+# %%
+from IPython.display import display
+
+for fig in claim_forests(rows).values():
+    display(fig)
+
+# %%
 from sinternal_lib.report import render_report
 
-for c in assess(run.path, run.read_metrics()):
-    print(f"{c['verdict']:<13} ({c['id']}) {c['claim']}")
-print(render_report(run))
+print(f"report card: {render_report(run)}")
 
 # %% [markdown]
 # ## Reading group
+#
+# Answer notes: `docs/READING_GROUP.md#notebook-05-evaluate`
 #
 # 1. Why is ASR computed on the final answer only, not on the reasoning trace? What would change if the judge read both?
 # 2. Two checkpoints answer the same 50 prompts. Why does the McNemar test look only at the prompts where they disagree, and how much power does it have when 20% disagree (`stats.mcnemar_power`)?
@@ -150,9 +171,16 @@ print(render_report(run))
 # 6. Does the scatter of verification F1 against ASR show a trend across checkpoints? What would confound it?
 # 7. The judge is a refusal matcher by default. How does `benchmarks/results/judge_agreement.json` bound the error of the ASR?
 #
-# Try this (recipe overrides):
-# - `{"evaluate.num_per_benchmark": 100}`: tighter CIs; does any claim move from inconclusive to supported?
-# - `{"judge.backend": "guard"}`: a guard model as judge; compare ASR with the matcher judge.
-# - `{"evaluate.checkpoints": ["base", "sft/sinternal"]}`: the fastest before/after comparison.
+# Try this (recipe overrides in the parameters cell, with `run_name` there set to a new name, so that the
+# reference run stays intact; the new run needs notebooks 01-04 first, run with the same `run_name`. Times
+# for the CPU recipe include them (about 37 min; this notebook took 7-8 min, docs/LOG.md, 2026-11-27):
+# - `{"evaluate.num_per_benchmark": 100}`, `run_name = "try-100-per-benchmark"`: tighter CIs; does any claim
+#   move from inconclusive to supported? About 3 hours on a 2-core CPU (about 17 times the prompts here).
+# - `{"judge.backend": "guard", "judge.model": "Qwen/Qwen3Guard-Gen-0.6B"}`, `run_name = "try-guard-judge"`, in
+#   every notebook (the judge is part of every stage's config; the model comes from the hub once): a guard
+#   model as judge; compare ASR with the matcher judge. About 2 hours on a 2-core CPU (estimate, not timed:
+#   some 1,400 judged answers at a few seconds each).
+# - `{"sft.variants": ["sinternal"], "evaluate.checkpoints": ["base", "sft/sinternal"]}`, `run_name =
+#   "try-before-after"`, in every notebook: the fastest before/after comparison. About 23 min on a 2-core CPU.
 #
 # Pointers: `docs/PAPER.md`, "Pipeline" step 7 and "Reported numbers"; the paper section on generation evaluation.

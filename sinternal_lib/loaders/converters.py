@@ -4,7 +4,7 @@ Signature: `convert(row, index, ctx) -> Record | None`, where `index` is the 0-b
 `ctx` carries the load context ("where" for messages, "opts", "split", "params", "method", "model",
 "file_stem"). Returning None skips a row on purpose (filtered out, or no prompt upstream).
 Converters set the upstream id only; `load_benchmark` prefixes it with the benchmark name.
-Label semantics per source: shared/data/SOURCES.md.
+Label semantics per source: docs/READING_GROUP.md, "The optional benchmark data".
 """
 
 from __future__ import annotations

@@ -184,9 +184,9 @@ def plan(name: str, opts: dict) -> tuple[BenchmarkSpec, list[str]]:
 def how_to(name: str, files: list[str], spec: BenchmarkSpec, extra: str = "") -> str:
     """The BenchmarkMissing message: what was looked for and the ways to provide it."""
     want = ", ".join(f"{spec.subdir}/{f}" for f in files)
-    return (f"benchmark {name!r}: file not found ({want}). Set {ENV_VAR} to a folder laid out like the kit's "
-            f"shared/data (its SOURCES.md names each upstream file), place it at ../shared/data "
-            f"beside the repo, or pass path= to the file or its folder.{extra}")
+    return (f"benchmark {name!r}: file not found ({want}). Set {ENV_VAR} to a folder that holds it at that path "
+            f"(docs/READING_GROUP.md, 'The optional benchmark data', names each file and its public source), "
+            f"place that folder at ../shared/data beside the repo, or pass path= to the file or its folder.{extra}")
 
 
 def missing_hint(spec: BenchmarkSpec) -> str:

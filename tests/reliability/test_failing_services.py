@@ -147,12 +147,13 @@ def test_teacher_auth_error_stops_stage_02_clearly(ref_copy, monkeypatch, tally)
     with fake_api(lambda kind, body: "r401" if kind == "teacher" else None) as srv:
         _env(monkeypatch, srv.url)
         run = Run(load_recipe(TINY_RECIPE, {**SMALL_02, **API_OVERRIDES}), "reference", ref_copy.parent)
+        stage_for(run, "build_data").set_aside()  # the finished offline stage: replaced only when asked (kept_stages)
         with pytest.raises(APIError) as e:
             run_build_data(run, log=lambda s: None)
         tally.fault(srv.total("teacher"))
     assert e.value.status == 401 and "HTTP 401" in str(e.value) and SECRET not in str(e.value)
     st = stage_for(run, "build_data")
     assert not st.is_complete() and not st.manifest_path.exists()  # the failed attempt looks unfinished
-    kept = st.dir.with_name(st.dir.name + ".previous") / "manifest.json"  # the old (offline) stage is kept
+    kept = next(st.dir.with_name(st.dir.name + ".previous").glob("*/manifest.json"))  # the offline stage, kept per config
     assert json.loads(kept.read_text())["config"]["teacher"]["backend"] == "offline"
     assert SECRET not in "".join(p.read_text(errors="replace") for p in run.path.rglob("*.json*") if p.is_file())
