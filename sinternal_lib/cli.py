@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .config import load_recipe, parse_override_strings
+from .memory_fit import format_fit, recipe_fit
 from .power_plan import format_power_plan, write_power_plan
 from .recipe_checks import RecipeError
 from .recipe_sections import REPO_ROOT
@@ -113,6 +114,8 @@ def run_notebooks(
             log(format_power_plan(write_power_plan(run)))
         except Exception as e:  # the plan is advice: a fault in it must not stop the stages
             log(f"power plan not computed ({type(e).__name__}: {e})")
+        if str(recipe.model.device).startswith("cuda"):  # will training fit the GPU? said before any model loads
+            log(format_fit(recipe_fit(recipe, _gpu_gib())))
         for stage in stages:
             nb = notebook_path(stage)
             out = out_dir / nb.name
@@ -155,6 +158,13 @@ def run_notebooks(
         run.release()
 
 
+def _gpu_gib() -> float | None:
+    """Memory of the first visible CUDA GPU in GiB (None without one)."""
+    import torch  # here: only a CUDA recipe asks, and torch takes seconds to import
+
+    return torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sinternal_lib", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -172,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--show-unsafe", action="store_true", help="do not redact unsafe completions")
     pm_ = sub.add_parser("prepare-model", help="convert a bundled model into the cache once")
     pm_.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    fit = sub.add_parser("fit", help="estimate the peak GPU memory of a recipe's training stages (no download)")
+    fit.add_argument("--recipe", default="gpu-ds-r1-qwen-7b", help="recipe name under configs/ or a path")
+    fit.add_argument("--gpu-gib", type=float, default=None, help="GPU memory to check against, in GiB")
+    fit.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="recipe override")
     sub.add_parser("strip-notebooks", help="remove outputs from notebooks/*.ipynb")
     sub.add_parser("build-notebooks", help="rebuild notebooks/*.ipynb from notebooks/src/*.py")
     a = p.parse_args(argv)
@@ -187,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             for line in headline(run):
                 print(f"  {line}")
             return 0
+        if a.cmd == "fit":
+            rows = recipe_fit(load_recipe(a.recipe, parse_override_strings(a.set)), a.gpu_gib)
+            print(format_fit(rows, a.gpu_gib))
+            return 1 if any(r["fits"] is False for r in rows) else 0
         if a.cmd == "prepare-model":
             from .models import prepare_bundled  # here, not at the top: models imports torch (seconds)
 

@@ -144,6 +144,7 @@ RANGES: dict[str, Bound] = {
     "grpo.num_generations": Bound(lo=2),  # TRL: group advantages need >= 2 rollouts per prompt
     "grpo.per_device_train_batch_size": AT_LEAST_1,  # a multiple of num_generations per step (RULES)
     "grpo.gradient_accumulation_steps": AT_LEAST_1,
+    "grpo.steps_per_generation": AT_LEAST_1,
     "grpo.learning_rate": POSITIVE,
     "grpo.beta": Bound(lo=0),
     "grpo.max_steps": AT_LEAST_1,  # grpo.training_configs sets no epochs: steps are the only budget
@@ -182,6 +183,10 @@ RULES: list[tuple[tuple[str, ...], Callable[[Recipe], bool], str]] = [
      lambda r: r.grpo.per_device_train_batch_size * r.grpo.gradient_accumulation_steps % r.grpo.num_generations == 0,
      "grpo.per_device_train_batch_size x grpo.gradient_accumulation_steps (completions per step) must be a "
      "multiple of grpo.num_generations (whole groups of rollouts per prompt)"),
+    (("grpo.per_device_train_batch_size", "grpo.steps_per_generation", "grpo.num_generations"),  # None: TRL's default
+     lambda r: (r.grpo.per_device_train_batch_size * (r.grpo.steps_per_generation or 0)) % r.grpo.num_generations == 0,
+     "grpo.per_device_train_batch_size x grpo.steps_per_generation (one generation call) must be a multiple of "
+     "grpo.num_generations"),
 ]
 
 

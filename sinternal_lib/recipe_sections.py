@@ -1,11 +1,12 @@
 """The recipe's schema: one dataclass per YAML section (its keys, types and defaults) and `Recipe`, which holds them.
 
 A recipe has top-level sections `run`, `model`, `spec`, `data`, `judge`, `teacher`, `lora` (the adapter
-SFT and GRPO train) and one per stage (`diagnose`, `build_data`, `sft`, `grpo`, `evaluate`); `SECTIONS`
-maps each name to its dataclass. A key of `lora`, `sft` or `grpo` that is a PEFT `LoraConfig` / TRL
-`SFTConfig` / `GRPOConfig` field has that field's name and reaches it unchanged (LORA_PEFT_FIELDS,
-SFT_TRL_FIELDS, GRPO_TRL_FIELDS). What values each key accepts is in `recipe_checks`; loading, overrides
-and writing a recipe are in `config` (the public entry: `from sinternal_lib.config import load_recipe`).
+SFT and GRPO train) and one per stage (`diagnose`, `build_data`, `sft`, `grpo`, `evaluate`,
+`self_verification`); `SECTIONS` maps each name to its dataclass. A key of `lora`, `sft` or `grpo` that
+is a PEFT `LoraConfig` / TRL `SFTConfig` / `GRPOConfig` field has that field's name and reaches it
+unchanged (LORA_PEFT_FIELDS, SFT_TRL_FIELDS, GRPO_TRL_FIELDS). What values each key accepts is in
+`recipe_checks`; loading, overrides and writing a recipe are in `config` (the public entry:
+`from sinternal_lib.config import load_recipe`).
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ class SftConfig:
     eval_num_pairs: int = 40  # held-out verification pairs (test split)
     eval_num_prompts: int = 24  # held-out chat prompts for ASR / compliance / takeover
     # Human-labelled held-out pairs (shared data folder; skipped when absent): answers the policy never
-    # wrote, labelled by people, so a verifier cannot pass by reading only the prompt.
+    # wrote, labelled by people. On XSTest a prompt-only rule still scores well (every answer to a safe
+    # prompt is safe); PKU-SafeRLHF, whose prompts are all harmful, is the set it cannot pass.
     eval_human_sets: list[str] = field(default_factory=lambda: ["xstest_completions"])
     eval_num_human_pairs: int = 40
     eval_max_new_tokens: int = 96
@@ -182,6 +184,9 @@ class GrpoConfig:
     num_generations: int = 8  # paper: 8 rollouts per prompt
     per_device_train_batch_size: int = 512  # paper: 64 prompts x 8 rollouts = 512 completions per step
     gradient_accumulation_steps: int = 1  # > 1 splits the step's completions into micro-batches
+    # micro-batches per generation call; None = TRL's default (gradient_accumulation_steps: the whole step's
+    # rollouts generated at once, whose KV cache can outgrow a GPU: memory_fit.py, `python -m sinternal_lib fit`)
+    steps_per_generation: int | None = None
     learning_rate: float = 1e-6  # paper
     beta: float = 0.0  # paper: no KL penalty
     max_steps: int = 100  # not in paper
@@ -214,6 +219,43 @@ class EvaluateConfig:
     show_unsafe: bool = False  # report shows unsafe completions only when True
 
 
+# Stage 06's guarded-generation policies (sinternal_lib/self_guard.py POLICIES has one function per name):
+# plain greedy answers; draft -> guard -> regenerate up to max_retries times -> refuse; best of N samples by
+# the guard's score. "self_" policies use the checkpoint as its own verifier, "judge_" ones the recipe's judge.
+GUARD_POLICIES: tuple[str, ...] = ("plain", "self_regenerate", "self_best_of_n", "judge_regenerate", "judge_best_of_n")
+
+
+@dataclass
+class SelfVerificationConfig:
+    """Stage 06, beyond the paper: the trained model as its own guard, and verification under edited specs.
+    Checkpoints are "base" or "sft/<variant>" (the stage depends on 02 and 03 only)."""
+
+    checkpoints: list[str] = field(default_factory=lambda: ["base", "sft/sinternal", "sft/answer_centric"])
+    policies: list[str] = field(default_factory=lambda: list(GUARD_POLICIES))
+    max_retries: int = 2  # k: after a draft the guard calls unsafe, up to k new samples, then a refusal
+    best_of_n: int = 4  # samples ranked by the guard's score (self: forced-choice P(unsafe))
+    temperature: float = 1.0  # retries and best-of-N samples (the first draft is greedy, as in stage 05)
+    top_p: float = 0.95
+    self_verdict: str = "forced_choice"  # how the self-guard decides: forced_choice (no tokens) or generate
+    unsafe_threshold: float = 0.5  # forced choice: a draft is unsafe when P(unsafe) > this
+    # The offline matcher judge cannot label a compliant answer without the prompt's harmful/benign label;
+    # with it the external guard knows which prompts are harmful (an oracle on the CPU recipe).
+    external_guard_prompt_label: bool = True
+    refusal: str = "I can't help with that. My draft answers did not pass my safety check against the specification."
+    benchmarks: list[str] = field(default_factory=lambda: ["embedded_harmful", "embedded_jailbreak", "embedded_benign"])
+    num_per_benchmark: int = 24  # seeded subsample; embedded_benign keeps only its look-alike prompts
+    max_new_tokens: int = 96
+    verify_max_new_tokens: int = 96  # free-form verification (self_verdict generate, spec swap free form)
+    batch_size: int = 8
+    # Spec swap: the held-out pairs verified under the recipe's spec and under each edited spec
+    spec_checkpoints: list[str] = field(default_factory=lambda: ["base", "sft/sinternal", "sft/verdict_only"])
+    spec_variants: list[str] = field(default_factory=lambda: [
+        "data/spec/safety_spec_permit_illegal_drugs.yaml", "data/spec/safety_spec_forbid_sensitive_topics.yaml"])
+    spec_num_pairs: int = 0  # stage 02 held-out pairs used (0 = all)
+    spec_targeted_pairs: int = 16  # per edit: extra pairs from test prompts the edit affects (base answers, judged)
+    spec_free_form: bool = True  # also let each verifier write critique + verdict (forced choice is always scored)
+
+
 # Recipe keys that are TRL / PEFT fields under the same name, passed to them unchanged in one hop
 # (sft.training_configs, grpo.training_configs, models.lora_config). A test checks each is a real field of
 # trl.SFTConfig / trl.GRPOConfig / peft.LoraConfig, so a rename upstream fails a test, not a run.
@@ -222,8 +264,9 @@ SFT_TRL_FIELDS: tuple[str, ...] = (
     "gradient_accumulation_steps", "save_steps", "logging_steps", "bf16", "gradient_checkpointing", "padding_free",
 )
 GRPO_TRL_FIELDS: tuple[str, ...] = (
-    "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "beta",
-    "max_steps", "max_completion_length", "temperature", "save_steps", "bf16", "gradient_checkpointing",
+    "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
+    "learning_rate", "beta", "max_steps", "max_completion_length", "temperature", "save_steps", "bf16",
+    "gradient_checkpointing",
 )
 LORA_PEFT_FIELDS: tuple[str, ...] = ("r", "lora_alpha", "lora_dropout", "target_modules")
 
@@ -240,6 +283,7 @@ SECTIONS: dict[str, type] = {
     "sft": SftConfig,
     "grpo": GrpoConfig,
     "evaluate": EvaluateConfig,
+    "self_verification": SelfVerificationConfig,
 }
 
 
@@ -259,6 +303,7 @@ class Recipe:
     sft: SftConfig = field(default_factory=SftConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    self_verification: SelfVerificationConfig = field(default_factory=SelfVerificationConfig)
     source: str = ""  # path of the recipe file it came from
 
     def to_dict(self) -> dict[str, Any]:
