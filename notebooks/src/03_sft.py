@@ -21,7 +21,7 @@
 # `verification_eval.jsonl`, `chat_eval.jsonl`, `forced_choice_eval.jsonl` (P(unsafe) per held-out pair),
 # `summary.json` (written last); `03_sft/other_exp/verification_rows.jsonl` and `human_split.json` (which
 # human-labelled answers Other-Exp trained on, apart from the held-out ones); `03_sft/base/` (the base
-# model's evaluation); figures `sft_loss.png`, `sft_before_after.png`; the `sft` section of `metrics.json`.
+# model's evaluation); figures `runs/<run>/figures/sft_loss.png` and `sft_before_after.png`; the `sft` section of `metrics.json`.
 #
 # **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, bf16 autocast, padding-free batches,
 # compact LM head): about 23 minutes on a quiet 2-core CPU (docs/LOG.md, 2026-11-27, a from-scratch

@@ -192,7 +192,7 @@ rollout_group(stage.dir / init / grpo_rewards.ROLLOUTS, grpo_args.num_generation
 # 1. Why does the benign reward multiply V_safe by (1 - V_refuse) instead of using V_safe alone? What
 #    would RL learn on a mix of harmful and benign prompts with V_safe only?
 # 2. GRPO's advantage is (r - mean r) / std r within a group. What happens to the gradient when all
-#    rollouts of a prompt get the same reward (see `frac_reward_zero_std` in the trainer logs)?
+#    rollouts of a prompt get the same reward (see `frac_reward_zero_std` in the `log_history` of `checkpoints/*/trainer_state.json`)?
 # 3. The paper uses no KL penalty (beta = 0). What keeps the policy close to its initialisation here?
 # 4. Why must the reward use the same judge and math grader as the evaluation, and what goes wrong if
 #    training is scored by a more lenient copy?

@@ -89,7 +89,9 @@ plots.eval_rates(ev, fig_dir)
 # %% [markdown]
 # ## Ablations
 # Which part of the verification target matters: critique and verdict, verdict only, critique only,
-# or verifying another model's answers (other_exp)?
+# or verifying another model's answers (other_exp)? Only the checkpoints listed in `evaluate.checkpoints`
+# appear: the quick recipe evaluates no ablation, so this table holds `sft/sinternal` alone there; the
+# study recipe (`make study`) evaluates every ablation.
 
 # %%
 from sinternal_lib.report import ABLATIONS
