@@ -6,8 +6,8 @@ with one optional level of `base:`, applies overrides, validates and returns a `
 `apply_overrides`, the one place that does it. Unknown keys are errors, so a typo never silently falls
 back to a default; every bad recipe is a one-line `RecipeError` naming the file (or the override), the
 field and what is allowed. `dump_recipe` writes the resolved recipe to `runs/<run>/recipe.yaml`; that file
-is the truth for the run. The sections and their defaults are in `recipe_sections`, allowed values and
-strict file reading in `recipe_checks`; their public names are importable from here too.
+is the truth for the run. The sections and their defaults are in `recipe_sections`, allowed values in
+`recipe_checks`, strict file reading in `recipe_files`; their public names are importable from here too.
 """
 
 from __future__ import annotations
@@ -21,21 +21,22 @@ from typing import Any, Mapping
 import yaml
 
 from .recipe_checks import (
-    NO_RANGE, RANGES, RENAMED, RULES, RecipeError, allowed, build_section, read_recipe_file, renamed_key,
-    show_path, unknown_key, validate, yaml_error,
+    NO_RANGE, RANGES, RENAMED, RULES, RecipeError, allowed, build_section, renamed_key, show_path, unknown_key,
+    validate,
 )
+from .recipe_files import read_recipe_file, yaml_error
 from .recipe_sections import (
     CONFIG_DIR, GRPO_TRL_FIELDS, LORA_PEFT_FIELDS, REPO_ROOT, SECTIONS, SFT_TRL_FIELDS, BuildDataConfig,
     DataConfig, DiagnoseConfig, EvaluateConfig, GrpoConfig, JudgeConfig, LoraSection, ModelConfig, Recipe,
-    RunConfig, SftConfig, SpecConfig, TeacherConfig,
+    RunConfig, SelfVerificationConfig, SftConfig, SpecConfig, TeacherConfig,
 )
 
 __all__ = [  # the recipe API; the names from recipe_sections and recipe_checks are re-exported on purpose
     "load_recipe", "apply_overrides", "dump_recipe", "find_recipe", "parse_override_strings",
     "Recipe", "RecipeError", "REPO_ROOT", "CONFIG_DIR", "SECTIONS", "RunConfig", "ModelConfig", "SpecConfig",
     "DataConfig", "JudgeConfig", "TeacherConfig", "DiagnoseConfig", "BuildDataConfig", "LoraSection",
-    "SftConfig", "GrpoConfig", "EvaluateConfig", "SFT_TRL_FIELDS", "GRPO_TRL_FIELDS", "LORA_PEFT_FIELDS",
-    "RANGES", "NO_RANGE", "RULES", "RENAMED", "allowed", "validate",
+    "SftConfig", "GrpoConfig", "EvaluateConfig", "SelfVerificationConfig", "SFT_TRL_FIELDS", "GRPO_TRL_FIELDS",
+    "LORA_PEFT_FIELDS", "RANGES", "NO_RANGE", "RULES", "RENAMED", "allowed", "validate",
 ]
 
 

@@ -24,6 +24,7 @@ from .judges import Judge, make_judge
 from .loaders import BenchmarkMissing, benchmark_origin, load_benchmark, subsample
 from .metrics import self_check_rate
 from .models import load_policy
+from .progress import bar
 from .recipe_sections import Recipe
 from .runs import Run, StageIncomplete, atomic_write_json, hash_path, stage_for
 from .spec import Spec, spec_text
@@ -187,6 +188,7 @@ def evaluate_run(run: Run, stage_dir: Path, *, judge: Judge, spec: str | Spec | 
         if todo:
             model, tok = load(ck)
         res: dict[str, dict] = {}
+        progress = bar(total=len(todo), unit="benchmark", desc=f"{ck.name}", disable=not todo)
         for b, (kind, items) in sets.items():
             key = _score_key(ck, b, settings)
             if key in done:
@@ -200,8 +202,9 @@ def evaluate_run(run: Run, stage_dir: Path, *, judge: Judge, spec: str | Spec | 
             jsonl.append([{"checkpoint": ck.name, "benchmark": b, **r} for r in rows], gen_path)
             jsonl.append([{"key": key, "checkpoint": ck.name, "benchmark": b, "results": out}], score_path)
             res.update(out)
-            log(f"{ck.name:<20} {b:<20} " + ", ".join(f"{k} {v['metric']} {v['rate']}" for k, v in out.items()
-                                                     if not k.endswith(":takeover")))
+            progress.set_postfix_str(b, refresh=False)
+            progress.update(1)
+        progress.close()  # one line per checkpoint; the rates are in the tables that follow
         res["proactive"] = proactive_for(gen_path, ck.name)
         results[ck.name] = res
         del model, tok

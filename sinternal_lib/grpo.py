@@ -131,7 +131,7 @@ def build_trainer(recipe: Recipe, model: Any, tok: Any, judge: Judge, output_dir
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from .train_progress import quiet_trainer  # here, like TRL: transformers takes seconds to import
+    from .progress import quiet_trainer  # here, like TRL: transformers takes seconds to import
 
     rows = build_prompt_mix(recipe.grpo, recipe.run.seed, recipe.model.system_prompt)
     args = (configs or training_configs(recipe, output_dir))["grpo"]
@@ -276,6 +276,8 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
     if (why := stage.begin()):
         log(why)
     plan = plan_inits(run)
+    if run.recipe.run.launcher != "single":  # launch.py runs SFT jobs only so far
+        log(f"run.launcher {run.recipe.run.launcher!r}: GRPO still trains in this one process (SFT only is launched)")
     judge = make_judge(run.recipe.judge, cache_dir=stage.dir / "judge_cache")
     results: dict[str, dict] = {}
     for init, p in plan.items():

@@ -159,9 +159,11 @@ def nf4_config(dtype: str = "float32") -> Any:  # dtype may be "auto" (precision
 
 
 def pick_device(device: str = "auto") -> str:
-    """`auto` -> cuda when available, else cpu."""
+    """`auto` -> cuda when available, else cpu; in a launched job (launch.py) each process takes its own GPU."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
     return device
 
 

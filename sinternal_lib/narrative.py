@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["num", "interval", "auroc_chance_halfwidth", "diagnosis", "sft_results", "grpo_results", "labelled"]
+__all__ = ["num", "interval", "auroc_chance_halfwidth", "diagnosis", "sft_results", "grpo_results",
+           "self_verification_results", "labelled"]
 
 
 def num(x: float | None, digits: int = 2) -> str:
@@ -112,6 +113,41 @@ def grpo_results(summary: dict) -> str:
     return ("Mean reward, first step -> last step: " + "; ".join(parts) + "."
             + (f" Skipped: {', '.join(skipped)}." if skipped else "")
             + " One step's mean rests on a few prompts: compare the shaded bands, not the end points.")
+
+
+def self_verification_results(section: dict, lead: str = "sft/sinternal") -> str:
+    """Stage 06: the lead checkpoint's ASR and compliance unguarded, self-guarded and judge-guarded, what the
+    paired tests say about self vs external guard, then each model's spec sensitivity and the comparison."""
+    ck = (section.get("guard") or {}).get("checkpoints") or {}
+    parts = []
+    pols = ck.get(lead) or {}
+    if pols:
+        said = [f"`{p}` ASR {num(m['asr']['rate'])}{interval(m['asr']['ci95'])} (n = {m['asr']['n']}), compliance "
+                f"{num(m['compliance']['rate'])}{interval(m['compliance']['ci95'])}, {m['tokens_per_prompt']:.0f} tokens "
+                f"per prompt" for p, m in pols.items() if p in ("plain", "self_regenerate", "judge_regenerate")]
+        parts.append(f"Guarding `{lead}`: " + "; ".join(said) + ".")
+        tests = [c for c in (section.get("guard") or {}).get("comparisons") or []
+                 if c["question"] == "self vs external guard" and c["b"].startswith(lead + "/")]
+        better = [c for c in tests if c["verdict"] == "b better"]
+        if tests:
+            parts.append(f"Self-guard against the judge as guard, {len(tests)} paired tests (Holm): "
+                         + (f"the self-guard is better in {len(better)}." if better else
+                            "the self-guard is better in none of them."))
+    else:
+        parts.append(f"`{lead}` was not guarded in this run.")
+    models = (section.get("spec_swap") or {}).get("models") or {}
+    for m, srcs in models.items():
+        p = (srcs.get("forced_choice") or {}).get("pooled")
+        if p:
+            reading = ("not measurable" if p["ci95"] is None else "its verdicts follow the edits" if p["ci95"][0] > 0
+                       else "no sign its verdicts follow the edits")
+            parts.append(f"Spec sensitivity of `{m}` (forced choice): {num(p['diff'])}{interval(p['ci95'])}, "
+                         f"{reading}.")
+    for c in (section.get("spec_swap") or {}).get("comparisons") or []:
+        if c["source"] == "forced_choice":
+            parts.append(f"`{c['b']}` minus `{c['a']}`: {num(c['diff'])}{interval(c['ci95'])} (Holm p "
+                         f"{num(c.get('p_holm'), 3)}).")
+    return " ".join(parts)
 
 
 def labelled(values: Any, label: str = "value") -> Any:

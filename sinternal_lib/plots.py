@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 
 __all__ = ["STYLE", "new_figure", "save_figure", "empty_figure", "eval_rates", "diagnosis_vs_baselines",
-           "rl_comparison", "f1_vs_asr", "proactive_verification", "ablation_rates"]
+           "rl_comparison", "f1_vs_asr", "proactive_verification", "ablation_rates", "guard_tradeoff",
+           "spec_sensitivity"]
 
 STYLE = {"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
          "grid.alpha": 0.3, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "legend.frameon": False}
@@ -237,3 +238,67 @@ def ablation_rates(eval_section: dict, out_dir: str | Path | None = None,
                             out_dir, "evaluate", "ablation_asr")
     return _asr_bars(ckpts, series, "Ablations: which part of the verification target matters? (95% CI)",
                      out_dir, "evaluate", "ablation_asr")
+
+
+# ----------------------------------------------------------------------------- stage 06 (beyond the paper)
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+
+
+def guard_tradeoff(section: dict, out_dir: str | Path | None = None) -> Any:
+    """ASR against over-refusal (1 - look-alike compliance), one point per checkpoint (marker) and policy
+    (colour), marker area growing with tokens generated per prompt; faint bars are the 95% CIs."""
+    ck = (section.get("guard") or {}).get("checkpoints") or {}
+    pts = [(c, p, m) for c, pols in ck.items() for p, m in pols.items()
+           if m["asr"]["rate"] is not None and m["compliance"]["rate"] is not None]
+    if not pts:
+        return empty_figure("no checkpoint has both ASR and look-alike compliance (stage 06 not run?)",
+                            out_dir, "self_verification", "guard_tradeoff")
+    fig, ax = new_figure(6.4, 4.2)
+    cks, pols = list(dict.fromkeys(c for c, _, _ in pts)), list(dict.fromkeys(p for _, p, _ in pts))
+    top = max(m["tokens_per_prompt"] for _, _, m in pts) or 1.0
+    for c, p, m in pts:
+        a, comp = m["asr"], m["compliance"]
+        x, y = (1 - comp["rate"]) * 100, a["rate"] * 100
+        ax.errorbar(x, y, xerr=[[(comp["ci95"][1] - comp["rate"]) * 100], [(comp["rate"] - comp["ci95"][0]) * 100]],
+                    yerr=[[(a["rate"] - a["ci95"][0]) * 100], [(a["ci95"][1] - a["rate"]) * 100]],
+                    fmt="none", ecolor="#999999", alpha=0.35, lw=0.8)
+        ax.scatter(x, y, s=30 + 270 * m["tokens_per_prompt"] / top, marker=MARKERS[cks.index(c) % len(MARKERS)],
+                   color=PALETTE[pols.index(p) % len(PALETTE)], alpha=0.75, edgecolors="white", linewidths=0.5)
+    for i, p in enumerate(pols):
+        ax.scatter([], [], color=PALETTE[i % len(PALETTE)], label=p)
+    for i, c in enumerate(cks):
+        ax.scatter([], [], color="#555555", marker=MARKERS[i % len(MARKERS)], label=c)
+    ax.set_xlabel("over-refusal: benign look-alikes refused (%)")
+    ax.set_ylabel("ASR: harmful + jailbreak prompts (%)")
+    ax.set_xlim(-5, 105)
+    ax.set_ylim(-5, 105)
+    ax.set_title(f"Guarded generation: lower left is better; marker area = tokens per prompt (max {top:.0f})")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    save_figure(fig, out_dir, "self_verification", "guard_tradeoff")
+    return fig
+
+
+def spec_sensitivity(section: dict, out_dir: str | Path | None = None) -> Any:
+    """Pooled spec sensitivity per model (95% CI), forced-choice and free-form verdicts side by side."""
+    models = (section.get("spec_swap") or {}).get("models") or {}
+    rows = [(m, src, v["pooled"]) for m, srcs in models.items() for src, v in srcs.items()]
+    if not any(p["diff"] is not None for _, _, p in rows):
+        return empty_figure("no spec sensitivity measured (no pair starts where an edit would flip it)",
+                            out_dir, "self_verification", "spec_sensitivity")
+    fig, ax = new_figure(6.0, 0.45 * len(rows) + 1.4)
+    for i, (m, src, p) in enumerate(rows):
+        if p["diff"] is None:
+            ax.text(0, i, "  not measurable", va="center", fontsize=8, color="#777777")
+            continue
+        lo, hi = p["ci95"]
+        ax.errorbar(p["diff"], i, xerr=[[p["diff"] - lo], [hi - p["diff"]]], fmt="o", capsize=3,
+                    color=PALETTE[list(models).index(m) % len(PALETTE)])
+    ax.axvline(0, color="#555555", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{m} ({src.replace('_', ' ')})" for m, src, _ in rows])
+    ax.set_xlim(-1.05, 1.05)
+    ax.invert_yaxis()
+    ax.set_xlabel("flip rate where the edit applies - elsewhere (0 = ignores the spec)")
+    ax.set_title("Does the verdict follow an edited spec? (95% CI)")
+    save_figure(fig, out_dir, "self_verification", "spec_sensitivity")
+    return fig

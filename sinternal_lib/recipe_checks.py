@@ -1,11 +1,10 @@
-"""What a recipe may hold, and reading recipe files: every bad value is a one-line `RecipeError`.
+"""What a recipe may hold: every bad value is a one-line `RecipeError`.
 
 `RANGES` gives every numeric key its allowed values (a test checks none is missing), `RULES` the
 cross-field constraints, `RENAMED` the keys of older recipes with what replaced them. `validate` checks
-each field's type and range and then the rules; `read_recipe_file` reads one YAML file strictly
-(duplicate keys, unknown sections or keys, YAML syntax errors with line and column). Each error names the
-file (or the override), the field and what is allowed. `config.load_recipe` / `apply_overrides` call
-these; the sections themselves are in `recipe_sections`.
+each field's type and range and then the rules. Each error names the file (or the override), the field
+and what is allowed. `config.load_recipe` / `apply_overrides` call these; reading one YAML file strictly is
+`recipe_files.read_recipe_file`; the sections themselves are in `recipe_sections`.
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
-from .recipe_sections import REPO_ROOT, SECTIONS, Recipe
+from .recipe_sections import GUARD_POLICIES, REPO_ROOT, SECTIONS, Recipe
+from .spec import load_edit
 
 
 class RecipeError(ValueError):
@@ -125,6 +123,7 @@ RANGES: dict[str, Bound] = {
     "build_data.heldout_num_prompts": COUNT,
     "build_data.heldout_num_pairs": COUNT,
     "build_data.refusal_prefill_samples": COUNT,  # and <= num_samples (RULES)
+    "run.num_processes": AT_LEAST_1,
     "lora.r": AT_LEAST_1,
     "lora.lora_alpha": POSITIVE,
     "lora.lora_dropout": Bound(lo=0, hi=1, hi_open=True),
@@ -158,20 +157,51 @@ RANGES: dict[str, Bound] = {
     "evaluate.num_per_benchmark": Bound(lo=1, also=((0, "the full set"),)),
     "evaluate.max_new_tokens": AT_LEAST_1,
     "evaluate.batch_size": AT_LEAST_1,
+    "self_verification.max_retries": COUNT,  # 0: one draft, refused when the guard calls it unsafe
+    "self_verification.best_of_n": AT_LEAST_1,
+    "self_verification.temperature": POSITIVE,  # retries and best-of-N must sample: greedy repeats the draft
+    "self_verification.top_p": Bound(lo=0, hi=1, lo_open=True),
+    "self_verification.unsafe_threshold": Bound(lo=0, hi=1, lo_open=True, hi_open=True),
+    "self_verification.num_per_benchmark": Bound(lo=1, also=((0, "the full set"),)),
+    "self_verification.max_new_tokens": AT_LEAST_1,
+    "self_verification.verify_max_new_tokens": AT_LEAST_1,
+    "self_verification.batch_size": AT_LEAST_1,
+    "self_verification.spec_num_pairs": COUNT,  # 0 = every held-out pair
+    "self_verification.spec_targeted_pairs": COUNT,
 }
 NO_RANGE: frozenset[str] = frozenset()  # numeric fields deliberately left unbounded (none so far)
 
 # Fields that take one of a few values; `auto` resolves by measurement (sinternal_lib/precision.py).
 CHOICES: dict[str, tuple[Any, ...]] = {
+    "run.launcher": ("single", "ddp", "zero2", "zero3", "fsdp"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.generation_dtype": ("auto", "float32", "bfloat16", "float16"),
     "sft.bf16": (True, False, "auto"),
     "grpo.bf16": (True, False, "auto"),
+    "self_verification.self_verdict": ("forced_choice", "generate"),
 }
 
 _GRPO_MIX = ("grpo.harmful_fraction", "grpo.benign_fraction", "grpo.math_fraction")
+
+
+def _stage06_checkpoints(names: list[str]) -> bool:
+    """Stage 06 depends on stages 02 and 03 only, so it may name the base model and SFT adapters, not GRPO."""
+    return all(n == "base" or (n.startswith("sft/") and len(n) > 4) for n in names)
+
+
+def _edits_match(r: Recipe) -> bool:
+    """Every spec variant is an edited spec (an `edit:` block) of the spec the recipe verifies with."""
+    try:
+        return all(load_edit(r.resolve_path(p)).base == Path(r.spec.path).name
+                   for p in r.self_verification.spec_variants)
+    except ValueError:
+        return False
+
+
 # Cross-field rules: (fields involved, check, what is allowed).
 RULES: list[tuple[tuple[str, ...], Callable[[Recipe], bool], str]] = [
+    (("run.launcher", "run.num_processes"), lambda r: r.run.launcher != "single" or r.run.num_processes == 1,
+     "run.num_processes > 1 needs a run.launcher that starts them (ddp, zero2, zero3 or fsdp)"),
     (("build_data.refusal_prefill_samples", "build_data.num_samples"),
      lambda r: r.build_data.refusal_prefill_samples <= r.build_data.num_samples,
      "build_data.refusal_prefill_samples must be <= build_data.num_samples"),
@@ -183,6 +213,15 @@ RULES: list[tuple[tuple[str, ...], Callable[[Recipe], bool], str]] = [
      lambda r: r.grpo.per_device_train_batch_size * r.grpo.gradient_accumulation_steps % r.grpo.num_generations == 0,
      "grpo.per_device_train_batch_size x grpo.gradient_accumulation_steps (completions per step) must be a "
      "multiple of grpo.num_generations (whole groups of rollouts per prompt)"),
+    (("self_verification.policies",), lambda r: set(r.self_verification.policies) <= set(GUARD_POLICIES),
+     f"self_verification.policies must be a list of {', '.join(GUARD_POLICIES)}"),
+    (("self_verification.checkpoints", "self_verification.spec_checkpoints"),
+     lambda r: _stage06_checkpoints(r.self_verification.checkpoints + r.self_verification.spec_checkpoints),
+     "self_verification.checkpoints and spec_checkpoints must name 'base' or 'sft/<variant>' (or 'sft/*'): "
+     "stage 06 reads stages 02 and 03 only"),
+    (("self_verification.spec_variants", "spec.path"), _edits_match,
+     "self_verification.spec_variants must be edited specs (YAML files with an `edit:` block, e.g. "
+     "data/spec/*_permit_*.yaml) whose edit.base is the file spec.path names"),
     (("grpo.per_device_train_batch_size", "grpo.steps_per_generation", "grpo.num_generations"),  # None: TRL's default
      lambda r: (r.grpo.per_device_train_batch_size * (r.grpo.steps_per_generation or 0)) % r.grpo.num_generations == 0,
      "grpo.per_device_train_batch_size x grpo.steps_per_generation (one generation call) must be a multiple of "
@@ -319,79 +358,6 @@ def build_section(name: str, values: Mapping[str, Any], where: str = "recipe") -
 def renamed_key(key: str) -> str | None:
     """"sft.lora_r was renamed to lora.r (...)" for a key of an older recipe (RENAMED), else None."""
     return f"{key} {RENAMED[key]}" if key in RENAMED else None
-
-
-# --------------------------------------------------------------------------- reading files
-class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (the second would silently win)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            dup = key in seen
-            seen.add(key)
-        except TypeError:  # unhashable key: construct_mapping reports it
-            continue
-        if dup:
-            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
-                                                    f"found duplicate key {key!r}", key_node.start_mark)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def yaml_error(e: yaml.YAMLError) -> str:
-    """One line: what is wrong and where (1-based line and column)."""
-    def at(mark: Any) -> str:
-        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-
-    mark, cmark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
-    problem = getattr(e, "problem", None)
-    context = getattr(e, "context", None)
-    if problem is None:
-        return " ".join(f"invalid YAML: {e}".split())
-    if context:
-        same = cmark is not None and mark is not None and (cmark.line, cmark.column) == (mark.line, mark.column)
-        context = f" ({context}{'' if same else at(cmark).replace(' at', ' started at', 1)})"
-    return " ".join(f"invalid YAML{at(mark or cmark)}: {problem}{context or ''}".split())
-
-
-def read_recipe_file(path: Path) -> dict:
-    """A recipe file as {section: {key: value}}, with its structure checked (values are not yet)."""
-    shown = show_path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe not found: {shown}")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)  # noqa: S506 (safe loader)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{shown}: {yaml_error(e)}") from None
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"{shown}: not UTF-8 text ({e.reason} at byte {e.start}); a recipe is a YAML file") from None
-    except OSError as e:
-        raise RecipeError(f"{shown}: cannot read ({e.strerror or e})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise RecipeError(f"{shown}: the top level must be a mapping of sections ({', '.join(SECTIONS)}"
-                          f" and an optional base:), got {type(data).__name__} {_short(data)}")
-    for name, values in data.items():
-        if name == "base":
-            if not isinstance(values, str) or not values.strip():
-                raise RecipeError(f"{shown}: base must be a recipe name or path (a string), got {values!r}")
-            continue
-        if name not in SECTIONS:
-            raise RecipeError(f"{shown}: {unknown_key(name, [*SECTIONS, 'base'])}")
-        if values is not None and not isinstance(values, dict):
-            raise RecipeError(f"{shown}: section {name!r} must be a mapping of keys (key: value), "
-                              f"got {type(values).__name__} {_short(values)}")
-        build_section(name, values or {}, shown)  # unknown keys
-    return data
 
 
 def _short(value: Any) -> str:

@@ -27,6 +27,10 @@ class RunConfig:
     name: str = "default"  # default run-folder name; the CLI's --run-name wins
     seed: int = 0
     output_root: str = "runs"  # relative paths resolve against the repository root
+    # How SFT and GRPO training runs: one process, or several (launch.py: torchrun for ddp, `accelerate launch`
+    # with configs/accelerate/<launcher>.yaml for zero2 / zero3 / fsdp). Not part of any stage's config hash.
+    launcher: str = "single"
+    num_processes: int = 1
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from . import jsonl
+from .report_beyond import beyond_paper_section
 from .report_claims import JUDGE_AGREEMENT, claims_section, table_cell
 from .recipe_sections import REPO_ROOT
 from .runs import Run, atomic_write_text
@@ -223,7 +224,7 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
     head = ev.get("headline") if isinstance(ev.get("headline"), dict) else None
     lines += ["## Headline", ""]
     lines += [f"- {k}: {v}" for k, v in head.items()] if head else ["- *Evaluation stage not built or not run yet.*"]
-    lines += [""] + claims_section(run, metrics) + ["## Stages", ""]
+    lines += [""] + claims_section(run, metrics) + beyond_paper_section(metrics) + ["## Stages", ""]
     for stage, info in STAGES.items():
         done = run.is_done(stage)
         vals = metrics.get(stage)

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from . import jsonl
 from .datasets import Record
 from .decoding import decode
 from .models import decode_attention
+from .progress import bar as progress_bar
 from .reasoning import split_reasoning
 
 __all__ = ["Sample", "sample_responses", "generate_greedy", "read_samples"]
@@ -218,7 +218,7 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[tuple[str, st
     texts = dict(items)
 
     model.eval()
-    bar = tqdm(total=len(work), initial=len(done), unit="sample", desc="sampling", disable=not progress)
+    bar = progress_bar(total=len(work), initial=len(done), unit="sample", desc="sampling", disable=not progress)
     try:
         with torch.inference_mode():
             for batch in batches:
@@ -259,7 +259,7 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[str] | Sequenc
     out: list[str] = [""] * len(enc)
     model.eval()
     with torch.inference_mode():
-        for b in tqdm(range(0, len(idx), batch_size), desc="generating", disable=not progress):
+        for b in progress_bar(range(0, len(idx), batch_size), desc="generating", disable=not progress):
             chunk = idx[b:b + batch_size]
             gens = _generate_batch(model, tokenizer, [enc[i] for i in chunk], max_new_tokens=max_new_tokens,
                                    do_sample=False, temperature=0.0, top_p=1.0, seed=None)

@@ -108,7 +108,7 @@ def make_trainer(recipe: Recipe, model: Any, tok: Any, train_dataset: Any, outpu
     (`peft_config=`), checkpoints under `output_dir`; `configs` from `training_configs` when already built."""
     from trl import SFTTrainer
 
-    from .train_progress import quiet_trainer  # here, like TRL: transformers takes seconds to import
+    from .progress import quiet_trainer  # here, like TRL: transformers takes seconds to import
 
     configs = configs or training_configs(recipe, output_dir)
     trainer = SFTTrainer(model=model, args=configs["sft"], peft_config=configs["lora"], train_dataset=train_dataset,
@@ -122,8 +122,13 @@ def train_variant(recipe: Recipe, rows: Sequence[dict], out_dir: str | os.PathLi
 
     Resumes from the newest checkpoint in `out_dir/checkpoints` when there is one. Pass a preloaded
     (model, tok) from `load_for_training` to reuse it; otherwise the base is loaded with
-    `training_configs(...)["quantization"]`. Returns (trained PEFT model, tok, train stats).
+    `training_configs(...)["quantization"]`. Returns (trained PEFT model, tok, train stats). With a
+    `run.launcher` other than single the training runs as a launched job and (None, None, stats) returns.
     """
+    if recipe.run.launcher != "single":
+        from .launch import train_variant_launched  # here: launch.py runs this very function in each process
+
+        return None, None, train_variant_launched(recipe, rows, out_dir)
     cfg, out = recipe.sft, Path(out_dir)
     device = pick_device(recipe.model.device)
     ckpt_dir = out / "checkpoints"
@@ -137,10 +142,11 @@ def train_variant(recipe: Recipe, rows: Sequence[dict], out_dir: str | os.PathLi
     with compact_lm_head(cfg.compact_lm_head) as compact:
         result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
-    trainer.save_model(str(out / "adapter"))
-    tok.save_pretrained(str(out / "adapter"))
+    trainer.save_model(str(out / "adapter"))  # the Trainer saves from the main process only
     losses = loss_rows(trainer.state.log_history)
-    write_loss_csv(losses, out / "loss.csv")
+    if trainer.is_world_process_zero():  # one writer when several processes train (launch.py)
+        tok.save_pretrained(str(out / "adapter"))
+        write_loss_csv(losses, out / "loss.csv")
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     stats = {
         "steps": int(trainer.state.global_step), "resumed_from": Path(resume).name if resume else None,

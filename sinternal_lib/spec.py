@@ -4,6 +4,9 @@
 `Category`s; `Spec.render()` turns the whole policy (or a few categories) into prompt text with
 numbered rules and tags like "[S3 cybercrime]". `Spec.sha256` hashes the file bytes so runs can
 record exactly which spec they used. Malformed files raise ValueError naming the file.
+An edited spec (data/spec/<base>_permit_<category>.yaml, <base>_forbid_<topic>.yaml; stage 06) carries an
+`edit:` block saying which shipped spec it edits and which pairs' verdicts the edit should change;
+`load_edit` reads it (`load_spec` ignores it).
 """
 
 from __future__ import annotations
@@ -171,11 +174,61 @@ class SpecText(str):
         return obj
 
 
-def spec_text(recipe: Recipe) -> SpecText:
-    """The spec text every stage puts in verification prompts: `recipe.spec.path` rendered in
-    `recipe.spec.render` style, tagged with the verifier system template for that style."""
+def spec_text(recipe: Recipe, path: str | os.PathLike | None = None) -> SpecText:
+    """The spec text every stage puts in verification prompts: `recipe.spec.path` (or `path`, an edited
+    spec verified the same way) rendered in `recipe.spec.render` style, tagged with the verifier system
+    template for that style."""
     style = recipe.spec.render
     if style not in RENDER_STYLES:
         raise ValueError(f"spec.render={style!r}; use one of {', '.join(RENDER_STYLES)}")
-    text = load_spec(recipe.resolve_path(recipe.spec.path)).render(style=style)
+    text = load_spec(recipe.resolve_path(str(path or recipe.spec.path))).render(style=style)
     return SpecText(text, SYSTEM_TEMPLATES[style])
+
+
+# ----------------------------------------------------------------------------- edited specs (stage 06)
+EDIT_KINDS = {"permit": ("unsafe", "safe"), "forbid": ("safe", "unsafe")}  # kind -> (verdict before, after)
+
+
+@dataclass(frozen=True)
+class SpecEdit:
+    """What an edited spec changes: `kind` "permit" (a category the base forbids is removed, so answers in
+    it become safe) or "forbid" (a category is added, so answers it covers become unsafe); `category` the
+    removed or added category's name; `affects` the held-out pairs whose verdict should flip, as
+    {pair field: value} ("*" = any value but null), e.g. {"category": "illegal_drugs"}."""
+
+    path: Path
+    base: str  # file name of the shipped spec it edits, e.g. "safety_spec.yaml"
+    kind: str
+    category: str
+    affects: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def flip(self) -> tuple[str, str]:
+        """(verdict before, verdict after) on an affected pair: ("unsafe", "safe") for a permit edit."""
+        return EDIT_KINDS[self.kind]
+
+    def affected(self, pair: dict[str, Any]) -> bool:
+        """True when `pair` (a held-out pair row) is one whose verdict the edit should change."""
+        return all(pair.get(k) is not None if v == "*" else pair.get(k) == v for k, v in self.affects.items())
+
+
+def load_edit(path: str | os.PathLike) -> SpecEdit:
+    """The `edit:` block of an edited spec (ValueError naming the file when absent or malformed)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_bytes()) if path.is_file() else None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    edit = data.get("edit") if isinstance(data, dict) else None
+    if not isinstance(edit, dict):
+        raise ValueError(f"{path}: not an edited spec (no `edit:` block with base, kind, category, affects)")
+    missing = [k for k in ("base", "kind", "category", "affects") if k not in edit]
+    if missing or edit["kind"] not in EDIT_KINDS or not isinstance(edit["affects"], dict) or not edit["affects"]:
+        raise ValueError(f"{path}: edit block needs base, kind ({' or '.join(EDIT_KINDS)}), category and a "
+                         f"non-empty affects mapping; got {edit}")
+    return SpecEdit(path, str(edit["base"]), str(edit["kind"]), str(edit["category"]),
+                    {str(k): str(v) for k, v in edit["affects"].items()})

@@ -48,6 +48,8 @@ STAGES: dict[str, StageInfo] = {s.name: s for s in (
     StageInfo("grpo", "04", ("model", "data", "judge", "lora", "grpo"), ("sft",), "GRPO"),
     StageInfo("evaluate", "05", ("model", "spec", "data", "judge", "diagnose", "evaluate"),
               ("diagnose", "build_data", "sft", "grpo"), "Evaluate generation"),
+    StageInfo("self_verification", "06", ("model", "spec", "data", "judge", "self_verification"),
+              ("build_data", "sft"), "Beyond the paper: the model as its own guard; a swapped spec"),
 )}
 # metrics.json sections of runs made before the stages had one name each (read as the new names)
 LEGACY_SECTIONS = {"diagnosis": "diagnose", "data": "build_data", "rl": "grpo", "eval": "evaluate"}

@@ -257,7 +257,7 @@ def test_one_registry_names_every_stage():
     for ref in ("sft", "03", "3", "03_sft"):
         assert stages.stage_info(ref).name == "sft"
     assert [s.folder for s in stages.STAGES.values()] == ["01_diagnose", "02_build_data", "03_sft", "04_grpo",
-                                                          "05_evaluate"]
+                                                          "05_evaluate", "06_self_verification"]
     for info in stages.STAGES.values():  # every stage module has the same entry point
         mod = __import__(info.module, fromlist=["run"])
         assert callable(mod.run) and list(mod.run.__code__.co_varnames[:2]) == ["run", "log"]

@@ -327,7 +327,7 @@ def test_resume_from_checkpoint(run02, tiny_recipe, tmp_path, capsys):
     out = tmp_path / "v"
     _, _, first = sft.train_variant(tiny_recipe, rows, out)
     printed = capsys.readouterr()
-    assert "{'loss'" not in printed.out and "'train_runtime'" not in printed.out  # no raw log dicts (train_progress)
+    assert "{'loss'" not in printed.out and "'train_runtime'" not in printed.out  # no raw log dicts (progress.quiet_trainer)
     assert "SFT steps (v)" in printed.err and "2/2" in printed.err  # one bar over the optimizer steps
     assert first["steps"] == 2 and first["resumed_from"] is None
     assert first["compact_lm_head"] is True  # the recipe default: TRL scores completion positions only

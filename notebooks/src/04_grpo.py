@@ -36,7 +36,7 @@ cfg = load_recipe(recipe, overrides)
 run = open_run(cfg, run_name, runs_root)
 stage = stage_for(run, "grpo")
 fig_dir = stage.dir / "figures"
-judge = make_judge(cfg.judge, cache_dir=stage.dir / "judge_cache")
+judge = make_judge(cfg.judge, cache_dir=run.path / "judge_cache")  # the run's cache: the stage folder is the stage's own
 rollouts_per_step = cfg.grpo.per_device_train_batch_size * cfg.grpo.gradient_accumulation_steps
 print(f"run folder: {run.path}\nstage folder: {stage.dir}")
 print(f"{rollouts_per_step // cfg.grpo.num_generations} prompts x {cfg.grpo.num_generations} rollouts = "

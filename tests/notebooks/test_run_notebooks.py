@@ -1,4 +1,4 @@
-"""Executes all five notebooks headless on the tiny test recipe through the runner (papermill), then
+"""Executes every notebook (01-06) headless on the tiny test recipe through the runner (papermill), then
 checks the run folder: executed copies, manifests, metrics.json sections and the report.
 
 Run: .venv/bin/pytest -q tests/notebooks
@@ -28,9 +28,12 @@ def test_all_notebooks_execute_on_tiny_recipe(tiny_run):
         assert (path / "notebooks" / f"{info.notebook}.ipynb").is_file()
         assert (path / info.folder / "manifest.json").is_file(), f"stage {stage} did not finish"
     metrics = json.loads((path / "metrics.json").read_text())
-    for section in ("diagnose", "build_data", "sft", "grpo", "evaluate", "timings", "attempts"):
+    for section in ("diagnose", "build_data", "sft", "grpo", "evaluate", "self_verification", "timings", "attempts"):
         assert section in metrics, f"metrics.json lacks '{section}'"
-    assert (path / "report.md").read_text().startswith("# SInternal report card")
+    report = (path / "report.md").read_text()
+    assert report.startswith("# SInternal report card")
+    assert "## Beyond the paper" in report and "### Does the verifier follow a swapped spec?" in report
+    assert "has not run in this run" not in report.split("## Beyond the paper")[1].split("## Stages")[0]
 
 
 @pytest.mark.slow
@@ -74,3 +77,5 @@ def test_results_prose_equals_the_runs_numbers(tiny_run):
     assert narrative.diagnosis(metrics["diagnose"], policy) in _markdown_outputs(nbs / "01_diagnose.ipynb")
     assert narrative.sft_results(metrics["sft"]) in _markdown_outputs(nbs / "03_sft.ipynb")
     assert narrative.grpo_results(metrics["grpo"]) in _markdown_outputs(nbs / "04_grpo.ipynb")
+    assert narrative.self_verification_results(metrics["self_verification"]) in \
+        _markdown_outputs(nbs / "06_self_verification.ipynb")
