@@ -32,7 +32,7 @@ $(VENV)/.sinternal-ready: pyproject.toml
 	$(PY) -m sinternal_lib prepare-model
 	@touch $@
 
-# The main job: all five notebooks on the embedded default recipe into runs/<run>/, ending with
+# The main job: all six notebooks on the embedded default recipe into runs/<run>/, ending with
 # runs/<run>/report.md. Tens of minutes on a 2-core CPU after setup (measured stage times: README);
 # reruns reuse finished stages.
 # Other recipes: make reproduce RECIPE=configs/gpu-ds-r1-qwen-7b.yaml RUN=r1-7b
@@ -45,7 +45,7 @@ reproduce: setup
 study: setup
 	$(PY) -m sinternal_lib run --recipe cpu-smollm2-study --run-name $(if $(RUN),$(RUN),cpu-smollm2-study) $(ARGS)
 
-# Unit tests plus the five notebooks executed on the tiny test recipe. Called by .ci/run. Tests that
+# Unit tests plus the six notebooks executed on the tiny test recipe. Called by .ci/run. Tests that
 # need the real datasets (../shared/data or $$SINTERNAL_SHARED_DATA) skip with a how-to where absent.
 test: setup
 	$(PY) -m pytest -q $(ARGS)

@@ -1,4 +1,4 @@
-"""Headless runner: execute the five notebooks in order with papermill into `runs/<run>/notebooks/`.
+"""Headless runner: execute the six notebooks in order with papermill into `runs/<run>/notebooks/`.
 
     python -m sinternal_lib run --recipe configs/cpu-smollm2.yaml --run-name demo [--only 03] [--set k=v]
     python -m sinternal_lib report --run-name demo

@@ -1,4 +1,4 @@
-"""Notebook sources: the five notebooks are written as jupytext percent-format scripts in
+"""Notebook sources: the six notebooks are written as jupytext percent-format scripts in
 `notebooks/src/` (`# %%` code cells, `# %% [markdown]` cells, `# %% tags=["parameters"]`), so they diff
 and review as code and open directly in JupyterLab ("Open With > Notebook", jupytext's extension);
 `build_notebook` turns one into the committed `.ipynb` (outputs empty). tests/test_notebooks.py checks

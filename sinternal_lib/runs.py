@@ -351,9 +351,8 @@ class Run:
 def quiet_loaders() -> None:
     """Silence the libraries' own loading chatter (weight-loading and dataset-saving progress bars,
     info-level logs) so executed notebooks show the kit's results; the kit's progress bars stay."""
-    # bitsandbytes warns on import that the optional hub-fetched `kernels` CPU kernel is absent (the kit
-    # never fetches from the hub), and transformers 5.24 flags TRL 1.16's `gradient_checkpointing` field
-    # as deprecated: neither is something a reader can act on.
+    # bitsandbytes warns that the optional hub-fetched `kernels` CPU kernel is absent (the kit never fetches from
+    # the hub); transformers 5.24 flags TRL 1.16's `gradient_checkpointing` field as deprecated: nothing to act on.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     logging.getLogger("kernels").setLevel(logging.ERROR)  # "skipping publisher trust check ... offline mode"
     warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
@@ -384,6 +383,8 @@ def stage_for(run: Run, name: str) -> Stage:
     inputs: dict[str, Any] = {dep: run.path / STAGES[dep].folder / MANIFEST for dep in info.depends}
     if "spec" in info.sections:
         inputs["spec_file"] = run.recipe.resolve_path(run.recipe.spec.path)
+    for i, path in enumerate(run.recipe.self_verification.spec_variants if info.name == "self_verification" else ()):
+        inputs[f"spec_variant_{i}"] = run.recipe.resolve_path(path)  # the edited specs' content, not only their paths
     return run.stage(info.name, info.sections, inputs)
 
 

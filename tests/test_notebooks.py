@@ -54,7 +54,7 @@ def reassigned_parameters(nb: nbformat.NotebookNode) -> list[str]:
     return sorted(set(bad))
 
 
-def test_five_notebooks_with_sources():
+def test_every_stage_has_a_notebook_source():
     assert [s.stem for s in SOURCES] == [info.notebook for info in STAGES.values()]
 
 
