@@ -32,6 +32,11 @@ SIZES = {  # real sizes of the architectures, random weights
     "qwen2-1.5b": ("Qwen2Config", dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
                                        num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                                        rope_theta=1000000.0, tie_word_embeddings=True)),
+    # DeepSeek-R1-Distill-Qwen-7B's shape: where QLoRA is meant to matter (run with --sections memory
+    # --base-dtype bfloat16 --row-scale 8 --batch-size 2 --steps 8 for the 7B recipe's row length)
+    "r1-qwen-7b": ("Qwen2Config", dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                                       num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                                       rope_theta=10000.0, tie_word_embeddings=False)),
     "tiny": ("LlamaConfig", dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
 }
@@ -169,13 +174,24 @@ def sft_arm(a: Any, spec: tuple, rows: list, weights: str = "float32") -> dict:
     return out
 
 
+def memory_estimate_mb(cfg: Any, weights: str, a: Any, seq_len: int) -> float:
+    """The kit's estimate (sinternal_lib.memory_fit) of an arm's peak, as torch counts it (no CUDA context):
+    the plain loss these arms use keeps whole logits (fused=False)."""
+    from sinternal_lib import memory_fit as mf
+
+    nbytes = {"float32": 4, "bfloat16": 2, "4bit": 4 if a.base_dtype == "float32" else 2}[weights]
+    est = mf.sft_memory(mf.shape_from_config(cfg.to_dict()), load_in_4bit=weights == "4bit", dtype_bytes=nbytes,
+                        micro_batch=a.batch_size, seq_len=seq_len, fused=False)
+    return round((est["peak"] - mf.CUDA_CONTEXT_GIB) * 1024, 1)
+
+
 def build_4bit(a: Any) -> Any:
     import tempfile
 
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     with tempfile.TemporaryDirectory() as d:
-        build(a.model, "cpu").save_pretrained(d)
+        build(a.model, "cpu", getattr(torch, a.base_dtype)).save_pretrained(d)  # bf16: the 7B base in half the disk
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
         return AutoModelForCausalLM.from_pretrained(d, quantization_config=q, device_map={"": a.device})
@@ -242,6 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=30, help="SFT steps per arm (the first 3 are warm-up)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="tiny config, short rows, 5 steps (CPU test)")
+    ap.add_argument("--row-scale", type=float, default=1.0, help="row length x this (8: ~4,600-token rows)")
+    ap.add_argument("--base-dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="dtype of the 4-bit arm's unquantized layers (float32 in the 2026-11-27 runs)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                     help="run only these parts (default all); a short lease can skip what is already measured")
     a = ap.parse_args(argv)
@@ -255,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
                                "cuda") else platform.processor()}, "packages": pk, "matmul_peak_gflops": peak}
     cfg = config(a.model)
     N, vocab = bl.model_flops_params(cfg), cfg.vocab_size  # N of 6*N*T: linear weights incl. LM head
-    rows = make_rows(8 if a.quick else 96, vocab, 0.1 if a.quick else 1.0)
+    rows = make_rows(8 if a.quick else 96, vocab, 0.1 if a.quick else a.row_scale)
     timings: dict[str, float] = {}
     res["seconds"] = timings
     notes = [f"matmul peak GFLOP/s: {peak}; MFU = 6*N*T/s over the peak of the arm's compute dtype",
@@ -287,9 +306,11 @@ def main(argv: list[str] | None = None) -> dict:
         mem = {w: sft_arm(a, SFT_ARMS[names[0]], rows, w) for w in ("float32", "bfloat16")}
         mem["4bit"] = sft_arm(a, SFT_ARMS[names[0]], rows, "4bit") if pk["bitsandbytes"] else \
             {"skipped": "bitsandbytes not installed"}
-        for r in mem.values():
+        for w, r in mem.items():
             r["peak_ratio_vs_bf16"] = bl.ratio(r.get("peak_mem_mb"), mem["bfloat16"]["peak_mem_mb"])
             r["weights_ratio_vs_bf16"] = bl.ratio(r.get("weights_mb"), mem["bfloat16"]["weights_mb"])
+            r["estimate_mb"] = memory_estimate_mb(cfg, w, a, max(len(ids) for ids, _ in rows))
+            r["estimate_ratio"] = bl.ratio(r["estimate_mb"], r.get("peak_mem_mb"))
         res["memory"] = mem
         timings["memory"] = round(time.perf_counter() - t0, 1)
         print(f"memory: {mem}", flush=True)
@@ -314,10 +335,11 @@ def main(argv: list[str] | None = None) -> dict:
     res["trl_arms"] = "not run here: bench_sft.py / bench_grpo.py run the TRL trainers" + (
         "" if pk["trl"] else " (and trl is not installed)")
     table = list(sft.values()) + [{"arm": f"memory: {w} LoRA weights", "tokens_per_s": r.get("tokens_per_s"),
-                                   "peak_mem_mb": r.get("peak_mem_mb"), "mem_ratio": r.get("peak_ratio_vs_bf16")}
+                                   "peak_mem_mb": r.get("peak_mem_mb"), "mem_ratio": r.get("peak_ratio_vs_bf16"),
+                                   "estimate_mb": r.get("estimate_mb"), "estimate_ratio": r.get("estimate_ratio")}
                                   for w, r in res.get("memory", {}).items()]
     bl.write_results("gpu_check", res, table, ["arm", "tokens_per_s", "speed_ratio", "peak_mem_mb", "mem_ratio",
-                                               "mfu_pct", "loss_step1"], a.out, notes)
+                                               "estimate_mb", "estimate_ratio", "mfu_pct", "loss_step1"], a.out, notes)
     return res
 
 

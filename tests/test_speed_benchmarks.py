@@ -65,3 +65,16 @@ def test_gpu_check_sections_run_only_what_is_asked(tmp_path):
     assert "sft" not in d and "sampling" not in d and "packed_check" not in d
     assert d["memory"]["4bit"].get("peak_mem_mb", 0) > 0 or "skipped" in d["memory"]["4bit"]
     assert "memory: bfloat16 LoRA weights" in (tmp_path / "gpu_check.md").read_text()
+    assert all(r.get("estimate_mb", 0) > 0 for r in d["memory"].values() if "skipped" not in r)  # memory_fit beside it
+
+
+def test_gpu_pipeline_time_estimate_from_measured_rates():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import gpu_pipeline
+
+    est = gpu_pipeline.recipe_time_estimate({"sampling": {"batched_16": [1.0, 1000.0]},
+                                             "memory": {"4bit": {"tokens_per_s": 2000.0}}})
+    assert est["generation_tokens_per_s"] == 1000.0 and est["total_hours"] > 0
+    # build_data: (4000 + 2000) prompts x 8 samples x 2048 tokens / 1000 tokens/s
+    assert est["hours"]["build_data"] == round(6000 * 8 * 2048 / 1000 / 3600, 1)
+    assert "note" in gpu_pipeline.recipe_time_estimate({})
