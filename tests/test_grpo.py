@@ -121,8 +121,8 @@ def test_prompt_mix_counts_and_seed():
 
 
 def test_training_configs_pass_recipe_keys_unchanged(tmp_path):
-    """One hop: every grpo key named in GRPO_TRL_FIELDS reaches GRPOConfig as is; TRL's generation batch is the
-    paper's 64 prompts x 8 rollouts per optimizer step."""
+    """One hop: every grpo key named in GRPO_TRL_FIELDS reaches GRPOConfig as is; an optimizer step holds the
+    paper's 64 prompts x 8 rollouts, generated one prompt's group at a time (memory_fit: it fits 24 GiB)."""
     from peft import LoraConfig
     from trl import GRPOConfig
 
@@ -134,7 +134,8 @@ def test_training_configs_pass_recipe_keys_unchanged(tmp_path):
     assert isinstance(a, GRPOConfig) and isinstance(c["lora"], LoraConfig)
     for f in GRPO_TRL_FIELDS:
         assert getattr(a, f) == getattr(r.grpo, f), f
-    assert a.generation_batch_size == 64 * 8 and a.steps_per_generation == a.gradient_accumulation_steps == 8
+    assert a.per_device_train_batch_size * a.gradient_accumulation_steps == 64 * 8
+    assert a.generation_batch_size == 8 and a.steps_per_generation == 4
     assert a.beta == 0.0 and a.learning_rate == 1e-6 and a.shuffle_dataset is False
 
 
