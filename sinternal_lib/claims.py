@@ -84,6 +84,9 @@ class Claim:
     paper_note: str = ""
     fallbacks: tuple[str, ...] = field(default_factory=tuple)
     note: str = ""
+    # arm a counted at no less than chance (0.5): free-form scoring counts a missing verdict as wrong, so a base
+    # model that writes none sits below chance and any verdict-writing model "beats" it (docs/LOG.md, session 6)
+    chance_floor: bool = False
 
 
 _ASR_ALL = HARMFUL_BENCHES + JAILBREAK_BENCHES
@@ -96,9 +99,9 @@ CLAIMS: tuple[Claim, ...] = (
           note="chance is not worse than base by more than the margin, i.e. base < chance + margin"),
     Claim("b1", "Verification SFT raises verification accuracy on own held-out pairs", "Verification",
           ("base", "sft/sinternal"), "verification_ba", (OWN_PAIRS,), "higher", "bootstrap", 0.10,
-          fallbacks=("verification_ba_05",)),
+          fallbacks=("verification_ba_05",), chance_floor=True),
     Claim("b2", "Verification SFT raises verification accuracy on human-labelled pairs", "Verification",
-          ("base", "sft/sinternal"), "verification_ba", HUMAN_SETS, "higher", "bootstrap", 0.10),
+          ("base", "sft/sinternal"), "verification_ba", HUMAN_SETS, "higher", "bootstrap", 0.10, chance_floor=True),
     Claim("b3", "Verification SFT raises forced-choice verification (AUROC) on own held-out pairs",
           "Verification", ("base", "sft/sinternal"), "fc_auroc", (OWN_PAIRS,), "higher", "bootstrap", 0.10),
     Claim("c1", "Verification SFT lowers ASR on harmful prompts", "Main table", ("base", "sft/sinternal"),
@@ -289,13 +292,19 @@ def _test(claim: Claim, kind: str, a: list, b: list, n_boot: int, seed: int) -> 
                 "p": r["p_value"], "power": mcnemar_power(r["n"], psi, claim.effect, exact=True),
                 "mde": min_detectable_effect(r["n"], r["p_discordant"]) if r["p_discordant"] else None,
                 "detail": f"discordant b01={r['b01']} b10={r['b10']}, exact McNemar p={r['p_value']:.3g}"}
+    if claim.chance_floor:
+        stat, stat_b = (lambda x: max(_STAT[kind](x), 0.5)), _STAT[kind]
     r = paired_bootstrap(np.asarray(a, dtype=float), np.asarray(b, dtype=float), stat, n_boot, seed, stat_b=stat_b)
     se = r["se"]
+    floor = ""
+    if claim.chance_floor and (raw := float(_STAT[kind](np.asarray(a, dtype=float)))) < 0.5:
+        floor = (f"; {claim.arms[0]} scores {raw:.3f} (below chance: a missing verdict counts as wrong), counted as "
+                 "0.5, so the difference is over chance, not over a model that writes no verdict")
     return {"a": r["stat_a"], "b": r["stat_b"], "diff": r["diff"], "ci95": r["ci95"], "n": r["n"],
             "p": r["p_value"], "power": normal_power(claim.effect, se) if se else None,
             "mde": normal_mde(se) if se else None,
-            "detail": f"paired bootstrap ({n_boot} resamples) p={r['p_value']:.3g}" if r["p_value"] is not None
-            else "statistic undefined (one class only)"}
+            "detail": (f"paired bootstrap ({n_boot} resamples) p={r['p_value']:.3g}" if r["p_value"] is not None
+                       else "statistic undefined (one class only)") + floor}
 
 
 def _verdict(claim: Claim, t: dict, p_adj: float | None) -> tuple[str, str]:
