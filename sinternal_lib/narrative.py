@@ -79,7 +79,7 @@ def sft_results(summary: dict, lead: str = "sinternal") -> str:
     ci = v["ci95"]["balanced_accuracy"]
     po = (v.get("baselines") or {}).get("prompt_only", {}).get("balanced_accuracy")
     out = [f"On the {v['n']} own held-out pairs, `{lead}` verifies with balanced accuracy "
-           f"{num(v['balanced_accuracy'])}{interval(ci)} (no verdict in {num(v['no_verdict_rate'])} of outputs): "
+           f"{num(v['balanced_accuracy'])}{interval(ci)} (no-verdict rate {num(v['no_verdict_rate'])}): "
            f"{_clears(ci, 0.5)} the coin flip and one-label verifiers (0.50), "
            f"{_clears(ci, po)} the prompt-only rule ({num(po)})"]
     for other in ("base", "verdict_only"):
