@@ -237,7 +237,8 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
             lines += _md_table(table.set_index("model") if not table.empty else table)
         if stage == "evaluate" and vals:
             lines += _eval_md(vals, load_paper_numbers())
-    figs = sorted(run.path.glob("*/figures/*.png"))  # the run-level figures/ (claims) sit in their section
+    figs = sorted(run.path.glob("*/figures/*.png")) + sorted(  # the claims' forest plots sit in their section
+        p for p in run.path.glob("figures/*.png") if not p.name.startswith("claims_"))
     lines += ["## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(run.path).as_posix()})" for p in figs] or ["*No figures yet.*"]
     lines += ["", f"## Example generations (embedded_harmful; unsafe answers {'shown' if show_unsafe else 'redacted'})", ""]

@@ -37,7 +37,10 @@ def test_redact():
 
 
 def test_report_from_fixture(run):
+    (run.path / "figures").mkdir(exist_ok=True)
+    (run.path / "figures" / "sft_loss.png").write_bytes(b"png")  # notebook 03 saves its figures at the run level
     md = render_report(run).read_text()
+    assert "![sft_loss](figures/sft_loss.png)" in md
     # tables
     assert "### Main table" in md and "| checkpoint | embedded_harmful (asr)" in md
     assert "| sft/sinternal | 10.0% [4.3, 21.4] n=50" in md
@@ -52,6 +55,7 @@ def test_report_from_fixture(run):
            "leaves 1 inconclusive and cannot test 16." in md
     assert "(not run: grpo/answer_centric, grpo/sinternal)" in md
     assert "![claims_main_table](figures/claims_main_table.png)" in md  # one forest plot per claim family
+    assert md.count("figures/claims_main_table.png") == 1  # in the claims section only, not again under Figures
     assert (run.path / "figures" / "claims_rl_initialisation.png").is_file()
     # not-built notes for missing stages and skipped benchmarks
     for stage in ("02_build_data", "03_sft", "04_grpo"):
