@@ -219,7 +219,7 @@ def recipe_fit(recipe: Any, gpu_gib: float | None = None) -> list[dict[str, Any]
 
 def format_fit(rows: list[dict[str, Any]], gpu_gib: float | None = None) -> str:
     """The estimate as a few lines for the terminal (the `fit` command and the runner on CUDA)."""
-    head = f"memory estimate per training stage (peak GiB, rough: see sinternal_lib/memory_fit.py)" + (
+    head = "memory estimate per training stage (peak GiB, rough: see sinternal_lib/memory_fit.py)" + (
         f" against {gpu_gib:g} GiB" if gpu_gib else "")
     lines = [head]
     for r in rows:

@@ -94,7 +94,7 @@ def generate_answers(model: Any, tok: Any, records: Sequence[Record], *, max_new
                            batch_size=batch_size, system_prompt=system_prompt)
     rows = []
     for r, text in zip(records, outs):
-        reasoning, answer = split_reasoning(text, {"r1": "think"}.get(reasoning_style, reasoning_style))
+        reasoning, answer = split_reasoning(text, reasoning_style)
         rows.append({"id": r.id, "prompt": r.prompt, "label": r.label, "category": r.category,
                      "response": text, "reasoning": reasoning, "answer": answer,
                      "self_check": detects_self_check(reasoning) or detects_self_check(answer),

@@ -12,12 +12,13 @@ _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 def split_reasoning(text: str, style: str = "auto") -> tuple[str | None, str]:
     """Split a generation into (reasoning, answer).
 
-    style "auto"/"think": `<think>R</think>A` -> (R, A); text that starts mid-thought (R1 templates put
-    `<think>` in the prompt) with only `</think>` -> (text before it, rest); an unterminated `<think>` ->
-    (remainder, ""); no tags -> (None, text.strip()). style "none": always (None, text.strip()).
+    style "auto"/"think" (and "r1", the recipe's name for it): `<think>R</think>A` -> (R, A); text that starts
+    mid-thought (R1 templates put `<think>` in the prompt) with only `</think>` -> (text before it, rest); an
+    unterminated `<think>` -> (remainder, ""); no tags -> (None, text.strip()). style "none": always
+    (None, text.strip()).
     """
-    if style not in ("auto", "think", "none"):
-        raise ValueError(f"unknown reasoning style {style!r}; use 'auto', 'think' or 'none'")
+    if style not in ("auto", "think", "r1", "none"):
+        raise ValueError(f"unknown reasoning style {style!r}; use 'auto', 'think' (or 'r1') or 'none'")
     if style == "none":
         return None, text.strip()
     close = text.find(_THINK_CLOSE)

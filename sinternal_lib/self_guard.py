@@ -67,7 +67,7 @@ class GuardSettings:
         return cls(max_new_tokens=sv.max_new_tokens, batch_size=sv.batch_size, max_retries=sv.max_retries,
                    best_of_n=sv.best_of_n, temperature=sv.temperature, top_p=sv.top_p, seed=recipe.run.seed,
                    refusal=sv.refusal, system_prompt=recipe.model.system_prompt,
-                   reasoning_style={"r1": "think"}.get(recipe.model.reasoning_style, recipe.model.reasoning_style))
+                   reasoning_style=recipe.model.reasoning_style)
 
 
 # ----------------------------------------------------------------------------- guards

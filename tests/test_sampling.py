@@ -193,3 +193,11 @@ def test_duplicate_ids_and_model_name(tiny):
         sample_responses(model, tok, [("a", "x"), ("a", "y")], progress=False)
     out = sample_responses(model, tok, PROMPTS[:1], max_new_tokens=3, progress=False, model_name="tiny")
     assert isinstance(out[0], Sample) and out[0].model == "tiny"
+
+
+def test_recipe_reasoning_style_r1_is_accepted_where_stages_pass_it():
+    """Stages pass the recipe's `model.reasoning_style` as is, and the GPU recipes say "r1"."""
+    from sinternal_lib.reasoning import split_reasoning
+
+    assert split_reasoning("<think>plan</think>answer", "r1") == split_reasoning("<think>plan</think>answer", "think")
+    assert split_reasoning("plan</think>answer", "r1") == ("plan", "answer")
