@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -155,11 +156,11 @@ def train_from_init(recipe: Recipe, init: str, out_dir: str | Path, *, adapter: 
     `adapter=None` trains a fresh LoRA (the recipe's lora section, as the trainer's `peft_config`); otherwise
     the SFT adapter is trained further.
     A finished init (summary.json with the same config hash) is returned as is; an unfinished one resumes
-    from its last checkpoint. Returns the summary: init, source_adapter, steps, first/last mean reward
-    and parts, reward_delta, wall_s, s_per_step, resumed_from.
+    from its last checkpoint. With `run.launcher` other than single the training runs as a job of
+    `run.num_processes` processes (launch.py) that rank 0 writes for; this process prepares the folder first.
+    Returns the summary: init, source_adapter, steps, first/last mean reward and parts, reward_delta, wall_s,
+    s_per_step, resumed_from.
     """
-    from transformers import set_seed  # here, not at the top: transformers takes seconds to import
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     chash = init_config_hash(recipe, init, adapter)
@@ -178,20 +179,34 @@ def train_from_init(recipe: Recipe, init: str, out_dir: str | Path, *, adapter: 
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         (out / "rewards.csv").unlink(missing_ok=True)
     meta_path.write_text(chash + "\n")
+    if recipe.run.launcher != "single":
+        from .launch import train_init_launched  # here: launch.py runs train_prepared in each process
+
+        cache = judge.cache.path.parent if judge is not None and judge.cache is not None else None
+        return train_init_launched(recipe, init, out, adapter=adapter, last=last, judge_cache=cache)
+    return train_prepared(recipe, init, out, adapter=adapter, judge=judge, last=last)
+
+
+def train_prepared(recipe: Recipe, init: str, out: Path, *, adapter: str | Path | None, judge: Judge | None,
+                   last: str | None) -> dict[str, Any]:
+    """Train one init in a folder `train_from_init` prepared (resuming from checkpoint `last` if given).
+    In a launched job every process trains and only rank 0 writes the logs, the adapter and the summary."""
+    from transformers import set_seed  # here, not at the top: transformers takes seconds to import
 
     g, m = recipe.grpo, recipe.model
+    writer = int(os.environ.get("RANK", "0")) == 0
     device = pick_device(m.device)
     set_seed(recipe.run.seed)
-    configs = training_configs(recipe, ckpt_dir)
+    configs = training_configs(recipe, out / "checkpoints")
     # A full-precision base (grpo.load_in_4bit false) rolls out with the generation weights' dtype.
     dtype = m.dtype if configs["quantization"] is not None else m.generation_dtype
     model, tok = load_model(m.policy, dtype=dtype, device=device, quantization_config=configs["quantization"],
                             adapter=adapter, trainable=True, gradient_checkpointing=g.gradient_checkpointing)
     judge = judge or make_judge(recipe.judge)
     done_steps = int(Path(last).name.split("-")[-1]) if last else None
-    log = RewardLog(out / "rewards.csv", keep_until_step=done_steps)
-    trainer = build_trainer(recipe, model, tok, judge, ckpt_dir, lora=None if adapter else configs["lora"], log=log,
-                            configs=configs)
+    log = RewardLog(out / "rewards.csv", keep_until_step=done_steps) if writer else None
+    trainer = build_trainer(recipe, model, tok, judge, out / "checkpoints", lora=None if adapter else configs["lora"],
+                            log=log, configs=configs)
     t0 = time.time()
     # decode_attention: rollouts dominate a GRPO step, and cuDNN attention slows bf16 decoding on CUDA
     with warnings.catch_warnings(), decode_attention(device):
@@ -199,15 +214,17 @@ def train_from_init(recipe: Recipe, init: str, out_dir: str | Path, *, adapter: 
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
         trainer.train(resume_from_checkpoint=last)
     wall = time.time() - t0
+    if not writer:
+        return {}
     trainer.model.save_pretrained(out / "adapter")
     tok.save_pretrained(out / "adapter")
     steps_run = trainer.state.global_step - (done_steps or 0)
     summary = summarise_curve(read_rewards(out / "rewards.csv"))
-    summary.update(init=init, source_adapter=str(adapter) if adapter else None, config_hash=chash,
-                   resumed_from=last, wall_s=round(wall, 1),
-                   s_per_step=round(wall / steps_run, 2) if steps_run > 0 else None,
+    summary.update(init=init, source_adapter=str(adapter) if adapter else None,
+                   config_hash=(out / "config_hash.txt").read_text().strip(), resumed_from=last,
+                   wall_s=round(wall, 1), s_per_step=round(wall / steps_run, 2) if steps_run > 0 else None,
                    rollouts_per_step=configs["grpo"].generation_batch_size)
-    atomic_write_json(summary_path, summary)  # last: marks the init as finished
+    atomic_write_json(out / "summary.json", summary)  # last: marks the init as finished
     return summary
 
 
@@ -276,8 +293,6 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
     if (why := stage.begin()):
         log(why)
     plan = plan_inits(run)
-    if run.recipe.run.launcher != "single":  # launch.py runs SFT jobs only so far
-        log(f"run.launcher {run.recipe.run.launcher!r}: GRPO still trains in this one process (SFT only is launched)")
     judge = make_judge(run.recipe.judge, cache_dir=stage.dir / "judge_cache")
     results: dict[str, dict] = {}
     for init, p in plan.items():

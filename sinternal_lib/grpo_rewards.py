@@ -169,13 +169,27 @@ class VerifierReward:
                  log_metric: Any = None, prompt_id: list[str] | None = None, **_: Any) -> list[float]:
         texts = [completion_text(c) for c in completions]
         scored = score_completions(self.judge, texts, list(kind), list(reference), list(prompt_text), category)
-        parts = summarise_scores(scored)
+        ids = list(prompt_id) if prompt_id is not None else [None] * len(texts)
+        # several processes (launch.py): each scores its share; the step's parts and logs cover all of them
+        every = gather_across_processes(list(zip(scored, ids, prompt_text, texts)))
+        all_scored, all_ids, all_prompts, all_texts = (list(c) for c in zip(*every)) if every else ([], [], [], [])
+        parts = summarise_scores(all_scored)
         if log_metric is not None:
             for k in ("safe_rate_harmful", "refusal_rate_benign", "math_accuracy"):
                 if parts[k] is not None:
                     log_metric(k, parts[k])
         if self.log is not None:
             step = (trainer_state.global_step if trainer_state is not None else len(self.log.rows)) + 1
-            ids = list(prompt_id) if prompt_id is not None else [None] * len(texts)
-            self.log.record(step, parts, rollout_rows(scored, ids, list(prompt_text), texts))
+            self.log.record(step, parts, rollout_rows(all_scored, all_ids, all_prompts, all_texts))
         return [s["reward"] for s in scored]
+
+
+def gather_across_processes(items: list[Any]) -> list[Any]:
+    """Every process's `items`, in rank order, when several train one job (launch.py); `items` otherwise."""
+    import torch.distributed as dist  # here: torch is loaded by the trainer that calls this anyway
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]

@@ -7,11 +7,13 @@
 - `zero2`, `zero3`, `fsdp`: `accelerate launch --config_file configs/accelerate/<launcher>.yaml` (DeepSpeed
   ZeRO-2 / ZeRO-3, or FSDP; DeepSpeed must be installed: `pip install deepspeed`).
 
-The notebook writes the job's inputs into the variant's folder (`launch_recipe.yaml`, `train_rows.jsonl`), runs
-`python -m sinternal_lib.launch sft <folder>` through the launcher as a subprocess (so papermill and Lab
+SFT: the notebook writes the job's inputs into the variant's folder (`launch_recipe.yaml`, `train_rows.jsonl`),
+runs `python -m sinternal_lib.launch sft <folder>` through the launcher as a subprocess (so papermill and Lab
 see one cell that waits), and reads back what rank 0 wrote: the adapter, `loss.csv` and `train_stats.json`.
+GRPO: the same with `grpo <init folder>` (`launch_init.json` says which init); every process rolls out its
+share of a step, the reward logs gather them all, rank 0 writes `rewards.csv`, the adapter and `summary.json`.
 Resume, checkpoints and the run folder are those of a single process: the job trains with the same
-`sft.train_variant`. A failed job raises with the tail of its log (`launch.log` beside it).
+`sft.train_variant` / `grpo.train_prepared`. A failed job raises with the tail of its log (`launch.log`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .config import apply_overrides, dump_recipe, load_recipe
 from .recipe_sections import CONFIG_DIR, Recipe
 
 JOB, ROWS, STATS, LOG = "launch_recipe.yaml", "train_rows.jsonl", "train_stats.json", "launch.log"
+INIT = "launch_init.json"  # a GRPO job: which init, from which adapter and checkpoint
 ACCELERATE = {name: CONFIG_DIR / "accelerate" / f"{name}.yaml" for name in ("zero2", "zero3", "fsdp")}
 
 
@@ -65,6 +68,34 @@ def train_variant_launched(recipe: Recipe, rows: list[dict], out_dir: str | os.P
     return json.loads((out / STATS).read_text(encoding="utf-8"))
 
 
+def train_init_launched(recipe: Recipe, init: str, out_dir: str | os.PathLike, *, adapter: str | os.PathLike | None,
+                        last: str | None, judge_cache: str | os.PathLike | None) -> dict[str, Any]:
+    """`grpo.train_prepared` for one init in `recipe.run.num_processes` processes; returns rank 0's summary.
+    Each process rolls out and scores its share of the step; the reward logs gather all of them (rank 0
+    writes), and only rank 0 caches judgements (`judge_cache`), so no two processes append to one file."""
+    out = Path(out_dir)
+    dump_recipe(recipe, out / JOB)
+    (out / INIT).write_text(json.dumps({"init": init, "adapter": str(adapter) if adapter else None, "last": last,
+                                        "judge_cache": str(judge_cache) if judge_cache else None}), encoding="utf-8")
+    _run_job(recipe, ["grpo", str(out)], out)
+    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+
+
+def _worker_grpo(folder: Path) -> None:
+    """One process of a GRPO job: the single-process training code; rank 0 writes (grpo.train_prepared)."""
+    from .grpo import train_prepared  # here: torch, transformers and trl load in the worker, not on import
+    from .judges import make_judge  # here: the judge backends load models on import
+
+    recipe = load_recipe(folder / JOB)  # train_prepared trains in this process whatever run.launcher says
+    job = json.loads((folder / INIT).read_text(encoding="utf-8"))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    judge = make_judge(recipe.judge, cache_dir=job["judge_cache"] if rank0 else None)
+    summary = train_prepared(recipe, job["init"], folder, adapter=job["adapter"], judge=judge, last=job["last"])
+    if rank0:
+        summary["launcher"] = {"launcher": recipe.run.launcher, "num_processes": int(os.environ.get("WORLD_SIZE", "1"))}
+        (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+
+
 def _worker_sft(folder: Path) -> None:
     """One process of the job: train with the single-process code; rank 0 writes the stats."""
     from .sft import train_variant  # here: torch, transformers and trl load in the worker, not on import
@@ -81,10 +112,10 @@ def _worker_sft(folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] != "sft":
-        print("usage: python -m sinternal_lib.launch sft <variant folder>", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in ("sft", "grpo"):
+        print("usage: python -m sinternal_lib.launch sft|grpo <variant or init folder>", file=sys.stderr)
         return 2
-    _worker_sft(Path(argv[1]))
+    (_worker_sft if argv[0] == "sft" else _worker_grpo)(Path(argv[1]))
     return 0
 
 

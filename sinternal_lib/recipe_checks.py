@@ -209,10 +209,11 @@ RULES: list[tuple[tuple[str, ...], Callable[[Recipe], bool], str]] = [
      lambda r: r.grpo.harmful_fraction + r.grpo.benign_fraction + r.grpo.math_fraction > 0,
      "grpo.harmful_fraction + grpo.benign_fraction + grpo.math_fraction must be > 0 "
      "(the prompt mix is normalised by their sum)"),
-    (("grpo.per_device_train_batch_size", "grpo.gradient_accumulation_steps", "grpo.num_generations"),
-     lambda r: r.grpo.per_device_train_batch_size * r.grpo.gradient_accumulation_steps % r.grpo.num_generations == 0,
-     "grpo.per_device_train_batch_size x grpo.gradient_accumulation_steps (completions per step) must be a "
-     "multiple of grpo.num_generations (whole groups of rollouts per prompt)"),
+    (("grpo.per_device_train_batch_size", "grpo.gradient_accumulation_steps", "grpo.num_generations", "run.num_processes"),
+     lambda r: r.grpo.per_device_train_batch_size * r.grpo.gradient_accumulation_steps
+     * (r.run.num_processes if r.run.launcher != "single" else 1) % r.grpo.num_generations == 0,
+     "grpo.per_device_train_batch_size x grpo.gradient_accumulation_steps x run.num_processes (launched jobs; "
+     "completions per step) must be a multiple of grpo.num_generations (whole groups of rollouts per prompt)"),
     (("self_verification.policies",), lambda r: set(r.self_verification.policies) <= set(GUARD_POLICIES),
      f"self_verification.policies must be a list of {', '.join(GUARD_POLICIES)}"),
     (("self_verification.checkpoints", "self_verification.spec_checkpoints"),

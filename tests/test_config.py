@@ -327,7 +327,13 @@ def test_renamed_message_reads_well():
 
 def test_grpo_completions_per_step_hold_whole_groups(tmp_path):
     msg = _error(_write(tmp_path, "base: cpu-smollm2\ngrpo: {num_generations: 4, per_device_train_batch_size: 6}\n"))
-    assert "grpo.per_device_train_batch_size x grpo.gradient_accumulation_steps (completions per step) must be a " \
-           "multiple of grpo.num_generations" in msg
+    assert "grpo.per_device_train_batch_size x grpo.gradient_accumulation_steps x run.num_processes (launched " \
+           "jobs; completions per step) must be a multiple of grpo.num_generations" in msg
+    # a launched job's processes each take a share of the step: 1 completion x 2 processes is one group of 2
+    two = load_recipe("cpu-smollm2", {"grpo.num_generations": 2, "grpo.per_device_train_batch_size": 1,
+                                      "run.launcher": "ddp", "run.num_processes": 2})
+    assert two.run.num_processes == 2
+    with pytest.raises(RecipeError, match="run.num_processes"):
+        load_recipe("cpu-smollm2", {"grpo.num_generations": 2, "grpo.per_device_train_batch_size": 1})
     ok = load_recipe("cpu-smollm2", {"grpo.per_device_train_batch_size": 2, "grpo.gradient_accumulation_steps": 8})
     assert ok.grpo.per_device_train_batch_size * ok.grpo.gradient_accumulation_steps == 16
