@@ -102,3 +102,40 @@ def test_runner_failure_names_notebook_and_cell_and_keeps_copy(tmp_path, stand_i
     assert "01_diagnose" in msg and "FAILED" in msg and "cell" in msg and "boom here" in msg
     kept = tmp_path / "runs" / "fail" / "notebooks" / "01_diagnose.ipynb"
     assert kept.is_file() and "boom here" in kept.read_text()
+
+
+HOSTED = (NOTEBOOK_DIR / "src" / "_hosted_install.py").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_first_code_cell_is_the_hosted_install_cell(src):
+    first = next(c for c in build_notebook(src).cells if c.cell_type == "code")
+    assert first.source == HOSTED.rstrip("\n") and first.metadata["tags"] == ["hosted-install"]
+
+
+def _run_install_cell(tmp_path, env_extra, block_kit=False):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, os\n" + ("sys.modules['sinternal_lib'] = None\n" if block_kit else "")
+            + "before = (os.getcwd(), list(sys.path))\n" + HOSTED
+            + "\nprint('unchanged' if (os.getcwd(), list(sys.path)) == before else 'changed')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("KAGGLE_KERNEL_RUN_TYPE", "SINTERNAL_KIT_SOURCE")}
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, **env_extra},
+                          capture_output=True, text=True)
+
+
+def test_hosted_install_cell_is_inert_on_a_local_kernel(tmp_path):
+    # even where the kit were not importable: no hosted service detected, nothing is fetched or changed
+    p = _run_install_cell(tmp_path, {}, block_kit=True)
+    assert p.returncode == 0 and p.stdout.strip() == "unchanged", p.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_hosted_install_cell_says_what_to_set_when_the_kit_is_missing(tmp_path):
+    p = _run_install_cell(tmp_path, {"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, block_kit=True)
+    assert p.returncode != 0 and "set SINTERNAL_KIT_SOURCE to the kit's git URL" in p.stderr
+    # installed already (an earlier run of the cell): nothing happens
+    p = _run_install_cell(tmp_path, {"KAGGLE_KERNEL_RUN_TYPE": "Interactive"})
+    assert p.returncode == 0 and p.stdout.strip() == "unchanged", p.stderr
