@@ -249,7 +249,9 @@ def proactive_for(gen_path: Path, checkpoint: str) -> dict:
 
 
 def eval_headline(results: dict[str, dict], bench: str = "embedded_harmful") -> dict[str, str]:
-    """Short lines: ASR on `bench` for base vs sft/sinternal (and the best GRPO), verification F1."""
+    """Short lines: ASR on `bench` for base vs sft/sinternal (and the best GRPO), and verification led by
+    balanced accuracy and macro-F1 with the no-verdict rate (unsafe-class F1 alone flatters a one-label
+    verifier: always answering "unsafe" scores high on a set that is mostly unsafe)."""
     head: dict[str, str] = {}
 
     def show(c: str, b: str) -> str | None:
@@ -263,9 +265,11 @@ def eval_headline(results: dict[str, dict], bench: str = "embedded_harmful") -> 
         if s:
             head[f"{bench} ASR {c}"] = s
     for c in ("base", "sft/sinternal"):
-        s = show(c, VERIFICATION)
-        if s:
-            head[f"verification F1 {c}"] = s
+        v = results.get(c, {}).get(VERIFICATION)
+        if v and v.get("balanced_accuracy") is not None:
+            head[f"verification balanced accuracy {c}"] = (
+                f"{v['balanced_accuracy']:.2f}, macro-F1 {v.get('macro_f1') or 0:.2f}, no verdict "
+                f"{v.get('no_verdict_rate') or 0:.2f} n={v['n']} (coin flip 0.50)")
     if not head:
-        head["note"] = f"no {bench} ASR or verification F1 recorded"
+        head["note"] = f"no {bench} ASR or verification accuracy recorded"
     return head

