@@ -117,6 +117,10 @@ def claims_summary(rows: list[dict]) -> str:
                else f"{r['id']} {r['mde']:.2f}" for r in inc if r.get("mde")]
         if mde:
             out.append("At this n, the smallest difference detectable with 80% power is: " + ", ".join(mde) + ".")
+        below = _rules_out_stated_effect(inc)
+        if below:
+            out.append(f"For {ids(below)} the 95% interval lies wholly short of the stated effect in the paper's "
+                       "direction: here the effect is smaller than the paper's, if it exists at all.")
     groups: dict[str, list[dict]] = {}
     for r in by[CANNOT_TEST]:
         groups.setdefault(r.get("untested") or "untested", []).append(r)
@@ -126,6 +130,18 @@ def claims_summary(rows: list[dict]) -> str:
                "claim (alpha 0.05); the CI column is unadjusted, and 'keeps' claims are non-inferiority tests "
                "against the margin in their reason.")
     return " ".join(out)
+
+
+def _rules_out_stated_effect(rows: list[dict]) -> list[dict]:
+    """Superiority claims whose unadjusted 95% interval, signed in the paper's direction, ends below the
+    stated effect (non-inferiority claims have a margin instead, and say so in their reason)."""
+    sign = {c.id: (1 if c.direction == "higher" else -1) for c in CLAIMS if c.test != "noninferiority"}
+    out = []
+    for r in rows:
+        if r["id"] in sign and r.get("ci95") and r.get("effect") is not None:
+            if max(sign[r["id"]] * x for x in r["ci95"]) < r["effect"]:
+                out.append(r)
+    return out
 
 
 def claims_section(run: Run, metrics: dict) -> list[str]:

@@ -46,3 +46,20 @@ def test_claims_table_and_saved_forests(tmp_path):
     t = claims_table(rows)
     assert t.loc["(c1) Verification SFT lowers ASR on harmful prompts", "difference"].startswith("-20.0 pp [")
     assert t.iloc[0]["verdict"] == SUPPORTED
+
+
+def test_summary_names_claims_whose_interval_falls_short_of_the_stated_effect():
+    from sinternal_lib.claims import INCONCLUSIVE
+    from sinternal_lib.report_claims import claims_summary
+
+    def row(cid, metric, diff, ci):
+        r = _row(cid, "s", diff, ci, INCONCLUSIVE)
+        r.update(metric=metric, power=0.95, effect=0.15 if metric == "asr" else 0.05, mde=None)
+        return r
+
+    rows = [row("c1", "asr", +0.028, [0.004, 0.057]),    # ASR up: nowhere near a 15-point fall
+            row("c2", "asr", -0.10, [-0.20, 0.01]),      # a 15-point fall is inside the interval
+            row("d", "compliance", 0.01, [-0.03, 0.06])]  # non-inferiority: judged by its margin instead
+    text = claims_summary(rows)
+    assert "For c1 the 95% interval lies wholly short of the stated effect" in text
+    assert "c2 the 95%" not in text and "d the 95%" not in text
