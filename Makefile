@@ -41,7 +41,8 @@ reproduce: setup
 
 # The study: every claim of the paper on the embedded model, with n sized by a power calculation
 # (configs/cpu-smollm2-study.yaml; the plan is printed first and kept in the run's power_plan.json), into
-# runs/cpu-smollm2-study/. Sized for about 2 hours of stages on a 2-core CPU; not yet run end to end.
+# runs/cpu-smollm2-study/. Sized for 2 hours; measured about 3 h for stages 01-05 plus about 1 h for stage 06 on
+# a 2-core CPU (docs/LOG.md, 2026-12-06).
 study: setup
 	$(PY) -m sinternal_lib run --recipe cpu-smollm2-study --run-name $(if $(RUN),$(RUN),cpu-smollm2-study) $(ARGS)
 
