@@ -28,6 +28,7 @@ from typing import Any, Sequence
 from . import jsonl
 from .config import apply_overrides, dump_recipe, load_recipe
 from .recipe_sections import CONFIG_DIR, Recipe
+from .runs import atomic_write_json
 
 JOB, ROWS, STATS, LOG = "launch_recipe.yaml", "train_rows.jsonl", "train_stats.json", "launch.log"
 INIT = "launch_init.json"  # a GRPO job: which init, from which adapter and checkpoint
@@ -93,7 +94,7 @@ def _worker_grpo(folder: Path) -> None:
     summary = train_prepared(recipe, job["init"], folder, adapter=job["adapter"], judge=judge, last=job["last"])
     if rank0:
         summary["launcher"] = {"launcher": recipe.run.launcher, "num_processes": int(os.environ.get("WORLD_SIZE", "1"))}
-        (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+        atomic_write_json(folder / "summary.json", summary)  # as train_prepared: a torn summary never looks finished
 
 
 def _worker_sft(folder: Path) -> None:
