@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sinternal_lib import sampling
+from sinternal_lib import decoding, sampling
 from sinternal_lib.decoding import common_prefix_len, decode
 from sinternal_lib.models import load_model, tiny_model
 
@@ -102,6 +102,34 @@ def test_top_p_never_samples_outside_the_nucleus(tiny):
     nucleus = set(idx[: int((sp.cumsum(0) < 0.3).sum()) + 1].tolist())
     got = _kit(model, tok, [row] * 500, 1, do_sample=True, temperature=1.0, top_p=0.3, seed=1)
     assert {g[0][0] for g in got if g[0]} <= nucleus
+
+
+@pytest.mark.parametrize("scale", [8.0, 3.0, 0.5])  # peaked (nucleus in the top 256), wider, near-flat (full sort)
+def test_fast_top_p_keeps_the_warpers_nucleus_and_its_weights(scale):
+    """`_sample_top_p` (top-k first) draws from the same words, in the same proportions, as the full-sort
+    warper: every draw lies in the nucleus, and the likeliest words come up at their renormalised rates."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 8192, generator=gen) * scale
+    filtered = decoding._top_p_full(logits, 0.9)
+    probs = filtered.softmax(-1)
+    n = 2000
+    draws = decoding._sample_top_p(logits.repeat_interleave(n, 0), 0.9, gen).view(2, n)
+    for r in range(2):
+        assert torch.isfinite(filtered[r, draws[r]]).all()  # never outside the nucleus
+        counts = torch.bincount(draws[r], minlength=logits.shape[1]).float()
+        top = probs[r].topk(5).indices
+        se = (n * probs[r, top] * (1 - probs[r, top])).sqrt()
+        assert torch.all((counts[top] - n * probs[r, top]).abs() <= 5 * se + 1)
+
+
+def test_draw_never_picks_a_word_of_zero_mass():
+    gen = torch.Generator().manual_seed(1)
+    probs = torch.zeros(4, 100)
+    probs[:, [3, 50, 99]] = torch.tensor([0.2, 0.5, 0.3])
+    probs[3, 99] = 0.0  # the last word empty: u at the very top must not land on it
+    got = decoding._draw(probs.repeat(2000, 1), gen).view(2000, 4)
+    assert set(got[:, :3].unique().tolist()) == {3, 50, 99}
+    assert set(got[:, 3].unique().tolist()) == {3, 50}
 
 
 def test_sampling_is_reproducible_from_the_seed(tiny):
