@@ -42,9 +42,10 @@ class UsageError(ValueError):
     """A command-line argument the runner cannot use (printed as one line, exit code 2)."""
 
 
-def _select(only: list[str] | None) -> list[str]:
+def _select(only: list[str] | None, default: list[str] | None = None) -> list[str]:
+    """The stages named by --only (names, numbers or folders), else `default` (the recipe's run.stages)."""
     if not only:
-        return list(STAGES)
+        return [s for s in STAGES if default is None or s in default]
     chosen = set()
     for o in only:
         try:
@@ -90,7 +91,7 @@ def run_notebooks(
     from papermill.exceptions import PapermillExecutionError
 
     recipe = load_recipe(recipe_ref, overrides)
-    stages = _select(only)
+    stages = _select(only, recipe.run.stages)
     run = Run(recipe, run_name, root)
     try:
         run.acquire()  # before writing anything: a refused runner must not touch a run in progress

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 from .recipe_sections import GUARD_POLICIES, REPO_ROOT, SECTIONS, Recipe
 from .spec import load_edit
+from .stages import STAGES
 
 
 class RecipeError(ValueError):
@@ -202,6 +203,8 @@ def _edits_match(r: Recipe) -> bool:
 RULES: list[tuple[tuple[str, ...], Callable[[Recipe], bool], str]] = [
     (("run.launcher", "run.num_processes"), lambda r: r.run.launcher != "single" or r.run.num_processes == 1,
      "run.num_processes > 1 needs a run.launcher that starts them (ddp, zero2, zero3 or fsdp)"),
+    (("run.stages",), lambda r: bool(r.run.stages) and set(r.run.stages) <= set(STAGES),
+     f"run.stages must be a non-empty list of stage names: {', '.join(STAGES)}"),
     (("build_data.refusal_prefill_samples", "build_data.num_samples"),
      lambda r: r.build_data.refusal_prefill_samples <= r.build_data.num_samples,
      "build_data.refusal_prefill_samples must be <= build_data.num_samples"),

@@ -31,6 +31,10 @@ class RunConfig:
     # with configs/accelerate/<launcher>.yaml for zero2 / zero3 / fsdp). Not part of any stage's config hash.
     launcher: str = "single"
     num_processes: int = 1
+    # The stages a plain `run` (no --only) executes, by name; a recipe whose budget cannot afford a stage
+    # leaves it out and says where it is measured. Not part of any stage's config hash.
+    stages: list[str] = field(default_factory=lambda: ["diagnose", "build_data", "sft", "grpo", "evaluate",
+                                                       "self_verification"])
 
 
 @dataclass

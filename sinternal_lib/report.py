@@ -224,7 +224,7 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
     head = ev.get("headline") if isinstance(ev.get("headline"), dict) else None
     lines += ["## Headline", ""]
     lines += [f"- {k}: {v}" for k, v in head.items()] if head else ["- *Evaluation stage not built or not run yet.*"]
-    lines += [""] + claims_section(run, metrics) + beyond_paper_section(metrics) + ["## Stages", ""]
+    lines += [""] + claims_section(run, metrics) + beyond_paper_section(metrics, run.recipe.run.stages) + ["## Stages", ""]
     for stage, info in STAGES.items():
         done = run.is_done(stage)
         vals = metrics.get(stage)

@@ -17,6 +17,9 @@ from .report_claims import table_cell
 
 NOT_RUN = ("*Stage `06_self_verification` has not run in this run, so neither result was measured: run "
            "notebook 06 (`--only 06`).*")
+LEFT_OUT = ("*This recipe leaves stage `06_self_verification` out (`run.stages`: its CPU budget), so neither result "
+            "was measured here. The study recipe measures both (`make study`; README, \"The study\"); on this "
+            "run, `--only 06` adds them.*")
 
 
 def _r(v: dict | None) -> str:
@@ -130,13 +133,14 @@ def _md(rows: list[dict[str, Any]]) -> list[str]:
             + ["| " + " | ".join(table_cell(str(r.get(c, ""))) for c in cols) + " |" for r in rows] + [""])
 
 
-def beyond_paper_section(metrics: dict) -> list[str]:
+def beyond_paper_section(metrics: dict, stages: list[str] | None = None) -> list[str]:
     """Markdown lines: "## Beyond the paper" with both results and their intervals, or a plain note when
-    stage 06 has not run."""
+    stage 06 has not run (saying so when the recipe's `stages` leave it out)."""
     sv = metrics.get("self_verification")
     lines = ["## Beyond the paper (stage 06; not a claim of the paper)", ""]
     if not sv:
-        return lines + [NOT_RUN, ""]
+        left_out = stages is not None and "self_verification" not in stages
+        return lines + [LEFT_OUT if left_out else NOT_RUN, ""]
     g = sv.get("guard") or {}
     lines += ["### The trained model as its own guard", "",
               "ASR on harmful + jailbreak prompts and compliance on benign look-alikes (judged), rate [95% Wilson CI] n, "

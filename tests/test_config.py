@@ -337,3 +337,13 @@ def test_grpo_completions_per_step_hold_whole_groups(tmp_path):
         load_recipe("cpu-smollm2", {"grpo.num_generations": 2, "grpo.per_device_train_batch_size": 1})
     ok = load_recipe("cpu-smollm2", {"grpo.per_device_train_batch_size": 2, "grpo.gradient_accumulation_steps": 8})
     assert ok.grpo.per_device_train_batch_size * ok.grpo.gradient_accumulation_steps == 16
+
+
+def test_run_stages_choose_what_a_plain_run_executes(tmp_path):
+    from sinternal_lib.cli import _select
+
+    msg = _error(_write(tmp_path, "base: cpu-smollm2\nrun: {stages: [diagnose, sft, evaluation]}\n"))
+    assert "run.stages must be a non-empty list of stage names" in msg
+    r = load_recipe("cpu-smollm2", {"run.stages": ["evaluate", "diagnose"]})
+    assert _select(None, r.run.stages) == ["diagnose", "evaluate"]  # pipeline order, not the list's
+    assert _select(["06"], r.run.stages) == ["self_verification"]  # --only wins over the recipe

@@ -15,7 +15,7 @@ from sinternal_lib import self_verification as svm
 from sinternal_lib.config import RecipeError, load_recipe
 from sinternal_lib.judges import make_judge
 from sinternal_lib.recipe_sections import GUARD_POLICIES
-from sinternal_lib.report_beyond import NOT_RUN, beyond_paper_section, guard_rows, spec_rows
+from sinternal_lib.report_beyond import LEFT_OUT, NOT_RUN, beyond_paper_section, guard_rows, spec_rows
 from sinternal_lib.runs import open_run, stage_for
 from sinternal_lib.stages import STAGES
 
@@ -155,6 +155,9 @@ def test_reading_of_a_sensitivity_interval():
 
 def test_report_section_has_both_results_with_intervals(section):
     assert beyond_paper_section({}) == ["## Beyond the paper (stage 06; not a claim of the paper)", "", NOT_RUN, ""]
+    # a recipe that leaves stage 06 out says so and where it is measured
+    assert beyond_paper_section({}, ["diagnose", "evaluate"])[2] == LEFT_OUT
+    assert beyond_paper_section({}, ["evaluate", "self_verification"])[2] == NOT_RUN
     md = "\n".join(beyond_paper_section({"self_verification": section}))
     assert "### The trained model as its own guard" in md and "### Does the verifier follow a swapped spec?" in md
     assert "self-guard is no better than the external guard in" in md and "an oracle" in md
