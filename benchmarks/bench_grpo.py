@@ -30,6 +30,12 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which GRPOConfig; "grpo": recip
     # LoRA on the full-precision base (grpo.load_in_4bit false): rollouts without 4-bit dequantization
     "kit-fp32-base": {"config": "kit", "grpo": {"load_in_4bit": False}, "model": {"generation_dtype": "float32"}},
     "kit-bf16-base": {"config": "kit", "grpo": {"load_in_4bit": False}, "model": {"generation_dtype": "bfloat16"}},
+    # LoRA dropout off (lora: recipe.lora changes): TRL rolls out with the policy in train mode, so the
+    # adapters' dropout masks are drawn during generation too
+    "kit-no-lora-dropout": {"config": "kit", "lora": {"lora_dropout": 0.0}},
+    "kit-lora-dropout-0.05": {"config": "kit", "lora": {"lora_dropout": 0.05}},
+    "kit-bf16-base-no-lora-dropout": {"config": "kit", "grpo": {"load_in_4bit": False},
+                                      "model": {"generation_dtype": "bfloat16"}, "lora": {"lora_dropout": 0.0}},
 }
 QUICK_ARMS = ["default", "kit"]
 
@@ -76,7 +82,7 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
     spec = ARMS[name]
     g = dataclasses.replace(recipe.grpo, **spec.get("grpo", {}))
     m = dataclasses.replace(recipe.model, **spec.get("model", {}))
-    recipe = dataclasses.replace(recipe, grpo=g, model=m)
+    recipe = dataclasses.replace(recipe, grpo=g, model=m, lora=dataclasses.replace(recipe.lora, **spec.get("lora", {})))
     set_seed(recipe.run.seed)
     t0 = time.perf_counter()
     four_bit = m.load_in_4bit and g.load_in_4bit  # as grpo.training_configs / train_from_init

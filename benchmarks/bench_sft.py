@@ -32,6 +32,9 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which SFTConfig; "sft": recipe.
     "kit-padded-length-grouped": {"config": "kit", "sft": {"padding_free": False},
                                   "args": {"train_sampling_strategy": "group_by_length"}},
     "kit-full-lm-head": {"config": "kit", "sft": {"compact_lm_head": False}},
+    # LoRA dropout off (lora: recipe.lora changes): PEFT's default, no random mask per adapted layer
+    "kit-no-lora-dropout": {"config": "kit", "lora": {"lora_dropout": 0.0}},
+    "kit-lora-dropout-0.05": {"config": "kit", "lora": {"lora_dropout": 0.05}},
     "kit-fp32-base": {"config": "kit", "model": "fp32-lora"},
     # model.dtype of the 4-bit base (compute dtype, non-quantized layers): what `auto` picks between
     "kit-fp32-compute": {"config": "kit", "dtype": "float32", "sft": {"bf16": False}},
@@ -115,7 +118,8 @@ def run_arm(name: str, recipe: Any, rows: list[dict], steps: int, device: str, s
     spec = spec or ARMS[name]
     cfg = dataclasses.replace(recipe.sft, **spec.get("sft", {}))
     recipe = dataclasses.replace(recipe, sft=cfg, model=dataclasses.replace(
-        recipe.model, dtype=spec.get("dtype", recipe.model.dtype)))
+        recipe.model, dtype=spec.get("dtype", recipe.model.dtype)),
+        lora=dataclasses.replace(recipe.lora, **spec.get("lora", {})))
     t0 = time.perf_counter()
     if spec.get("model", "qlora") == "qlora":
         model, tok = load_policy(recipe, for_training=True)
