@@ -100,11 +100,12 @@ def _score_key(ckpt: Checkpoint, bench: str, settings: dict) -> str:
 
 def score_benchmark(model: Any, tok: Any, bench: str, kind: str, items: list, judge: Judge, spec: str | Spec,
                     *, max_new_tokens: int, batch_size: int, system_prompt: str | None = None,
-                    verify_max_new_tokens: int | None = None, reasoning_style: str = "auto"
-                    ) -> tuple[dict[str, dict], list[dict]]:
+                    verify_max_new_tokens: int | None = None, reasoning_style: str = "auto",
+                    answers: list[dict] | None = None) -> tuple[dict[str, dict], list[dict]]:
     """Score one benchmark for one loaded model: ({result name: result}, generation rows).
 
-    Verification pairs use `verify_max_new_tokens` (a critique plus verdict; default max_new_tokens)."""
+    Verification pairs use `verify_max_new_tokens` (a critique plus verdict; default max_new_tokens).
+    `answers`: the items' rows from `metrics.generate_answers` when already generated (`answer_all`)."""
     if kind == "pairs":
         rows = verify_pairs(model, tok, spec, items, max_new_tokens=verify_max_new_tokens or max_new_tokens,
                             batch_size=batch_size)
@@ -114,8 +115,9 @@ def score_benchmark(model: Any, tok: Any, bench: str, kind: str, items: list, ju
                "random_f1": m["baselines"]["coin_flip"]["f1"], "no_verdict_rate": m["no_verdict_rate"],
                "macro_f1": m["macro_f1"], "balanced_accuracy": m["balanced_accuracy"]}
         return {VERIFICATION: res}, rows
-    rows = ev.generate_answers(model, tok, items, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               system_prompt=system_prompt, reasoning_style=reasoning_style)
+    rows = answers if answers is not None else ev.generate_answers(
+        model, tok, items, max_new_tokens=max_new_tokens, batch_size=batch_size, system_prompt=system_prompt,
+        reasoning_style=reasoning_style)
     if kind == "math":
         refs = {r.id: r.reference for r in items}
         for row in rows:
@@ -133,6 +135,20 @@ def score_benchmark(model: Any, tok: Any, bench: str, kind: str, items: list, ju
         out[bench] = {"metric": "compliance", "rate": m["compliance"], "ci95": m["compliance_ci95"], "n": m["n_benign"]}
     out[f"{bench}:takeover"] = {"metric": "takeover", "rate": m["takeover_rate"], "ci95": m["takeover_ci95"], "n": len(rows)}
     return out, rows
+
+
+def answer_all(model: Any, tok: Any, sets: dict[str, tuple[str, list]], **kw: Any) -> dict[str, list[dict]]:
+    """Greedy answers to every answer-kind benchmark of `sets` ({name: (kind, items)}) in one batched
+    call, split back per benchmark: with a few prompts per benchmark, one call per benchmark decodes
+    part-empty batches (docs/LOG.md, 2026-12-06, ten minutes). `kw` go to `metrics.generate_answers`."""
+    names = [b for b, (kind, _) in sets.items() if kind != "pairs"]
+    items = [it for b in names for it in sets[b][1]]
+    rows = ev.generate_answers(model, tok, items, **kw) if items else []
+    out, i = {}, 0
+    for b in names:
+        n = len(sets[b][1])
+        out[b], i = rows[i:i + n], i + n
+    return out
 
 
 def load_checkpoint(recipe: Recipe, ckpt: Checkpoint) -> tuple[Any, Any]:
@@ -188,17 +204,18 @@ def evaluate_run(run: Run, stage_dir: Path, *, judge: Judge, spec: str | Spec | 
         if todo:
             model, tok = load(ck)
         res: dict[str, dict] = {}
+        gen_kw = {"max_new_tokens": ev_cfg.max_new_tokens, "batch_size": ev_cfg.batch_size,
+                  "system_prompt": run.recipe.model.system_prompt, "reasoning_style": run.recipe.model.reasoning_style}
+        # every unscored benchmark's answers at once; each benchmark is still written (and resumable) alone
+        answers = answer_all(model, tok, {b: sets[b] for b in todo}, **gen_kw) if todo else {}
         progress = bar(total=len(todo), unit="benchmark", desc=f"{ck.name}", disable=not todo)
         for b, (kind, items) in sets.items():
             key = _score_key(ck, b, settings)
             if key in done:
                 res.update(done[key]["results"])
                 continue
-            out, rows = score_benchmark(model, tok, b, kind, items, judge, spec,
-                                        max_new_tokens=ev_cfg.max_new_tokens, batch_size=ev_cfg.batch_size,
-                                        system_prompt=run.recipe.model.system_prompt,
-                                        verify_max_new_tokens=verify_tokens,
-                                        reasoning_style=run.recipe.model.reasoning_style)
+            out, rows = score_benchmark(model, tok, b, kind, items, judge, spec, **gen_kw,
+                                        verify_max_new_tokens=verify_tokens, answers=answers.get(b))
             jsonl.append([{"checkpoint": ck.name, "benchmark": b, **r} for r in rows], gen_path)
             jsonl.append([{"key": key, "checkpoint": ck.name, "benchmark": b, "results": out}], score_path)
             res.update(out)

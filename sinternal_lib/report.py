@@ -230,7 +230,9 @@ def render_report(run: Run, show_unsafe: bool = False) -> Path:
         vals = metrics.get(stage)
         body = _section_md(stage, vals)
         if not done and vals is None:
-            body[2] = f"*Stage `{info.folder}` has not finished in this run (not built yet or not run).*"
+            body[2] = (f"*Stage `{info.folder}` has not finished in this run (not built yet or not run).*"
+                       if stage in run.recipe.run.stages else
+                       f"*Stage `{info.folder}` is not in this recipe's `run.stages` (`--only {info.number}` runs it).*")
         lines += body
         if stage == "diagnose" and vals:
             table = diagnosis_table(vals)
@@ -284,7 +286,7 @@ def headline(run: Run) -> list[str]:
     out = []
     for stage, info in STAGES.items():
         vals = m.get(stage)
-        state = "done" if run.is_done(stage) else "not finished"
+        state = "done" if run.is_done(stage) else "not finished" if stage in run.recipe.run.stages else "not in recipe"
         lead = ""
         if isinstance(vals, dict):
             head = vals.get("headline")

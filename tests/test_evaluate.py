@@ -164,6 +164,24 @@ def test_chat_safety_on_tiny_model(tiny):
     assert not math.isnan(m["asr"])
 
 
+def test_answers_of_all_benchmarks_at_once_equal_one_call_per_benchmark(tiny):
+    """Stage 05 answers every benchmark of a checkpoint in one batched call (full batches); split back,
+    each benchmark gets the greedy answers it would get alone, in its own order; pairs are left out."""
+    from sinternal_lib.datasets import load_embedded
+    from sinternal_lib.evaluate import answer_all
+    from sinternal_lib.metrics import generate_answers
+
+    model, tok = tiny
+    sets = {"a": ("safety", load_embedded("harmful", "test")[:3]), "pairs": ("pairs", ["not generated"]),
+            "b": ("safety", load_embedded("benign", "test")[:2])}
+    got = answer_all(model, tok, sets, max_new_tokens=5, batch_size=8)
+    assert list(got) == ["a", "b"]
+    for name in ("a", "b"):
+        alone = generate_answers(model, tok, sets[name][1], max_new_tokens=5, batch_size=8)
+        assert [r["id"] for r in got[name]] == [r.id for r in sets[name][1]]
+        assert [r["response"] for r in got[name]] == [r["response"] for r in alone]
+
+
 def test_verification_f1_on_heldout_pairs(tmp_path, tiny):
     from sinternal_lib.judges import make_judge
     from sinternal_lib.runs import stage_for

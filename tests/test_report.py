@@ -90,6 +90,14 @@ def test_empty_run_renders(tmp_path):
     md = render_report(r).read_text()
     assert "Evaluation stage not built or not run yet" in md and "**cannot test**" in md
     assert "05_evaluate" in "\n".join(headline(r))
+    # a stage the recipe leaves out reads as such, not as unfinished
+    r.recipe.run.stages = ["diagnose", "evaluate"]
+    md = render_report(r).read_text()
+    assert "*Stage `03_sft` is not in this recipe's `run.stages` (`--only 03` runs it).*" in md
+    assert "*Stage `05_evaluate` has not finished in this run" in md
+    lines = headline(r)
+    assert any(x.startswith("04_grpo") and "not in recipe" in x for x in lines)
+    assert any(x.startswith("01_diagnose") and "not finished" in x for x in lines)
 
 
 def test_headline_and_tables(run):
