@@ -2,8 +2,9 @@
 
 Full mode runs bench_sft, bench_grpo, bench_memory, bench_e2e, bench_generation (in this process; the
 arm-based ones run each arm in a child process), then bench_judge_agreement (own process). --quick runs
-the in-process scripts on the tiny random model (the fast test); --only picks scripts.
-Run:  .venv/bin/python benchmarks/bench_all.py [--quick] [--only sft grpo] [--out-dir DIR]
+the in-process scripts on the tiny random model (the fast test); --only picks scripts; --summary-only
+rebuilds the table from the JSON files of scripts run one by one (with their own --arms).
+Run:  .venv/bin/python benchmarks/bench_all.py [--quick] [--only sft grpo] [--summary-only] [--out-dir DIR]
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="+", choices=[*IN_PROCESS, *OWN_PROCESS])
     ap.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: a temp folder)")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="run nothing: rebuild summary.md/.json from the scripts' JSON files already there")
     a = ap.parse_args(argv)
     a.out_dir = str(bl.out_dir(a.out_dir, a.quick))
     out = Path(a.out_dir)
-    names = a.only or (list(IN_PROCESS) if a.quick else [*IN_PROCESS, *OWN_PROCESS])
+    names = [] if a.summary_only else a.only or (list(IN_PROCESS) if a.quick else [*IN_PROCESS, *OWN_PROCESS])
     failed = []
     for name in names:
         print(f"\n=== {name} ===", flush=True)

@@ -1,7 +1,7 @@
 """Benchmark: the time of each stage of `make reproduce` on the embedded recipe, against the 10-minute goal.
 
 Without --run it reports the `timings` section of a finished run's metrics.json (default
-runs/cpu-smollm2; all five stages must be there), naming the file and its modification time. With --run
+runs/cpu-smollm2; every stage of the recipe's `run.stages` must be there), naming the file and its modification time. With --run
 it runs `python -m sinternal_lib run --recipe R --run-name bench-e2e` into a temporary runs root and
 times the whole command too (the difference to the stage sum is notebook start-up and report writing).
 It also measures how long one model load takes (generation weights, and the 4-bit base prepared for
@@ -53,13 +53,13 @@ def load_counts(recipe: Any) -> dict:
     return {"generation_loads": gen, "training_loads": len(recipe.sft.variants) + len(recipe.grpo.inits)}
 
 
-def read_timings(run_dir: Path) -> tuple[dict, str | None]:
-    """(stage seconds, None) from a run's metrics.json, or ({}, why not)."""
+def read_timings(run_dir: Path, stages: list[str]) -> tuple[dict, str | None]:
+    """(stage seconds, None) from a run's metrics.json, or ({}, why not); `stages`: the recipe's run.stages."""
     path = run_dir / "metrics.json"
     if not path.is_file():
         return {}, f"{path} not found: run `make reproduce` first, or pass --run"
     t = json.loads(path.read_text(encoding="utf-8")).get("timings", {})
-    missing = [s for s in STAGES if s not in t]
+    missing = [s for s in stages if s not in t]
     return t, (f"{path} lacks timings for {missing}: the run is not finished" if missing else None)
 
 
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sinternal_lib.config import load_recipe
 
     recipe = load_recipe(a.recipe)
+    stages = [s for s in STAGES if s in recipe.run.stages]  # what `make reproduce` runs for this recipe
     run_dir = Path(a.run_dir) if a.run_dir else bl.ROOT / recipe.run.output_root / recipe.run.name
     command_s, source = None, None
     if a.run and not a.quick:
@@ -85,19 +86,19 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             rc = subprocess.run(cmd, cwd=bl.ROOT).returncode
             command_s = round(time.perf_counter() - t0, 1)
-            timings, why = read_timings(Path(root) / "bench-e2e")
+            timings, why = read_timings(Path(root) / "bench-e2e", stages)
             why = why or (f"`{' '.join(cmd[1:])}` exited with {rc}" if rc else None)
             source = f"measured now: {' '.join(cmd[1:4])} (exit {rc})"
     else:
-        timings, why = read_timings(run_dir)
+        timings, why = read_timings(run_dir, stages)
         if not why:
             mtime = dt.datetime.fromtimestamp((run_dir / "metrics.json").stat().st_mtime).isoformat(timespec="seconds")
             env = run_dir / "env.json"
             commit = json.loads(env.read_text()).get("git", {}) if env.is_file() else {}
             source = f"{run_dir / 'metrics.json'} (modified {mtime}, commit {commit.get('commit')}, " \
                      f"dirty {commit.get('dirty')})"
-    total = round(sum(timings.get(s, 0) for s in STAGES), 1) if not why else None
-    rows = [{"stage": s, "seconds": timings.get(s), "share": bl.ratio(timings.get(s), total)} for s in STAGES]
+    total = round(sum(timings.get(s, 0) for s in stages), 1) if not why else None
+    rows = [{"stage": s, "seconds": timings.get(s), "share": bl.ratio(timings.get(s), total)} for s in stages]
     rows.append({"stage": "total (stages)", "seconds": total, "share": 1.0 if total else None})
     if command_s is not None:
         rows.append({"stage": "whole command", "seconds": command_s, "share": bl.ratio(command_s, total)})
