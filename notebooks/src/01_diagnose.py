@@ -10,8 +10,8 @@
 #   shared data folder is present, human-labelled pairs (XSTest completions, PKU-SafeRLHF answers).
 # - **Outputs**: `runs/<run>/01_diagnose/` (`answers_*.jsonl`, `predictions.jsonl`, `forced_choice.jsonl`,
 #   `manifest.json`, `figures/`) and the `diagnose` section of `metrics.json`.
-# - **Runtime**: about 1.5 minutes on a quiet 2-core CPU with the embedded SmolLM2-135M recipe
-#   (docs/LOG.md, 2026-11-27, a from-scratch `make reproduce`); on one GPU, DeepSeek-R1-Distill-Qwen-7B
+# - **Runtime**: about 1 minute on a quiet 2-core CPU with the embedded SmolLM2-135M recipe (60 s in a
+#   from-scratch `make reproduce`, docs/LOG.md, 2026-12-06, ten minutes); on one GPU, DeepSeek-R1-Distill-Qwen-7B
 #   with long reasoning traces should take tens of minutes (not yet measured).
 #
 # Unsafe is the positive class throughout. Because unsafe-class F1 alone misleads (always answering
@@ -145,7 +145,7 @@ for r in rows[:2]:
 #
 # **Try this** (as overrides in the parameters cell, with `run_name` there set to a new name, so that the
 # reference run stays intact: a finished stage of another config is never replaced without asking; times
-# for the CPU recipe, where this notebook took 93 s, docs/LOG.md, 2026-11-27):
+# for the CPU recipe, where this notebook took 60 s, docs/LOG.md, 2026-12-06):
 # - `{"diagnose.include_reasoning": True}` with an R1-style model, `run_name = "try-reasoning"`: does seeing
 #   the reasoning help? About 2 min on a 2-core CPU with SmolLM2, which writes no reasoning; an R1-style
 #   model is for the GPU recipe (not timed on CPU).

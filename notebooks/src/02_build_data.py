@@ -12,9 +12,9 @@
 #   `verification/{sinternal,verdict_only,critique_only}.jsonl` (+ `other_exp_sampled.jsonl`),
 #   `answer_centric.jsonl`, `heldout_pairs.jsonl`, `dataset/` (a `datasets` folder), `figures/`,
 #   `manifest.json`; the `build_data` section of `metrics.json`.
-# - **Runtime**: sampling dominates: about 6 minutes on a quiet 2-core CPU for the embedded recipe
-#   ((48 + 48) prompts x 8 samples x 40 tokens, plus held-out answers; docs/LOG.md, 2026-11-27, a
-#   from-scratch `make reproduce`); hours on one GPU at paper scale (8 x thousands of prompts, long
+# - **Runtime**: sampling dominates: about 1.5 minutes on a quiet 2-core CPU for the embedded recipe
+#   ((32 + 32) prompts x 8 samples x 40 tokens, plus held-out answers: 79 s in a from-scratch
+#   `make reproduce`, docs/LOG.md, 2026-12-06, ten minutes); hours on one GPU at paper scale (8 x thousands of prompts, long
 #   reasoning traces; not yet measured).
 #
 # **A departure for a policy that never refuses.** The paper's selection needs harmful prompts whose
@@ -189,18 +189,18 @@ narrative.labelled(summary["prefilled"], "count")
 #    learning from its own answers? What could it learn to look for instead of the content?
 #
 # **Try this** (as `overrides` in the parameters cell, with `run_name` there set to a new name, so that the
-# reference run stays intact; times for the CPU recipe, where this notebook took about 6 min, docs/LOG.md,
-# 2026-11-27):
+# reference run stays intact; times for the CPU recipe, where this notebook took 79 s, docs/LOG.md,
+# 2026-12-06):
 # - `{"build_data.temperature": 0.7}`, `run_name = "try-temperature"`: fewer mixed prompts? Watch the funnel.
-#   About 6 min on a 2-core CPU.
+#   About 1.5 min on a 2-core CPU.
 # - `{"build_data.num_samples": 4}`, `run_name = "try-4-samples"`: half the samples; how many pairs survive?
-#   About 4 min on a 2-core CPU.
+#   About 1 min on a 2-core CPU.
 # - `{"build_data.refusal_prefill_samples": 0}`, `run_name = "try-no-prefill"`: the paper's setting; count the
-#   pairs SmolLM2 gives alone. About 6 min on a 2-core CPU.
+#   pairs SmolLM2 gives alone. About 1.5 min on a 2-core CPU.
 # - `{"build_data.other_model": "<another model folder>"}`, `run_name = "try-other-model"`: builds
 #   `other_exp_sampled.jsonl`, another model's samples labelled by the judge (SFT variant
 #   `other_exp_sampled`). The `other_exp` variant proper is built in notebook 03 from answers other models
-#   wrote with human labels (XSTest, PKU-SafeRLHF). About 10 min on a 2-core CPU with another 135M model
+#   wrote with human labels (XSTest, PKU-SafeRLHF). About 3 min on a 2-core CPU with another 135M model
 #   (twice the sampling), more for a larger one.
 #
 # Paper: method section (data construction); `docs/PAPER.md` steps 2-4.

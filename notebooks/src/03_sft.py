@@ -24,9 +24,10 @@
 # model's evaluation); figures `runs/<run>/figures/sft_loss.png` and `sft_before_after.png`; the `sft` section of `metrics.json`.
 #
 # **Runtime.** Embedded CPU recipe (SmolLM2-135M, 4-bit base, bf16 autocast, padding-free batches,
-# compact LM head): about 23 minutes on a quiet 2-core CPU (docs/LOG.md, 2026-11-27, a from-scratch
-# `make reproduce`): 80 steps of 4 examples per variant (about 7 minutes each) plus the held-out
-# evaluation of the base model and of every variant (about 1 minute each). Tiny test recipe: under a minute.
+# compact LM head, no LoRA dropout): about 4.5 minutes on a quiet 2-core CPU (248-276 s in two from-scratch
+# `make reproduce` runs, docs/LOG.md, 2026-12-06, ten minutes): one variant, SInternal, 60 steps of 4
+# examples (160-195 s), plus the held-out evaluation of the base model and of the variant (30-45 s each).
+# The study recipe trains all six variants for 80 steps (about 1.5 hours). Tiny test recipe: under a minute.
 # Paper scale (7B-14B, ~6,000 examples, 2 epochs) needs a GPU.
 
 # %% tags=["parameters"]
@@ -277,22 +278,24 @@ views.side_by_side(stage.dir, ["base", "sinternal"] if "sinternal" in summary el
 #
 # Try this (as `overrides` in the parameters cell, with `run_name` there set to a new name, so that the
 # reference run stays intact; the new run needs notebook 02 first, run with the same `run_name`. Times for
-# the CPU recipe include it (about 6 min; this notebook took about 23 min, docs/LOG.md, 2026-11-27):
+# the CPU recipe include it (about 1.5 min; this notebook took about 4.5 min, docs/LOG.md, 2026-12-06):
 # - `{"sft.chat_mix_fraction": 0.0}`, `run_name = "try-no-mix"`: no chat mixing; watch the takeover rate.
-#   About 29 min on a 2-core CPU.
+#   About 6 min on a 2-core CPU.
+# - `{"sft.variants": ["sinternal", "verdict_only", "answer_centric"]}`, `run_name = "try-ablations"`: the
+#   paper's "w/o critique" and the answer-centric baseline beside SInternal. About 13 min on a 2-core CPU.
 # - `{"sft.variants": ["sinternal", "sinternal_refusal_mix"]}`, `run_name = "try-refusal-mix"`: the clean mix
-#   against the refusal mix; compare ASR. About 22 min on a 2-core CPU (two variants instead of three).
+#   against the refusal mix; compare ASR. About 10 min on a 2-core CPU (two variants).
 # - `{"sft.variants": ["sinternal", "other_exp"]}`, `run_name = "try-other-exp"`: Self-Exp vs Other-Exp (needs
-#   the shared data folder). About 22 min on a 2-core CPU, more if the human-written answers run long.
+#   the shared data folder). About 10 min on a 2-core CPU, more if the human-written answers run long.
 # - `{"sft.learning_rate": 3e-4}`, `run_name = "try-low-lr"`: the paper-like low rate; does the verifier still
-#   learn in this budget? About 29 min on a 2-core CPU.
-# - `{"sft.variants": ["sinternal"], "sft.max_steps": 160}`, `run_name = "try-160-steps"`: twice the step
-#   budget, for the method alone. About 21 min on a 2-core CPU.
+#   learn in this budget? About 6 min on a 2-core CPU.
+# - `{"sft.max_steps": 160}`, `run_name = "try-160-steps"`: over twice the step budget. About 11 min on a
+#   2-core CPU.
 # - `{"lora.r": 4, "lora.lora_alpha": 8}`, `run_name = "try-rank-4"`: a quarter of the adapter rank at the same
-#   scale; does it still learn? About 29 min on a 2-core CPU.
+#   scale; does it still learn? About 6 min on a 2-core CPU.
 # - `{"build_data.num_harmful_prompts": 128}`, `run_name = "try-128-harmful"`, in notebook 02 and then this one:
-#   more harmful prompts give more contrastive pairs (SmolLM2 rarely refuses). About 33 min on a 2-core CPU
-#   (notebook 02 samples 176 prompts instead of 96: about 10 min).
+#   more harmful prompts give more contrastive pairs (SmolLM2 rarely refuses). About 8 min on a 2-core CPU
+#   (notebook 02 samples 160 prompts instead of 64: about 3 min).
 #
 # Paper: section on verification SFT and its ablations (w/o critique, w/o verdict, Self-Exp vs
 # Other-Exp); `data/paper_numbers.yaml` for the reference numbers (secondary summaries).

@@ -4,17 +4,18 @@
 # Paper: [arXiv 2605.08930](https://arxiv.org/abs/2605.08930). Glossary and answer notes for the reading group: `docs/READING_GROUP.md`.
 #
 # - *What this shows*: the paper's step 6. GRPO with verifier rewards (harmful prompt: r = V_safe; benign
-#   prompt: r = V_safe * (1 - V_refuse); math: exact-match correctness), started from three
-#   initialisations with the same seed and budget: the base model (fresh LoRA), answer-centric SFT and
-#   SInternal (verification SFT). The paper reports that SInternal + GRPO ends safer than STAR-1 + GRPO.
+#   prompt: r = V_safe * (1 - V_refuse); math: exact-match correctness), started from the recipe's
+#   initialisations (`grpo.inits`) with the same seed and budget: the base model (fresh LoRA), answer-centric
+#   SFT and SInternal (verification SFT). The CPU recipe starts from SInternal only (its 10-minute budget);
+#   the study recipe runs all three for 20 steps. The paper reports that SInternal + GRPO ends safer than STAR-1 + GRPO.
 # - *Inputs*: `03_sft/answer_centric/adapter`, `03_sft/sinternal/adapter` (an init whose adapter is
 #   missing is skipped with a note); the embedded harmful, benign and math train prompts.
 # - *Outputs*: `04_grpo/<init>/adapter/`, `04_grpo/<init>/rewards.csv` (reward parts per step),
 #   `04_grpo/<init>/checkpoints/`, `04_grpo/<init>/summary.json`, `04_grpo/figures/grpo_reward_curves.png`,
 #   the `grpo` section of `metrics.json`.
-# - *Runtime*: CPU SmolLM2 recipe (3 steps of 4 prompts x 4 rollouts, 32 tokens, three inits): about
-#   5 minutes for the whole stage on a quiet 2-core CPU, nearly all of it sampling (docs/LOG.md,
-#   2026-11-27, a from-scratch `make reproduce`). Tiny test recipe: seconds. Paper scale (64 prompts x 8
+# - *Runtime*: CPU SmolLM2 recipe (3 steps of 4 prompts x 4 rollouts, 32 tokens, one init, LoRA on the bf16
+#   base): well under a minute on a quiet 2-core CPU, 10-16 s per step (docs/LOG.md, 2026-12-06, ten
+#   minutes). Tiny test recipe: seconds. Paper scale (64 prompts x 8
 #   rollouts, long traces) needs a GPU.
 
 # %% tags=["parameters"]
@@ -202,16 +203,16 @@ rollout_group(stage.dir / init / grpo_rewards.ROLLOUTS, grpo_args.num_generation
 #
 # Try this (in the parameters cell, with `run_name` there set to a new name, so that the reference run stays
 # intact; the new run needs notebooks 02 and 03 first, run with the same `run_name`. Times for the CPU recipe
-# include them (about 29 min; this notebook took about 5 min, ~31 s per GRPO step, docs/LOG.md, 2026-11-27):
-# - `overrides = {"grpo.max_steps": 20}`, `run_name = "try-20-steps"`: a longer run; do the three curves
-#   separate? About 1 hour on a 2-core CPU (3 inits x 20 steps here: about 31 min).
+# include them (about 6 min; this notebook took under a minute, 10-16 s per GRPO step, docs/LOG.md, 2026-12-06):
+# - `overrides = {"grpo.inits": ["base", "sinternal"], "grpo.max_steps": 20}`, `run_name = "try-20-steps"`: a
+#   longer run from two inits; do the curves separate? About 15 min on a 2-core CPU (2 inits x 20 steps).
 # - `overrides = {"grpo.num_generations": 8, "grpo.per_device_train_batch_size": 32}`, `run_name =
 #   "try-8-rollouts"`: the paper's 8 rollouts per prompt, still 4 prompts per step; more groups with mixed
-#   rewards, slower steps. About 39 min on a 2-core CPU (twice the rollouts per step).
+#   rewards, slower steps. About 8 min on a 2-core CPU (twice the rollouts per step).
 # - `overrides = {"grpo.math_fraction": 0.0}`, `run_name = "try-no-math"`: safety prompts only; watch math
-#   accuracy in notebook 05. About 34 min on a 2-core CPU, 44 min with notebooks 01 and 05.
+#   accuracy in notebook 05. About 7 min on a 2-core CPU, 10 min with notebooks 01 and 05.
 # - `overrides = {"grpo.benign_fraction": 0.0}`, `run_name = "try-no-benign"`: no over-refusal pressure; does
-#   the benign refusal rate (notebook 05, XSTest) rise? About 34 min on a 2-core CPU, 44 min with notebooks
+#   the benign refusal rate (notebook 05, XSTest) rise? About 7 min on a 2-core CPU, 10 min with notebooks
 #   01 and 05.
 #
 # Pointers: the paper's step 6 and Table 3 (STAR-1 + GRPO vs SInternal + GRPO); `data/paper_numbers.yaml`

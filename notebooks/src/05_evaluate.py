@@ -12,8 +12,9 @@
 # - *Outputs*: `05_evaluate/generations.jsonl` (one row per checkpoint x benchmark x item),
 #   `05_evaluate/scores.jsonl`, `05_evaluate/figures/*.png`, the `evaluate` section of `metrics.json`,
 #   `report.md` and `report.html`.
-# - *Runtime*: CPU SmolLM2 recipe about 7-8 minutes on a quiet 2-core CPU (4 checkpoints x 12 benchmarks
-#   x 6 prompts, plus held-out verification; docs/LOG.md, 2026-11-27, a from-scratch `make reproduce`);
+# - *Runtime*: CPU SmolLM2 recipe about 2 minutes on a quiet 2-core CPU (3 checkpoints x 12 benchmarks
+#   x 6 prompts, answered in one batched call per checkpoint, plus held-out verification: 107 s in a
+#   from-scratch `make reproduce`, docs/LOG.md, 2026-12-06, ten minutes);
 #   it grows with checkpoints x benchmarks x num_per_benchmark. Tiny test recipe: seconds. Paper scale
 #   needs a GPU.
 
@@ -175,14 +176,15 @@ print(f"report card: {render_report(run)}")
 #
 # Try this (recipe overrides in the parameters cell, with `run_name` there set to a new name, so that the
 # reference run stays intact; the new run needs notebooks 01-04 first, run with the same `run_name`. Times
-# for the CPU recipe include them (about 37 min; this notebook took 7-8 min, docs/LOG.md, 2026-11-27):
+# for the CPU recipe include them (about 8 min; this notebook took about 2 min, docs/LOG.md, 2026-12-06):
 # - `{"evaluate.num_per_benchmark": 100}`, `run_name = "try-100-per-benchmark"`: tighter CIs; does any claim
-#   move from inconclusive to supported? About 3 hours on a 2-core CPU (about 17 times the prompts here).
+#   move from inconclusive to supported? About 40 min on a 2-core CPU (about 17 times the prompts here).
 # - `{"judge.backend": "guard", "judge.model": "Qwen/Qwen3Guard-Gen-0.6B"}`, `run_name = "try-guard-judge"`, in
 #   every notebook (the judge is part of every stage's config; the model comes from the hub once): a guard
 #   model as judge; compare ASR with the matcher judge. About 2 hours on a 2-core CPU (estimate, not timed:
 #   some 1,400 judged answers at a few seconds each).
-# - `{"sft.variants": ["sinternal"], "evaluate.checkpoints": ["base", "sft/sinternal"]}`, `run_name =
-#   "try-before-after"`, in every notebook: the fastest before/after comparison. About 23 min on a 2-core CPU.
+# - `{"sft.variants": ["sinternal", "answer_centric"], "evaluate.checkpoints": ["base", "sft/sinternal",
+#   "sft/answer_centric", "grpo/sinternal"]}`, `run_name = "try-answer-centric"`, in every notebook: SInternal
+#   against answer-centric SFT on the same prompts (claims c and j at n = 6). About 14 min on a 2-core CPU.
 #
 # Pointers: `docs/PAPER.md`, "Pipeline" step 7 and "Reported numbers"; the paper section on generation evaluation.

@@ -15,9 +15,11 @@
 # - *Outputs*: `06_self_verification/guarded.jsonl` (checkpoint x policy x prompt), `spec_pairs.jsonl`,
 #   `spec_verdicts.jsonl` (checkpoint x spec x pair), `self_verification_summary.json`, `figures/*.png`, the
 #   `self_verification` section of `metrics.json`, and the "Beyond the paper" section of `report.md`.
-# - *Runtime*: CPU SmolLM2 recipe about 5.5 minutes on a quiet 2-core CPU (an estimate from measured token
-#   counts and rates; `configs/cpu-smollm2.yaml` gives the arithmetic; with one thread on a shared CPU the parts
-#   took about 16 minutes); tiny test recipe: seconds. Paper scale needs a GPU.
+# - *Runtime*: the CPU recipe leaves this stage out of `make reproduce` (`run.stages`, its 10-minute budget);
+#   run it with `--only 06` (under 4 minutes on a quiet 2-core CPU for its two checkpoints, an estimate:
+#   `configs/cpu-smollm2.yaml` gives the arithmetic). The study recipe runs it on three checkpoints and four
+#   verifiers (4,338 s wall on a partly shared CPU, docs/LOG.md, 2026-12-06); its results are in the README,
+#   "The study". Tiny test recipe: seconds. Paper scale needs a GPU.
 
 # %% tags=["parameters"]
 recipe = "cpu-smollm2"  # recipe name under configs/ or a path to a YAML file
@@ -43,8 +45,8 @@ cfg.self_verification
 
 # %% [markdown]
 # ## Which checkpoints, and which edits?
-# The guard runs on the checkpoints stage 05 compares (base, SInternal, answer-centric); the spec swap on the
-# base model and the trained verifiers. Each edited spec names the pairs it affects and the flip it asks for.
+# The guard runs on the recipe's `self_verification.checkpoints` (the study: base, SInternal, answer-centric);
+# the spec swap on the base model and the trained verifiers (`spec_checkpoints`). Each edited spec names the pairs it affects and the flip it asks for.
 
 # %%
 from sinternal_lib.evaluate import discover_checkpoints
