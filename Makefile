@@ -32,9 +32,9 @@ $(VENV)/.sinternal-ready: pyproject.toml
 	$(PY) -m sinternal_lib prepare-model
 	@touch $@
 
-# The main job: all six notebooks on the embedded default recipe into runs/<run>/, ending with
-# runs/<run>/report.md. Tens of minutes on a 2-core CPU after setup (measured stage times: README);
-# reruns reuse finished stages.
+# The main job: the recipe's notebooks (run.stages; cpu-smollm2: 01-05) into runs/<run>/, ending with
+# runs/<run>/report.md. About 10 minutes on a 2-core CPU after setup (measured stage times: README);
+# reruns reuse finished stages; ARGS="--only 06" adds notebook 06.
 # Other recipes: make reproduce RECIPE=configs/gpu-ds-r1-qwen-7b.yaml RUN=r1-7b
 reproduce: setup
 	$(PY) -m sinternal_lib run --recipe $(RECIPE) $(if $(RUN),--run-name $(RUN)) $(ARGS)
