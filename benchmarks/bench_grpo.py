@@ -23,8 +23,8 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which GRPOConfig; "grpo": recip
     # what a user does after QLoRA SFT: TRL's default GRPOConfig on the 4-bit policy
     "default": {"config": "default", "grpo": {"load_in_4bit": True}},
     "kit": {"config": "kit"},  # the recipe as it stands
-    # the kit before 2026-12-06: its GRPOConfig on the 4-bit policy (issue 15's "today")
-    "kit-4bit": {"config": "kit", "grpo": {"load_in_4bit": True}},
+    # the kit before 2026-12-06 (issue 15's "today"): its GRPOConfig on the 4-bit policy, LoRA dropout 0.05
+    "kit-4bit": {"config": "kit", "grpo": {"load_in_4bit": True}, "lora": {"lora_dropout": 0.05}},
     "kit-bf16": {"config": "kit", "grpo": {"bf16": True}},
     "kit-no-gc": {"config": "kit", "grpo": {"gradient_checkpointing": False}},
     # LoRA on the full-precision base (grpo.load_in_4bit false): rollouts without 4-bit dequantization

@@ -45,7 +45,10 @@ def test_study_recipe_loads_validates_and_covers_every_arm():
         // study.grpo.num_generations  # each prompt seen at most once
     arms = {a for c in CLAIMS for a in c.arms if a != CHANCE}
     assert all(any(fnmatch(a, p) for p in study.evaluate.checkpoints) for a in arms)
-    assert study.model == quick.model and study.sft.max_steps == quick.sft.max_steps  # same model, same SFT budget
+    assert study.model == quick.model  # same model; the quick recipe trains fewer steps (its 10-minute budget)
+    assert study.sft.max_steps == 80 and quick.sft.max_steps < study.sft.max_steps
+    assert quick.run.stages == ["diagnose", "build_data", "sft", "grpo", "evaluate"]
+    assert "self_verification" in study.run.stages
 
 
 def test_every_claim_gets_n_and_mde():
