@@ -37,7 +37,7 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which GRPOConfig; "grpo": recip
     "kit-bf16-base-no-lora-dropout": {"config": "kit", "grpo": {"load_in_4bit": False},
                                       "model": {"generation_dtype": "bfloat16"}, "lora": {"lora_dropout": 0.0}},
 }
-QUICK_ARMS = ["default", "kit"]
+QUICK_ARMS = ["default", "kit", "kit-4bit"]
 
 
 class CountingReward:
