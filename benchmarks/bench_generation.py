@@ -10,6 +10,7 @@ One run prints, side by side:
   * sampling: temperature 1, exactly 48 new tokens (stop tokens ignored, so both engines do equal work),
   * verification: greedy, the verifier prompt of the CPU recipe (spec system prompt shared by every row),
     at most 40 new tokens, stopping at the end-of-turn token as the pipeline does,
+  * sampling_top_p: as sampling with top-p 0.95 (how the stages sample), at the goal batch only,
   each as a share of the roofline min(compute: peak / FLOPs per token, memory: batch x bandwidth / weight
   bytes), and prefill tokens/s (one forward over 8 verifier prompts);
 - llama.cpp on the bundled Q4_1 GGUF (bench_llamacpp.py, when llama-cpp-python is installed) on this
@@ -90,7 +91,8 @@ def verifier_rows(tok, recipe, n: int):
     return [tok(_chat_text(tok, m), add_special_tokens=False)["input_ids"] for m in msgs]
 
 
-def run_engine(engine: str, model, tok, rows, *, max_new: int, sample: bool, stop: bool) -> tuple[int, float]:
+def run_engine(engine: str, model, tok, rows, *, max_new: int, sample: bool, stop: bool,
+               top_p: float = 1.0) -> tuple[int, float]:
     """(generated tokens, seconds) for one batch of rows."""
     from sinternal_lib import sampling
     from sinternal_lib.decoding import decode
@@ -101,13 +103,13 @@ def run_engine(engine: str, model, tok, rows, *, max_new: int, sample: bool, sto
     with torch.inference_mode():
         if engine == "kit":
             out = decode(model, rows, max_new_tokens=max_new, stop_ids=stop_ids if stop else set(), pad_id=pad,
-                         do_sample=sample, temperature=1.0, top_p=1.0, seed=0)
+                         do_sample=sample, temperature=1.0, top_p=top_p, seed=0)
             n = sum(len(ids) + s for ids, s in out)
         else:
             width = max(map(len, rows))
             ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows])
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-            kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0) if sample else \
+            kw = dict(do_sample=True, temperature=1.0, top_p=top_p, top_k=0) if sample else \
                 dict(do_sample=False, temperature=None, top_p=None, top_k=None)
             torch.manual_seed(0)
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, pad_token_id=pad,
@@ -118,12 +120,13 @@ def run_engine(engine: str, model, tok, rows, *, max_new: int, sample: bool, sto
     return n, time.perf_counter() - t0
 
 
-def measure(engine, model, tok, rows_all, batch: int, *, max_new, sample, stop, min_rows: int = 4):
+def measure(engine, model, tok, rows_all, batch: int, *, max_new, sample, stop, min_rows: int = 4, top_p: float = 1.0):
     """tokens/s over max(batch, min_rows) rows in batches of `batch`."""
     rows = [rows_all[i % len(rows_all)] for i in range(max(batch, min_rows))]
     n = dt = 0.0
     for i in range(0, len(rows), batch):
-        k, t = run_engine(engine, model, tok, rows[i:i + batch], max_new=max_new, sample=sample, stop=stop)
+        k, t = run_engine(engine, model, tok, rows[i:i + batch], max_new=max_new, sample=sample, stop=stop,
+                          top_p=top_p)
         n, dt = n + k, dt + t
     return int(n), dt
 
@@ -190,12 +193,17 @@ def main(argv=None) -> dict:
         verify = verifier_rows(tok, recipe, 64)
         run_engine("kit", model, tok, chat[:2], max_new=4, sample=True, stop=False)  # warm-up
         result["prefill"].append({"dtype": dtype, "prefill_tokens_per_s": round(prefill_tps(model, verify[:8]), 1)})
-        for task, rows, max_new, sample, stop in (("sampling", chat, n_sample, True, False),
-                                                  ("verification", verify, n_verify, False, True)):
-            for b in sizes:
+        goal_b = 4 if a.quick else 32
+        for task, rows, max_new, sample, stop, top_p, bs in (
+                ("sampling", chat, n_sample, True, False, 1.0, sizes),
+                ("verification", verify, n_verify, False, True, 1.0, sizes),
+                # as stages 01, 02 and 06 sample (top-p 0.95), at the goal batch only: the nucleus search
+                ("sampling_top_p", chat, n_sample, True, False, 0.95, [goal_b])):
+            for b in bs:
                 roof = min(compute_tps, b * bw * 1e9 / wbytes)
                 for engine in a.engines:
-                    n, dt = measure(engine, model, tok, rows, b, max_new=max_new, sample=sample, stop=stop)
+                    n, dt = measure(engine, model, tok, rows, b, max_new=max_new, sample=sample, stop=stop,
+                                    top_p=top_p)
                     tps = n / dt
                     r = {"dtype": dtype, "task": task, "engine": engine, "batch": b, "tokens": n,
                          "seconds": round(dt, 2), "tokens_per_s": round(tps, 1), "roofline_tps": round(roof, 1),
@@ -211,17 +219,21 @@ def main(argv=None) -> dict:
                         for g in result["goals"]]  # read by bench_all's summary
     result["quick"] = a.quick
     for g in result["goals"]:
-        print(f"- {g['what']}: {g['value']} (goal {g['goal']}): {'met' if g['met'] else 'NOT met'}")
+        print(f"- {g['what']}: {g['value']} (goal {g['goal'] or '-'}): {_said(g['met'])}")
     cols = ["dtype", "task", "engine", "batch", "tokens", "seconds", "tokens_per_s", "roofline_tps", "roofline_pct"]
     notes = [f"cpu capability {result['machine']['cpu_capability']}; matmul peak {gf} GFLOP/s; "
              f"copy bandwidth {result['bandwidth_gbs']} GB/s; auto picks {resolve_dtype('auto')}",
              f"prefill tokens/s (8 verifier prompts, one forward): {result['prefill']}",
-             *[f"{g['what']}: {g['value']} (goal {g['goal']}): {'met' if g['met'] else 'NOT met'}"
+             *[f"{g['what']}: {g['value']} (goal {g['goal'] or '-'}): {_said(g['met'])}"
                for g in result["goals"]]]
     if result.get("llamacpp"):
         notes.append(f"llama.cpp (Q4_1 GGUF): {json.dumps(result['llamacpp'])[:600]}")
     bl.write_results("generation", result, result["rows"], cols, out_dir, notes)
     return result
+
+
+def _said(met: bool | None) -> str:
+    return "-" if met is None else "met" if met else "NOT met"
 
 
 def goals(rows: list[dict], llama: dict | None, b: int) -> list[dict]:
@@ -248,6 +260,11 @@ def goals(rows: list[dict], llama: dict | None, b: int) -> list[dict]:
     x = bl.ratio(s and s["tokens_per_s"], lb)
     out.append({"what": "kit best sampling tokens/s vs llama.cpp best batched (Q4_1)", "value": x, "goal": ">= 1.0",
                 "met": bool(x and x >= 1.0)})
+    k = pick("sampling_top_p", "kit")
+    h = k and pick("sampling_top_p", "hf", k["dtype"])
+    x = bl.ratio(k and k["tokens_per_s"], h and h["tokens_per_s"])
+    out.append({"what": f"kit sampling tokens/s with top-p 0.95 at batch {b} vs generate, same dtype", "value": x,
+                "goal": None, "met": None})
     return out
 
 
