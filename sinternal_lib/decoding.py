@@ -55,7 +55,8 @@ TOP_P_KS = (256, 4096)
 
 def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     """One index per row from unnormalised `probs` by the inverse CDF: one uniform per row, where
-    `torch.multinomial` draws one per vocabulary entry (~3 ms vs ~43 ms at batch 32 x 49k on 2 CPU cores)."""
+    `torch.multinomial` draws one per vocabulary entry (a whole sampling step at batch 32 x 49k words, softmax
+    included: 12 ms vs 70 ms on one core)."""
     cdf = probs.cumsum(-1)
     total = cdf[:, -1:]
     u = torch.rand(total.shape, generator=gen, device=probs.device, dtype=cdf.dtype) * total

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .stages import STAGES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 
@@ -33,8 +35,7 @@ class RunConfig:
     num_processes: int = 1
     # The stages a plain `run` (no --only) executes, by name; a recipe whose budget cannot afford a stage
     # leaves it out and says where it is measured. Not part of any stage's config hash.
-    stages: list[str] = field(default_factory=lambda: ["diagnose", "build_data", "sft", "grpo", "evaluate",
-                                                       "self_verification"])
+    stages: list[str] = field(default_factory=lambda: list(STAGES))  # default: every stage
 
 
 @dataclass
