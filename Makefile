@@ -10,7 +10,7 @@ ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup reproduce study test test-nodata lab bench reliability report strip clean-venv
+.PHONY: setup reproduce study study-beyond test test-nodata lab bench reliability report strip clean-venv
 
 # Create .venv (CPU torch==2.13.0 first where no CUDA GPU is present, so no multi-GB CUDA build is
 # downloaded), install the kit, register its Jupyter kernel and convert the embedded model once.
@@ -41,10 +41,14 @@ reproduce: setup
 
 # The study: every claim of the paper on the embedded model, with n sized by a power calculation
 # (configs/cpu-smollm2-study.yaml; the plan is printed first and kept in the run's power_plan.json), into
-# runs/cpu-smollm2-study/. Sized for 2 hours; measured about 3 h for stages 01-05 plus about 1 h for stage 06 on
-# a 2-core CPU (docs/LOG.md, 2026-12-06).
+# runs/cpu-smollm2-study/. Stages 01-05 (the claims), sized for 2 hours of a 2-core CPU (README, "The study").
 study: setup
 	$(PY) -m sinternal_lib run --recipe cpu-smollm2-study --run-name $(if $(RUN),$(RUN),cpu-smollm2-study) $(ARGS)
+
+# Stage 06 (beyond the paper: self-verification at inference, spec swap) on the study's checkpoints, then
+# the report again. Needs `make study` first.
+study-beyond: setup
+	$(PY) -m sinternal_lib run --recipe cpu-smollm2-study --run-name $(if $(RUN),$(RUN),cpu-smollm2-study) --only 06 $(ARGS)
 
 # Unit tests plus the six notebooks executed on the tiny test recipe. Called by .ci/run. Tests that
 # need the real datasets (../shared/data or $$SINTERNAL_SHARED_DATA) skip with a how-to where absent.

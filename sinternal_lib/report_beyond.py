@@ -18,8 +18,8 @@ from .report_claims import table_cell
 NOT_RUN = ("*Stage `06_self_verification` has not run in this run, so neither result was measured: run "
            "notebook 06 (`--only 06`).*")
 LEFT_OUT = ("*This recipe leaves stage `06_self_verification` out (`run.stages`: its CPU budget), so neither result "
-            "was measured here. The study recipe measures both (`make study`; README, \"The study\"); on this "
-            "run, `--only 06` adds them.*")
+            "was measured here. The study measures both (`make study-beyond`, after `make study`; README, \"The "
+            "study\"); on this run, `--only 06` adds them.*")
 
 
 def _r(v: dict | None) -> str:
