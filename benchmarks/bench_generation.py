@@ -131,6 +131,30 @@ def measure(engine, model, tok, rows_all, batch: int, *, max_new, sample, stop, 
     return int(n), dt
 
 
+def forced_choice_arms(model, tok, recipe, n: int, batch: int) -> dict:
+    """Forced-choice scoring of `n` verifier prompts: the kit's one forward per prompt (shared spec prefix
+    once) vs one full sequence per prompt and choice (the scorer before 2026-12-06); seconds and the largest
+    difference in P(unsafe)."""
+    from sinternal_lib import forced_choice as fc
+    from sinternal_lib.datasets import load_embedded
+    from sinternal_lib.spec import spec_text
+    from sinternal_lib.verification import build_verification_messages
+
+    spec = spec_text(recipe)
+    recs = load_embedded("harmful") + load_embedded("benign")
+    items = [fc.choice_token_ids(tok, fc.verdict_context(tok, build_verification_messages(
+        spec, recs[i % len(recs)].prompt, ANSWERS[i % 2]))) for i in range(n)]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out, secs = {}, {}
+    for name, fn, bs in (("one_forward", fc._single_token_scores, batch),
+                         ("two_sequences", fc._two_sequence_scores, 2 * batch)):  # same prompts per forward
+        t0 = time.perf_counter()
+        out[name] = fn(model, items, pad, bs)
+        secs[name] = round(time.perf_counter() - t0, 2)
+    return {"prompts": n, "batch": batch, "seconds": secs, "speedup": round(secs["two_sequences"] / secs["one_forward"], 2),
+            "max_abs_diff": max(abs(x - y) for x, y in zip(out["one_forward"], out["two_sequences"]))}
+
+
 def prefill_tps(model, rows) -> float:
     width = max(map(len, rows))
     ids = torch.tensor([[0] * (width - len(r)) + list(r) for r in rows])
@@ -193,6 +217,9 @@ def main(argv=None) -> dict:
         verify = verifier_rows(tok, recipe, 64)
         run_engine("kit", model, tok, chat[:2], max_new=4, sample=True, stop=False)  # warm-up
         result["prefill"].append({"dtype": dtype, "prefill_tokens_per_s": round(prefill_tps(model, verify[:8]), 1)})
+        fcr = forced_choice_arms(model, tok, recipe, 8 if a.quick else 64, 4 if a.quick else 32)
+        result.setdefault("forced_choice", []).append({"dtype": dtype, **fcr})
+        print(f"  {dtype:8} forced choice, {fcr['prompts']} prompts: {fcr['seconds']} ({fcr['speedup']}x)", flush=True)
         goal_b = 4 if a.quick else 32
         for task, rows, max_new, sample, stop, top_p, bs in (
                 ("sampling", chat, n_sample, True, False, 1.0, sizes),
@@ -217,6 +244,8 @@ def main(argv=None) -> dict:
     result["goals"] = goals(result["rows"], result.get("llamacpp"), 4 if a.quick else 32)
     result["ratios"] = [{"what": g["what"], "ratio": g["value"], "goal": g["goal"], "met": g["met"]}
                         for g in result["goals"]]  # read by bench_all's summary
+    result["ratios"] += [{"what": f"forced choice ({r['dtype']}): one forward per prompt vs two sequences",
+                          "ratio": r["speedup"], "goal": None, "met": None} for r in result["forced_choice"]]
     result["quick"] = a.quick
     for g in result["goals"]:
         print(f"- {g['what']}: {g['value']} (goal {g['goal'] or '-'}): {_said(g['met'])}")
@@ -224,6 +253,7 @@ def main(argv=None) -> dict:
     notes = [f"cpu capability {result['machine']['cpu_capability']}; matmul peak {gf} GFLOP/s; "
              f"copy bandwidth {result['bandwidth_gbs']} GB/s; auto picks {resolve_dtype('auto')}",
              f"prefill tokens/s (8 verifier prompts, one forward): {result['prefill']}",
+             f"forced choice (seconds, speedup, max |P diff|): {result['forced_choice']}",
              *[f"{g['what']}: {g['value']} (goal {g['goal'] or '-'}): {_said(g['met'])}"
                for g in result["goals"]]]
     if result.get("llamacpp"):

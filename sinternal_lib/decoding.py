@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["decode", "common_prefix_len", "MIN_PREFIX"]
+__all__ = ["decode", "prefill", "common_prefix_len", "MIN_PREFIX"]
 
 MIN_PREFIX = 32  # shorter shared prefixes are cheaper to recompute than to split the prefill for
 
@@ -109,21 +109,15 @@ def _next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_
     return _draw(logits.softmax(-1), gen)
 
 
-def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
-           do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-           min_prefix: int = MIN_PREFIX) -> list[tuple[list[int], bool]]:
-    """Generate for a batch of token-id rows; returns (new ids without the stop token, stopped) per row.
-
-    `stopped` is False when the row ran to `max_new_tokens`. Call under `torch.inference_mode()`.
-    """
+def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_prefix: int = MIN_PREFIX
+            ) -> tuple[Any, dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Run the prompts of a batch through `model` once: (KV cache, its call kwarg, attention mask, last-position
+    logits `[batch, vocab]`). A prefix of `>= min_prefix` tokens shared by every row is computed once at
+    batch 1 (module docstring). Call under `torch.inference_mode()`."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     b = len(rows)
-    gen = None
-    if do_sample:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(0 if seed is None else seed)
     p = common_prefix_len(rows)
     p = p if p >= min_prefix else 0
     cache = DynamicCache(config=model.config)
@@ -143,7 +137,23 @@ def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, st
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kv, use_cache=True,
                 logits_to_keep=1)
-    logits = out.logits[:, -1, :]
+    return cache, kv, mask, out.logits[:, -1, :]
+
+
+def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
+           do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+           min_prefix: int = MIN_PREFIX) -> list[tuple[list[int], bool]]:
+    """Generate for a batch of token-id rows; returns (new ids without the stop token, stopped) per row.
+
+    `stopped` is False when the row ran to `max_new_tokens`. Call under `torch.inference_mode()`.
+    """
+    device = next(model.parameters()).device
+    b = len(rows)
+    gen = None
+    if do_sample:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(0 if seed is None else seed)
+    cache, kv, mask, logits = prefill(model, rows, pad_id=pad_id, min_prefix=min_prefix)
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     active = list(range(b))  # original row index of each live batch row
     new: list[list[int]] = [[] for _ in range(b)]

@@ -77,23 +77,34 @@ def forced_choice_scores(model: Any, tokenizer: Any, messages_list: Sequence[lis
     write a critique first, which is skipped here (no generation at all), so this asks which word the
     model prefers, not whether it follows the format. Works for base and peft (LoRA) models alike. (A chat
     template that opens a `<think>` block in its generation prompt gets the verdict inside that block.)
-    `batch_size` counts sequences per forward pass (each prompt gives two, one per choice; at least 2):
-    sorted by length, left-padded, with position ids from the attention mask, so a score does not depend
-    on its batch or padding. Only the last positions' logits are computed (`logits_to_keep`).
+    Sorted by length, left-padded, with position ids from the attention mask, so a score does not depend
+    on its batch or padding. Where every choice is one token (SmolLM2, Qwen: " safe", " unsafe"), one
+    forward of the context per prompt gives both log-probs and a prefix shared by the batch (the spec) is
+    computed once (`decoding.prefill`): `batch_size` prompts per forward. Otherwise each prompt gives two
+    sequences, one per choice, `batch_size` sequences per forward (at least 2), and only the last
+    positions' logits are computed (`logits_to_keep`).
     """
-    seqs: list[tuple[int, int, list[int]]] = []  # (item, choice, ids)
-    conts: dict[tuple[int, int], int] = {}
-    for i, msgs in enumerate(messages_list):
-        ctx, cs = choice_token_ids(tokenizer, verdict_context(tokenizer, msgs))
-        for c, cont in enumerate(cs):
-            seqs.append((i, c, ctx + cont))
-            conts[(i, c)] = len(cont)
+    items = [choice_token_ids(tokenizer, verdict_context(tokenizer, msgs)) for msgs in messages_list]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    if all(len(c) == 1 for _, cs in items for c in cs):
+        return _single_token_scores(model, items, int(pad), batch_size)
+    return _two_sequence_scores(model, items, int(pad), batch_size)
+
+
+def _two_sequence_scores(model: Any, items: Sequence[tuple[list[int], list[list[int]]]], pad: int,
+                         batch_size: int) -> list[float]:
+    """`forced_choice_scores` for choices of any token length: one sequence per prompt and choice."""
+    seqs: list[tuple[int, int, list[int]]] = []  # (item, choice, ids)
+    conts: dict[tuple[int, int], int] = {}
+    for i, (ctx, cs) in enumerate(items):
+        for c, cont in enumerate(cs):
+            seqs.append((i, c, ctx + cont))
+            conts[(i, c)] = len(cont)
     order = sorted(range(len(seqs)), key=lambda j: (-len(seqs[j][2]), j))
     step = max(2, batch_size - batch_size % 2)
-    logp = np.zeros((len(messages_list), 2))
+    logp = np.zeros((len(items), 2))
     device = next(model.parameters()).device
     model.eval()
     with torch.inference_mode(), decode_attention(device):
@@ -113,7 +124,32 @@ def forced_choice_scores(model: Any, tokenizer: Any, messages_list: Sequence[lis
             for r, (i, c, x) in enumerate(chunk):
                 n = conts[(i, c)]  # token width - n + t is predicted at kept index keep - 1 - n + t
                 logp[i, c] = sum(float(lp[r, keep - 1 - n + t, x[len(x) - n + t]]) for t in range(n))
+    return _p_unsafe(logp)
+
+
+def _p_unsafe(logp: np.ndarray) -> list[float]:
+    """P(unsafe) from per-prompt (log p(safe), log p(unsafe)): a softmax over the two."""
     return [1.0 / (1.0 + math.exp(min(700.0, s - u))) for s, u in logp]
+
+
+def _single_token_scores(model: Any, items: Sequence[tuple[list[int], list[list[int]]]], pad: int,
+                         batch_size: int) -> list[float]:
+    """`forced_choice_scores` where each choice is one token: the context's last logits give both."""
+    from .decoding import prefill
+
+    order = sorted(range(len(items)), key=lambda i: (-len(items[i][0]), i))
+    logp = np.zeros((len(items), 2))
+    device = next(model.parameters()).device
+    step = max(1, batch_size)
+    model.eval()
+    with torch.inference_mode(), decode_attention(device):
+        for b in range(0, len(order), step):
+            chunk = order[b:b + step]
+            *_, logits = prefill(model, [items[i][0] for i in chunk], pad_id=pad)
+            lp = logits.float().log_softmax(-1).cpu()
+            for r, i in enumerate(chunk):
+                logp[i] = [float(lp[r, cont[0]]) for cont in items[i][1]]
+    return _p_unsafe(logp)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -149,13 +149,22 @@ def lora_config(lora: LoraSection | Mapping[str, Any] | None = None) -> Any:
     return LoraConfig(**{f: getattr(section, f) for f in LORA_PEFT_FIELDS}, task_type="CAUSAL_LM")
 
 
-def nf4_config(dtype: str = "float32") -> Any:  # dtype may be "auto" (precision.resolve_dtype)
-    """`BitsAndBytesConfig` of the kit's 4-bit base: NF4 with double quantization, `dtype` compute."""
+# Launchers that shard parameters across processes: their 4-bit weights must be stored in the compute dtype.
+SHARDING_LAUNCHERS = ("zero3", "fsdp")
+
+
+def nf4_config(dtype: str = "float32", sharded: bool = False) -> Any:  # dtype may be "auto" (precision.resolve_dtype)
+    """`BitsAndBytesConfig` of the kit's 4-bit base: NF4 with double quantization, `dtype` compute.
+
+    `sharded` (DeepSpeed ZeRO-3, FSDP) also stores the packed 4-bit weights in the compute dtype
+    (`bnb_4bit_quant_storage`): those engines flatten every parameter of a group into one tensor of one
+    dtype, which the default uint8 storage breaks (PEFT's "DeepSpeed / FSDP with QLoRA" guides)."""
     from transformers import BitsAndBytesConfig
 
     dtype = resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    extra = {"bnb_4bit_quant_storage": getattr(torch, dtype)} if sharded else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=getattr(torch, dtype))
+                              bnb_4bit_compute_dtype=getattr(torch, dtype), **extra)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -329,7 +338,9 @@ def policy_quantization(recipe: Recipe, for_training: bool = False) -> Any:
     adapters applied on top unmerged.
     """
     m = recipe.model
-    return nf4_config(m.dtype) if m.load_in_4bit and (for_training or m.quantize_generation) else None
+    if not (m.load_in_4bit and (for_training or m.quantize_generation)):
+        return None
+    return nf4_config(m.dtype, sharded=for_training and recipe.run.launcher in SHARDING_LAUNCHERS)
 
 
 def load_policy(recipe: Recipe, ref: str | None = None, *, adapter: str | os.PathLike | None = None,

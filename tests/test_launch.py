@@ -28,6 +28,23 @@ def test_launch_commands():
         launch.launch_command("single", 1, ["sft", "/x"])
 
 
+def test_sharding_launchers_store_4bit_weights_in_the_compute_dtype():
+    """ZeRO-3 and FSDP flatten parameters into one dtype: the 4-bit base must store its packed weights in the
+    compute dtype there (PEFT's QLoRA + ZeRO-3 / FSDP guides); single, ddp and zero2 keep bitsandbytes' uint8."""
+    import torch
+
+    from sinternal_lib.config import load_recipe
+    from sinternal_lib.models import policy_quantization
+
+    gpu = load_recipe("configs/gpu-ds-r1-qwen-7b.yaml")
+    for launcher, sharded in [("single", False), ("ddp", False), ("zero2", False), ("zero3", True), ("fsdp", True)]:
+        r = apply_overrides(gpu, {"run.launcher": launcher, "run.num_processes": 1 if launcher == "single" else 2})
+        q = policy_quantization(r, for_training=True)
+        assert q.bnb_4bit_compute_dtype == getattr(torch, r.model.dtype), launcher
+        assert q.bnb_4bit_quant_storage == (q.bnb_4bit_compute_dtype if sharded else torch.uint8), launcher
+    assert policy_quantization(apply_overrides(gpu, {"model.load_in_4bit": False}), for_training=True) is None
+
+
 def _losses(folder):
     with open(folder / "loss.csv", encoding="utf-8") as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]

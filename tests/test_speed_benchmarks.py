@@ -43,6 +43,9 @@ def test_bench_all_quick(tmp_path):
     gen = res["generation"]  # both engines at both batch sizes, each against its roofline
     assert {(r["engine"], r["batch"]) for r in gen["rows"]} == {(e, b) for e in ("hf", "kit") for b in (1, 4)}
     assert all(r["tokens"] > 0 and r["roofline_tps"] > 0 for r in gen["rows"]) and gen["precision"]["cpu_capability"]
+    # the forced-choice arms score the same prompts the same way (tiny random model, so no speed asserted)
+    for fc in gen["forced_choice"]:  # bf16 rounds differently when the spec prefix is computed apart
+        assert fc["max_abs_diff"] < (1e-4 if fc["dtype"] == "float32" else 2e-2) and fc["seconds"]["one_forward"] > 0, fc
     summary = (tmp_path / "summary.md").read_text()
     for name in res:
         assert f"| {name} |" in summary
@@ -66,6 +69,9 @@ def test_gpu_check_sections_run_only_what_is_asked(tmp_path):
     assert d["memory"]["4bit"].get("peak_mem_mb", 0) > 0 or "skipped" in d["memory"]["4bit"]
     assert "memory: bfloat16 LoRA weights" in (tmp_path / "gpu_check.md").read_text()
     assert all(r.get("estimate_mb", 0) > 0 for r in d["memory"].values() if "skipped" not in r)  # memory_fit beside it
+    goal = d["memory_goal"]
+    assert goal["goal"] == 0.5 and goal["model"] == "tiny" and goal["goal_shape"] == "r1-qwen-7b"
+    assert goal["met"] is None if goal["4bit_peak_over_bf16"] is None else goal["met"] == (goal["4bit_peak_over_bf16"] <= 0.5)
 
 
 def test_gpu_pipeline_time_estimate_from_measured_rates():
