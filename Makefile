@@ -41,12 +41,12 @@ reproduce: setup
 
 # The study: every claim of the paper on the embedded model, with n sized by a power calculation
 # (configs/cpu-smollm2-study.yaml; the plan is printed first and kept in the run's power_plan.json), into
-# runs/cpu-smollm2-study/. Stages 01-05 (the claims), sized for 2 hours of a 2-core CPU (README, "The study").
+# runs/cpu-smollm2-study/. Stages 01-05 (the claims): 1.8 h of stage time on a 2-core CPU (README, "The study").
 study: setup
 	$(PY) -m sinternal_lib run --recipe cpu-smollm2-study --run-name $(if $(RUN),$(RUN),cpu-smollm2-study) $(ARGS)
 
 # Stage 06 (beyond the paper: self-verification at inference, spec swap) on the study's checkpoints, then
-# the report again. Needs `make study` first.
+# the report again. Needs `make study` first; about 1 h more on a 2-core CPU (first study run, 2026-12-06).
 study-beyond: setup
 	$(PY) -m sinternal_lib run --recipe cpu-smollm2-study --run-name $(if $(RUN),$(RUN),cpu-smollm2-study) --only 06 $(ARGS)
 

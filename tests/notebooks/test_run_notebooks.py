@@ -79,3 +79,36 @@ def test_results_prose_equals_the_runs_numbers(tiny_run):
     assert narrative.grpo_results(metrics["grpo"]) in _markdown_outputs(nbs / "04_grpo.ipynb")
     assert narrative.self_verification_results(metrics["self_verification"]) in \
         _markdown_outputs(nbs / "06_self_verification.ipynb")
+
+
+@pytest.mark.slow
+def test_training_stages_launched_across_two_processes_from_the_notebooks(tiny_run, tmp_path):
+    """Notebooks 03 and 04 with `run.launcher: ddp` on 2 CPU processes (gloo), through papermill: each variant
+    and init trains as a launched job, the stages finish with their manifests and the same files as in one
+    process, and a rerun skips them (tests/test_launch.py compares the losses with one process)."""
+    import shutil
+
+    code, path, _ = tiny_run
+    assert code == 0
+    trained = {STAGES[s].folder for s in ("sft", "grpo", "evaluate", "self_verification")}
+    shutil.copytree(path, tmp_path / "nb-ddp", ignore=lambda d, names: [
+        n for n in names if d == str(path) and (n in trained or n == "notebooks" or n.startswith("report"))])
+    over = {"run.launcher": "ddp", "run.num_processes": 2}
+    lines: list[str] = []
+    code = run_notebooks("configs/tests/tiny.yaml", "nb-ddp", only=["sft", "grpo"], overrides=over,
+                         root=str(tmp_path), log=lines.append)
+    assert code == 0, "\n".join(lines)
+    ddp = tmp_path / "nb-ddp"
+    for stage, arms in (("sft", ["sinternal", "verdict_only", "answer_centric"]),
+                        ("grpo", ["base", "answer_centric", "sinternal"])):
+        folder = STAGES[stage].folder
+        assert (ddp / folder / "manifest.json").is_file(), f"stage {stage} did not finish"
+        for arm in arms:
+            summary = json.loads((ddp / folder / arm / "summary.json").read_text())
+            assert summary["launcher"] == {"launcher": "ddp", "num_processes": 2}, (stage, arm)
+            one = {p.name for p in (path / folder / arm).iterdir() if p.name != "checkpoints"}
+            assert one <= {p.name for p in (ddp / folder / arm).iterdir()}, (stage, arm)
+    lines = []
+    assert run_notebooks("configs/tests/tiny.yaml", "nb-ddp", only=["sft", "grpo"], overrides=over,
+                         root=str(tmp_path), log=lines.append) == 0
+    assert sum("skipped" in ln for ln in lines) == 2, lines
