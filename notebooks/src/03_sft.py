@@ -27,7 +27,7 @@
 # compact LM head, no LoRA dropout): about 4.5 minutes on a quiet 2-core CPU (248-276 s in two from-scratch
 # `make reproduce` runs, docs/LOG.md, 2026-12-06, ten minutes): one variant, SInternal, 60 steps of 4
 # examples (160-195 s), plus the held-out evaluation of the base model and of the variant (30-45 s each).
-# The study recipe trains all six variants for 80 steps (about 1.5 hours). Tiny test recipe: under a minute.
+# The study recipe trains all six variants for 80 steps (stage 03 took 1.1 hours on 2026-12-06). Tiny test recipe: under a minute.
 # Paper scale (7B-14B, ~6,000 examples, 2 epochs) needs a GPU.
 
 # %% tags=["parameters"]
