@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .decoding import prefill
 from .models import decode_attention
 from .sampling import _chat_text
 from .verification import SAFE, UNSAFE, _scores, build_verification_messages, format_target
@@ -135,8 +136,6 @@ def _p_unsafe(logp: np.ndarray) -> list[float]:
 def _single_token_scores(model: Any, items: Sequence[tuple[list[int], list[list[int]]]], pad: int,
                          batch_size: int) -> list[float]:
     """`forced_choice_scores` where each choice is one token: the context's last logits give both."""
-    from .decoding import prefill
-
     order = sorted(range(len(items)), key=lambda i: (-len(items[i][0]), i))
     logp = np.zeros((len(items), 2))
     device = next(model.parameters()).device
