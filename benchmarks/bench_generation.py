@@ -79,16 +79,21 @@ def chat_rows(tok, prompts):
     return [sampling._encode(tok, p, None) for p in prompts]
 
 
-def verifier_rows(tok, recipe, n: int):
+def verifier_messages(recipe, n: int) -> list[list[dict]]:
+    """`n` verifier prompts of the recipe's spec: embedded harmful and benign prompts, a refusal or a reply."""
     from sinternal_lib.datasets import load_embedded
-    from sinternal_lib.sampling import _chat_text
     from sinternal_lib.spec import spec_text
     from sinternal_lib.verification import build_verification_messages
 
     spec = spec_text(recipe)
     recs = load_embedded("harmful") + load_embedded("benign")
-    msgs = [build_verification_messages(spec, recs[i % len(recs)].prompt, ANSWERS[i % 2]) for i in range(n)]
-    return [tok(_chat_text(tok, m), add_special_tokens=False)["input_ids"] for m in msgs]
+    return [build_verification_messages(spec, recs[i % len(recs)].prompt, ANSWERS[i % 2]) for i in range(n)]
+
+
+def verifier_rows(tok, recipe, n: int):
+    from sinternal_lib.sampling import _chat_text
+
+    return [tok(_chat_text(tok, m), add_special_tokens=False)["input_ids"] for m in verifier_messages(recipe, n)]
 
 
 def run_engine(engine: str, model, tok, rows, *, max_new: int, sample: bool, stop: bool,
@@ -136,22 +141,17 @@ def forced_choice_arms(model, tok, recipe, n: int, batch: int) -> dict:
     once) vs one full sequence per prompt and choice (the scorer before 2026-12-06); seconds and the largest
     difference in P(unsafe)."""
     from sinternal_lib import forced_choice as fc
-    from sinternal_lib.datasets import load_embedded
-    from sinternal_lib.spec import spec_text
-    from sinternal_lib.verification import build_verification_messages
 
-    spec = spec_text(recipe)
-    recs = load_embedded("harmful") + load_embedded("benign")
-    items = [fc.choice_token_ids(tok, fc.verdict_context(tok, build_verification_messages(
-        spec, recs[i % len(recs)].prompt, ANSWERS[i % 2]))) for i in range(n)]
+    items = [fc.choice_token_ids(tok, fc.verdict_context(tok, m)) for m in verifier_messages(recipe, n)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out, secs = {}, {}
     for name, fn, bs in (("one_forward", fc._single_token_scores, batch),
                          ("two_sequences", fc._two_sequence_scores, 2 * batch)):  # same prompts per forward
         t0 = time.perf_counter()
         out[name] = fn(model, items, pad, bs)
-        secs[name] = round(time.perf_counter() - t0, 2)
-    return {"prompts": n, "batch": batch, "seconds": secs, "speedup": round(secs["two_sequences"] / secs["one_forward"], 2),
+        secs[name] = time.perf_counter() - t0
+    return {"prompts": n, "batch": batch, "seconds": {k: round(v, 4) for k, v in secs.items()},
+            "speedup": round(secs["two_sequences"] / secs["one_forward"], 2),  # unrounded: a tiny model takes ms
             "max_abs_diff": max(abs(x - y) for x, y in zip(out["one_forward"], out["two_sequences"]))}
 
 
