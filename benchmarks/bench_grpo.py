@@ -3,7 +3,9 @@ same model, prompt mix (grpo.build_prompt_mix) and verifier reward (grpo.Verifie
 
 The default arm passes only what GRPO needs to be comparable: output_dir, use_cpu, report_to, the same
 num_generations, max_completion_length, max_steps and completions per step (per_device_train_batch_size and
-gradient_accumulation_steps), and the same seed; every arm gets the recipe's LoRA as peft_config. Each arm
+gradient_accumulation_steps), and the same seed; every arm gets the recipe's LoRA as peft_config. The kit's
+arms train with the trainer grpo.build_trainer picks (grpo_rollouts.KitRolloutTrainer unless the arm sets
+grpo.rollouts: trl); `rollouts_by` says which rollout path ran. Each arm
 runs in its own child process. Reports seconds per step (all steps, and steps 2..N without the warm-up) and generated completion tokens per second (lengths from TRL's completion_ids,
 stop token included, padding not).
 Run:  .venv/bin/python benchmarks/bench_grpo.py [--steps 3] [--arms default kit kit-bf16] [--quick]
@@ -23,8 +25,11 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which GRPOConfig; "grpo": recip
     # what a user does after QLoRA SFT: TRL's default GRPOConfig on the 4-bit policy
     "default": {"config": "default", "grpo": {"load_in_4bit": True}},
     "kit": {"config": "kit"},  # the recipe as it stands
-    # the kit before 2026-12-06 (issue 15's "today"): its GRPOConfig on the 4-bit policy, LoRA dropout 0.05
-    "kit-4bit": {"config": "kit", "grpo": {"load_in_4bit": True}, "lora": {"lora_dropout": 0.05}},
+    # the kit before 2026-12-06 (issue 15's "today"): its GRPOConfig on the 4-bit policy, LoRA dropout 0.05,
+    # rollouts by TRL's generate
+    "kit-4bit": {"config": "kit", "grpo": {"load_in_4bit": True, "rollouts": "trl"}, "lora": {"lora_dropout": 0.05}},
+    # the recipe with TRL's own rollouts (the kit until session 10): what grpo_rollouts.py changes
+    "kit-trl-rollouts": {"config": "kit", "grpo": {"rollouts": "trl"}},
     "kit-bf16": {"config": "kit", "grpo": {"bf16": True}},
     "kit-no-gc": {"config": "kit", "grpo": {"gradient_checkpointing": False}},
     # LoRA on the full-precision base (grpo.load_in_4bit false): rollouts without 4-bit dequantization
@@ -37,7 +42,7 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which GRPOConfig; "grpo": recip
     "kit-bf16-base-no-lora-dropout": {"config": "kit", "grpo": {"load_in_4bit": False},
                                       "model": {"generation_dtype": "bfloat16"}, "lora": {"lora_dropout": 0.0}},
 }
-QUICK_ARMS = ["default", "kit", "kit-4bit"]
+QUICK_ARMS = ["default", "kit", "kit-4bit", "kit-trl-rollouts"]
 
 
 class CountingReward:
@@ -76,6 +81,7 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
     from sinternal_lib.judges import make_judge
     from sinternal_lib.models import load_model, lora_config
     from sinternal_lib.grpo import build_prompt_mix
+    from sinternal_lib.grpo_rollouts import KitRolloutTrainer
     from sinternal_lib.grpo_rewards import VerifierReward
     from transformers import set_seed
 
@@ -102,7 +108,9 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
 
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = GRPOTrainer(model=model, reward_funcs=[reward], train_dataset=Dataset.from_list(rows),
+        # the kit's arms build the trainer grpo.build_trainer builds (its rollouts by recipe grpo.rollouts)
+        cls = KitRolloutTrainer if spec["config"] == "kit" and g.rollouts == "kit" else GRPOTrainer
+        trainer = cls(model=model, reward_funcs=[reward], train_dataset=Dataset.from_list(rows),
                               args=_grpo_args(spec, recipe, out, steps, device), processing_class=tok,
                               peft_config=lora_config(recipe.lora),
                               callbacks=[Clock()])
@@ -117,7 +125,8 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
             "completions_per_step": g.per_device_train_batch_size * g.gradient_accumulation_steps,
             "gen_tokens": sum(reward.tokens[:n]),
             "gen_tokens_per_s": round(tok_steady / steady, 1), "bf16": True if spec["config"] == "default" else g.bf16,
-            "gradient_checkpointing": g.gradient_checkpointing}
+            "gradient_checkpointing": g.gradient_checkpointing,
+            "rollouts_by": getattr(trainer, "rollouts_by", "trl")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -139,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     kit = next((r for r in results if r["arm"] == "kit"), {})
     before = next((r for r in results if r["arm"] == "kit-4bit" and "error" not in r), None)
     vs_before = bl.ratio(before and before["s_per_step_steady"], kit.get("s_per_step_steady"))
+    trl_roll = next((r for r in results if r["arm"] == "kit-trl-rollouts" and "error" not in r), None)
+    vs_trl_roll = bl.ratio(trl_roll and trl_roll["s_per_step_steady"], kit.get("s_per_step_steady"))
 
     def _met(x: float | None, want: float) -> bool | None:
         return None if x is None else x >= want
@@ -148,14 +159,16 @@ def main(argv: list[str] | None = None) -> dict:
               {"what": "GRPO step speed-up, kit vs the kit on the 4-bit policy (before 2026-12-06)",
                "ratio": vs_before, "goal": ">= 3", "met": _met(vs_before, 3)},
               {"what": "GRPO generated tokens/s, kit vs default GRPOConfig", "ratio": kit.get("tokens_ratio"),
-               "goal": None, "met": None}]
+               "goal": None, "met": None},
+              {"what": "GRPO step speed-up, the kit's rollouts vs TRL's generate in the kit's config",
+               "ratio": vs_trl_roll, "goal": None, "met": None}]
     g = recipe.grpo
     prompts = g.per_device_train_batch_size * g.gradient_accumulation_steps // g.num_generations
     result = {"benchmark": "GRPO speed: kit vs default TRL GRPOConfig", "model": recipe.model.policy,
               "quick": a.quick, "steps": steps, "num_generations": g.num_generations,
               "prompts_per_step": prompts, "max_completion_length": g.max_completion_length,
               "machine": bl.machine(), "arms": results, "ratios": ratios}
-    cols = ["arm", "steps", "s_per_step", "s_per_step_steady", "step_speedup", "gen_tokens", "gen_tokens_per_s",
+    cols = ["arm", "rollouts_by", "steps", "s_per_step", "s_per_step_steady", "step_speedup", "gen_tokens", "gen_tokens_per_s",
             "tokens_ratio", "peak_mem_mb", "mem_ratio", "error"]
     notes = [f"{prompts} prompts x {g.num_generations} completions per step, at most "
              f"{g.max_completion_length} new tokens; steady figures exclude step 1",

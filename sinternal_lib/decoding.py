@@ -142,10 +142,12 @@ def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_prefi
 
 def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
            do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-           min_prefix: int = MIN_PREFIX) -> list[tuple[list[int], bool]]:
-    """Generate for a batch of token-id rows; returns (new ids without the stop token, stopped) per row.
+           min_prefix: int = MIN_PREFIX, keep_stop: bool = False) -> list[tuple[list[int], bool]]:
+    """Generate for a batch of token-id rows; returns (new ids, stopped) per row.
 
-    `stopped` is False when the row ran to `max_new_tokens`. Call under `torch.inference_mode()`.
+    `stopped` is False when the row ran to `max_new_tokens`. The stop token is left out of the ids unless
+    `keep_stop` (TRL's GRPO completions end with it, and it counts towards `max_new_tokens` there as here).
+    Call under `torch.inference_mode()` or `torch.no_grad()`.
     """
     device = next(model.parameters()).device
     b = len(rows)
@@ -164,6 +166,8 @@ def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, st
         for j, (t, d) in enumerate(zip(tok.tolist(), done.tolist())):
             if d:
                 stopped[active[j]] = True
+                if keep_stop:
+                    new[active[j]].append(t)
             else:
                 new[active[j]].append(t)
         if step == max_new_tokens - 1:

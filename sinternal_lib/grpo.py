@@ -124,7 +124,8 @@ def training_configs(recipe: Recipe, output_dir: str | Path) -> dict[str, Any]:
 def build_trainer(recipe: Recipe, model: Any, tok: Any, judge: Judge, output_dir: str | Path, *,
                   lora: Any = None, log: RewardLog | None = None, extra_reward_funcs: list[Any] | None = None,
                   configs: dict[str, Any] | None = None) -> Any:
-    """A GRPOTrainer on the recipe's prompt mix with the verifier reward (plus `extra_reward_funcs`, tests).
+    """A GRPOTrainer on the recipe's prompt mix with the verifier reward (plus `extra_reward_funcs`, tests);
+    with `grpo.rollouts: kit` (the default) its rollouts run through the kit's decode loop (grpo_rollouts.py).
 
     `lora`: the LoraConfig of a fresh adapter (`peft_config=`, the "base" init); None when `model` carries
     the adapter to train. `configs` from `training_configs` when already built.
@@ -132,11 +133,13 @@ def build_trainer(recipe: Recipe, model: Any, tok: Any, judge: Judge, output_dir
     from datasets import Dataset
     from trl import GRPOTrainer
 
+    from .grpo_rollouts import KitRolloutTrainer  # here, like TRL: it imports TRL
     from .progress import quiet_trainer  # here, like TRL: transformers takes seconds to import
 
     rows = build_prompt_mix(recipe.grpo, recipe.run.seed, recipe.model.system_prompt)
     args = (configs or training_configs(recipe, output_dir))["grpo"]
-    trainer = GRPOTrainer(model=model, reward_funcs=[VerifierReward(judge, log), *(extra_reward_funcs or [])],
+    cls = KitRolloutTrainer if recipe.grpo.rollouts == "kit" else GRPOTrainer
+    trainer = cls(model=model, reward_funcs=[VerifierReward(judge, log), *(extra_reward_funcs or [])],
                           args=args, peft_config=lora, train_dataset=Dataset.from_list(rows), processing_class=tok)
     return quiet_trainer(trainer, "GRPO steps")  # per-step logs go to rewards.csv and trainer.state.log_history
 
@@ -223,7 +226,8 @@ def train_prepared(recipe: Recipe, init: str, out: Path, *, adapter: str | Path 
     summary.update(init=init, source_adapter=str(adapter) if adapter else None,
                    config_hash=(out / "config_hash.txt").read_text().strip(), resumed_from=last,
                    wall_s=round(wall, 1), s_per_step=round(wall / steps_run, 2) if steps_run > 0 else None,
-                   rollouts_per_step=configs["grpo"].generation_batch_size)
+                   rollouts_per_step=configs["grpo"].generation_batch_size,
+                   rollouts_by=getattr(trainer, "rollouts_by", "trl"))
     atomic_write_json(out / "summary.json", summary)  # last: marks the init as finished
     return summary
 

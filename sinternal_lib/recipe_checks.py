@@ -179,6 +179,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.generation_dtype": ("auto", "float32", "bfloat16", "float16"),
     "sft.bf16": (True, False, "auto"),
     "grpo.bf16": (True, False, "auto"),
+    "grpo.rollouts": ("kit", "trl"),
     "self_verification.self_verdict": ("forced_choice", "generate"),
 }
 

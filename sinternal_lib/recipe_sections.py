@@ -211,6 +211,8 @@ class GrpoConfig:
     # False: GRPO trains its LoRA on the full-precision base (model.generation_dtype), so rollouts skip 4-bit
     # dequantization; the SFT stage stays 4-bit QLoRA (the method). Only where model.load_in_4bit is true.
     load_in_4bit: bool = True
+    # "kit": plain sampling rollouts through decoding.decode (grpo_rollouts.py); "trl": TRL's own generation
+    rollouts: str = "kit"
 
 
 @dataclass
