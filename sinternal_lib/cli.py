@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     pm_.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     fit = sub.add_parser("fit", help="estimate the peak GPU memory of a recipe's training stages (no download)")
     fit.add_argument("--recipe", default="gpu-ds-r1-qwen-7b", help="recipe name under configs/ or a path")
-    fit.add_argument("--gpu-gib", type=float, default=None, help="GPU memory to check against, in GiB")
+    fit.add_argument("--gpu-gib", type=float, default=None,
+                     help="GPU memory to check against, in GiB (default: the recipe's run.gpu_memory_gib)")
     fit.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="recipe override")
     sub.add_parser("strip-notebooks", help="remove outputs from notebooks/*.ipynb")
     sub.add_parser("build-notebooks", help="rebuild notebooks/*.ipynb from notebooks/src/*.py")
@@ -203,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {line}")
             return 0
         if a.cmd == "fit":
-            rows = recipe_fit(load_recipe(a.recipe, parse_override_strings(a.set)), a.gpu_gib)
-            print(format_fit(rows, a.gpu_gib))
+            over = parse_override_strings(a.set)
+            # the estimate itself is what `fit` shows, so a stated size the settings exceed must not refuse the load
+            recipe = load_recipe(a.recipe, {**over, "run.gpu_memory_gib": None})
+            gib = a.gpu_gib if a.gpu_gib is not None else over.get("run.gpu_memory_gib",
+                                                                     load_recipe(a.recipe).run.gpu_memory_gib)
+            rows = recipe_fit(recipe, gib)
+            print(format_fit(rows, gib))
             return 1 if any(r["fits"] is False for r in rows) else 0
         if a.cmd == "prepare-model":
             from .models import prepare_bundled  # here, not at the top: models imports torch (seconds)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .memory_fit import recipe_fit
 from .recipe_sections import GUARD_POLICIES, REPO_ROOT, SECTIONS, Recipe
 from .spec import load_edit
 from .stages import STAGES
@@ -169,6 +170,7 @@ RANGES: dict[str, Bound] = {
     "self_verification.batch_size": AT_LEAST_1,
     "self_verification.spec_num_pairs": COUNT,  # 0 = every held-out pair
     "self_verification.spec_targeted_pairs": COUNT,
+    "run.gpu_memory_gib": POSITIVE,
 }
 NO_RANGE: frozenset[str] = frozenset()  # numeric fields deliberately left unbounded (none so far)
 
@@ -324,6 +326,23 @@ def validate(recipe: Recipe, where: Mapping[str, str] | None = None, default: st
                 sources = ["override " + ", ".join(s[len("override "):].rsplit(" (on top of ", 1)[0]
                                                    for s in overrides) + " (on top of " + tail]
             raise RecipeError(f"{'; '.join(sources)}: {rule}, got {got}")
+    if recipe.run.gpu_memory_gib is not None:
+        _check_fit(recipe, where.get("run.gpu_memory_gib", default))
+
+
+def _check_fit(recipe: Recipe, where: str) -> None:
+    """A stated `run.gpu_memory_gib` must hold every training stage's estimated peak (memory_fit.recipe_fit).
+    A model whose shape is unknown here is not checked (the runner and `fit` say so)."""
+    gib = recipe.run.gpu_memory_gib
+    over = [r for r in recipe_fit(recipe, gib) if r["fits"] is False]
+    if over:
+        what = "; ".join(f"{r['stage']} ~{r['peak']:.1f} GiB ({r['setting']}; largest part: {r['largest']})"
+                         for r in over)
+        raise RecipeError(f"{where}: run.gpu_memory_gib={gib:g}, but the estimated peak memory does not fit it: "
+                          f"{what}. Lower the micro-batch (per_device_train_batch_size, raising "
+                          "gradient_accumulation_steps to keep the step), max_length / max_completion_length or "
+                          "steps_per_generation; the estimate is rough (sinternal_lib/memory_fit.py): `python -m "
+                          "sinternal_lib fit --recipe <recipe>` shows its parts")
 
 
 def _get(recipe: Recipe, key: str) -> Any:

@@ -36,6 +36,9 @@ class RunConfig:
     # The stages a plain `run` (no --only) executes, by name; a recipe whose budget cannot afford a stage
     # leaves it out and says where it is measured. Not part of any stage's config hash.
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # default: every stage
+    # The GPU memory (GiB) the training stages must fit: when set, loading the recipe fails where the estimate
+    # of memory_fit.py (rough, before any download) exceeds it; `python -m sinternal_lib fit` shows the parts.
+    gpu_memory_gib: float | None = None
 
 
 @dataclass

@@ -54,7 +54,8 @@ def test_gpu_recipes_fit_24_gib_and_the_old_grpo_batch_did_not():
         assert [r["stage"] for r in rows] == ["sft", "grpo"] and all(r["fits"] for r in rows), rows
     old = apply_overrides(load_recipe("gpu-ds-r1-qwen-7b"), {"grpo.per_device_train_batch_size": 64,
                                                              "grpo.gradient_accumulation_steps": 8,
-                                                             "grpo.steps_per_generation": None})
+                                                             "grpo.steps_per_generation": None,
+                                                             "run.gpu_memory_gib": None})
     grpo = mf.recipe_fit(old, 80)[1]
     assert not grpo["fits"] and grpo["largest"] == "generation KV cache"  # 512 rollouts generated at once
 
@@ -69,3 +70,23 @@ def test_fit_command_exit_code(capsys):
     assert main(["fit", "--recipe", "gpu-ds-r1-qwen-7b", "--gpu-gib", "8"]) == 1
     out = capsys.readouterr().out
     assert "DOES NOT FIT" in out and "largest: activations" in out
+    # without --gpu-gib: against the recipe's stated size, and settings that exceed it are shown, not refused
+    assert main(["fit", "--recipe", "gpu-ds-r1-qwen-7b", "--set", "grpo.per_device_train_batch_size=64"]) == 1
+    assert "against 24 GiB" in capsys.readouterr().out
+
+
+def test_a_stated_gpu_size_the_estimate_exceeds_fails_at_load():
+    """run.gpu_memory_gib is checked when the recipe loads, before any model is downloaded."""
+    from sinternal_lib.recipe_checks import RecipeError
+
+    assert load_recipe("gpu-ds-r1-qwen-7b").run.gpu_memory_gib == 24  # the recipe states what it fits
+    with pytest.raises(RecipeError, match=r"run.gpu_memory_gib=16.*sft ~22\.\d GiB.*grpo ~20\.\d GiB"):
+        load_recipe("gpu-ds-r1-qwen-7b", ["run.gpu_memory_gib=16"])
+    # a smaller SFT micro-batch fits, GRPO still does not: only GRPO is named
+    with pytest.raises(RecipeError) as e:
+        load_recipe("gpu-ds-r1-qwen-7b", ["run.gpu_memory_gib=16", "sft.per_device_train_batch_size=1"])
+    assert "grpo ~" in str(e.value) and "sft ~" not in str(e.value)
+    # a model whose shape is unknown here cannot be estimated: not refused (the runner and `fit` say so)
+    assert load_recipe("gpu-ds-r1-qwen-7b", ["run.gpu_memory_gib=1", "model.policy=org/unknown-model"])
+    with pytest.raises(RecipeError, match="run.gpu_memory_gib must be"):
+        load_recipe("gpu-ds-r1-qwen-7b", ["run.gpu_memory_gib=0"])
