@@ -85,6 +85,8 @@ def forced_choice_scores(model: Any, tokenizer: Any, messages_list: Sequence[lis
     sequences, one per choice, `batch_size` sequences per forward (at least 2), and only the last
     positions' logits are computed (`logits_to_keep`).
     """
+    if hasattr(model, "scoring_model"):  # a vllm_engine.VllmPolicy: logits come from its transformers twin
+        model = model.scoring_model()
     items = [choice_token_ids(tokenizer, verdict_context(tokenizer, msgs)) for msgs in messages_list]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:

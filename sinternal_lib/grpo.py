@@ -116,6 +116,9 @@ def training_configs(recipe: Recipe, output_dir: str | Path) -> dict[str, Any]:
         shuffle_dataset=False,  # rows are pre-shuffled and interleaved so each step keeps the kind mix
         save_strategy="steps", logging_steps=1, seed=seed, data_seed=seed,
         use_cpu=pick_device(recipe.model.device) == "cpu", report_to=[], disable_tqdm=True,
+        # model.generation_engine vllm: TRL rolls out on vLLM in the training process (colocate)
+        **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": recipe.model.vllm_memory_fraction}
+           if recipe.model.generation_engine == "vllm" else {}),
     )
     quant = policy_quantization(recipe, for_training=True) if g.load_in_4bit else None
     return {"quantization": quant, "lora": lora_config(recipe.lora), "grpo": args}

@@ -348,13 +348,22 @@ def load_policy(recipe: Recipe, ref: str | None = None, *, adapter: str | os.Pat
     """Load the recipe's policy (or `ref`) with the recipe's dtype (`model.generation_dtype` for a
     full-precision generation load), device and quantization (`policy_quantization`, unless
     `quantization_config` is given). `for_training` without an adapter gives
-    the base prepared for a trainer's `peft_config`, with the sft section's gradient checkpointing."""
+    the base prepared for a trainer's `peft_config`, with the sft section's gradient checkpointing.
+    With `model.generation_engine: vllm` a load for generation gives a `vllm_engine.VllmPolicy` instead."""
     m = recipe.model
     if quantization_config is None:
         quantization_config = policy_quantization(recipe, for_training)
     # Full-precision generation may use another dtype than training: on CPU, bf16 weights generate ~1.4x
     # faster where bf16 is native, while the 4-bit base trains fastest with fp32 compute (docs/LOG.md, 2026-12-05).
     dtype = m.dtype if (for_training or quantization_config is not None) else m.generation_dtype
-    return load_model(ref or m.policy, dtype=dtype, device=pick_device(m.device),
-                      quantization_config=quantization_config, adapter=adapter, trainable=for_training,
-                      gradient_checkpointing=for_training and recipe.sft.gradient_checkpointing)
+
+    def hf() -> tuple[Any, Any]:
+        return load_model(ref or m.policy, dtype=dtype, device=pick_device(m.device),
+                          quantization_config=quantization_config, adapter=adapter, trainable=for_training,
+                          gradient_checkpointing=for_training and recipe.sft.gradient_checkpointing)
+
+    if m.generation_engine == "vllm" and not for_training:
+        from .vllm_engine import load_vllm_policy  # here: vLLM is an optional extra
+
+        return load_vllm_policy(recipe, ref, adapter=adapter, hf_loader=lambda: hf()[0])
+    return hf()

@@ -171,6 +171,7 @@ RANGES: dict[str, Bound] = {
     "self_verification.spec_num_pairs": COUNT,  # 0 = every held-out pair
     "self_verification.spec_targeted_pairs": COUNT,
     "run.gpu_memory_gib": POSITIVE,
+    "model.vllm_memory_fraction": Bound(lo=0, hi=1, lo_open=True),
 }
 NO_RANGE: frozenset[str] = frozenset()  # numeric fields deliberately left unbounded (none so far)
 
@@ -182,6 +183,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "sft.bf16": (True, False, "auto"),
     "grpo.bf16": (True, False, "auto"),
     "grpo.rollouts": ("kit", "trl"),
+    "model.generation_engine": ("hf", "vllm"),
     "self_verification.self_verdict": ("forced_choice", "generate"),
 }
 

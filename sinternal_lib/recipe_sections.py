@@ -50,6 +50,10 @@ class ModelConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     load_in_4bit: bool = True  # NF4 + double quantization through bitsandbytes
     quantize_generation: bool = True  # False: sample/evaluate with the full-precision weights (faster on CPU)
+    # "hf": the kit's decode loop on transformers; "vllm": generation on one vllm.LLM per base model
+    # (vllm_engine.py; forced-choice scoring and training stay on transformers, GRPO rollouts go to TRL's use_vllm)
+    generation_engine: str = "hf"
+    vllm_memory_fraction: float = 0.5  # vLLM's gpu_memory_utilization: its share of the GPU (weights + KV cache)
     reasoning_style: str = "auto"  # "r1" = <think>...</think> traces; "none"; "auto" detects
     system_prompt: str | None = None  # None = the chat template's own default
 

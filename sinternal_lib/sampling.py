@@ -123,8 +123,13 @@ def _generate_batch(model: Any, tokenizer: Any, batch_ids: list[list[int]], *, m
                     do_sample: bool, temperature: float, top_p: float, seed: int | None
                     ) -> list[tuple[list[int], str]]:
     """Generate for one batch with the kit's decode loop (`decoding.decode`: finished rows leave the
-    batch, a prompt prefix shared by every row is computed once); returns (ids without the stop token, finish)."""
+    batch, a prompt prefix shared by every row is computed once), or on vLLM where `model` is a
+    `vllm_engine.VllmPolicy`; returns (ids without the stop token, finish)."""
     stop = _stop_ids(model, tokenizer)
+    if hasattr(model, "generate_ids"):  # a vllm_engine.VllmPolicy (recipe model.generation_engine: vllm)
+        gens = model.generate_ids(batch_ids, max_new_tokens=max_new_tokens, stop_ids=stop, do_sample=do_sample,
+                                  temperature=temperature, top_p=top_p, seed=seed)
+        return [(ids, FINISH_STOP if stopped else FINISH_LENGTH) for ids, stopped in gens]
     pad = _pad_id(tokenizer, stop)
     device = next(model.parameters()).device
     with decode_attention(device):
