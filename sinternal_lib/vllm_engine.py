@@ -23,6 +23,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from .models import _prepare_tokenizer, check_adapter_folder, pick_device, resolve_model_ref
+from .precision import resolve_dtype
+
 __all__ = ["VllmPolicy", "load_vllm_policy", "vllm_available", "ENGINES"]
 
 ENGINES = ("hf", "vllm")
@@ -119,9 +122,6 @@ def load_vllm_policy(recipe: Any, ref: str | None = None, *, adapter: str | os.P
     base model and dtype (`model.generation_dtype`) and reused; `hf_loader()` gives the transformers model
     for `scoring_model`."""
     from transformers import AutoTokenizer
-
-    from .models import _prepare_tokenizer, check_adapter_folder, pick_device, resolve_model_ref
-    from .precision import resolve_dtype
 
     why = vllm_available()
     if why:
