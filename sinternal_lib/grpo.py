@@ -128,7 +128,7 @@ def build_trainer(recipe: Recipe, model: Any, tok: Any, judge: Judge, output_dir
                   lora: Any = None, log: RewardLog | None = None, extra_reward_funcs: list[Any] | None = None,
                   configs: dict[str, Any] | None = None) -> Any:
     """A GRPOTrainer on the recipe's prompt mix with the verifier reward (plus `extra_reward_funcs`, tests);
-    with `grpo.rollouts: kit` (the default) its rollouts run through the kit's decode loop (grpo_rollouts.py).
+    with `grpo.rollouts: kit` its rollouts run through the kit's decode loop (grpo_rollouts.py).
 
     `lora`: the LoraConfig of a fresh adapter (`peft_config=`, the "base" init); None when `model` carries
     the adapter to train. `configs` from `training_configs` when already built.

@@ -1,8 +1,11 @@
 """GRPO rollouts through the kit's decode loop (`decoding.decode`) instead of TRL's `model.generate`.
 
-Why: a GRPO step on CPU spent about half its time in TRL's rollouts, and `model.generate` keeps decoding
-finished rows to the batch's longest one; the kit's loop drops them and computes a shared prompt prefix
-once (figures: docs/LOG.md, 2026-12-06 (session 10), GRPO rollouts through the kit's decode loop).
+Recipe `grpo.rollouts: kit` (default `trl`). Why it exists: a GRPO step on CPU spends about half its time
+in TRL's rollouts, `model.generate` keeps decoding finished rows to the batch's longest one, and an unmerged
+LoRA doubles the decode time of a plain model. Measured on the CPU recipe (16 rollouts of <= 32 tokens, which
+rarely finish early): no faster than TRL's generate in the training process (docs/LOG.md, 2026-12-06,
+session 10, GRPO rollouts through the kit's decode loop), so it is not the default; long rollouts that end
+at varied lengths (the GPU recipes) are where it should matter, not measured.
 
 `KitRolloutTrainer` is TRL's `GRPOTrainer` with one method overridden: `_generate_single_turn`, TRL's plain
 sampling path (left-padded prompts -> completion ids that end with the stop token, or run to

@@ -218,8 +218,9 @@ class GrpoConfig:
     # False: GRPO trains its LoRA on the full-precision base (model.generation_dtype), so rollouts skip 4-bit
     # dequantization; the SFT stage stays 4-bit QLoRA (the method). Only where model.load_in_4bit is true.
     load_in_4bit: bool = True
-    # "kit": plain sampling rollouts through decoding.decode (grpo_rollouts.py); "trl": TRL's own generation
-    rollouts: str = "kit"
+    # "trl": TRL's own generation; "kit": plain sampling rollouts through decoding.decode (grpo_rollouts.py), no
+    # faster on CPU at 32 tokens (docs/LOG.md, 2026-12-06, session 10), so not the default
+    rollouts: str = "trl"
 
 
 @dataclass

@@ -195,8 +195,8 @@ def test_train_from_init_resumes_from_last_checkpoint(tiny_recipe, tmp_path):
     assert [r["step"] for r in grpo.read_rewards(out / "rewards.csv")] == [1, 2]
     again = [json.loads(x) for x in (out / "rollout_rewards.jsonl").open()]
     assert [r["step"] for r in again] == [r["step"] for r in rollouts] and again[:per_step] == rollouts[:per_step]
-    # the kit's rollouts are seeded by step (grpo_rollouts.rollout_seed): the resumed step 2 samples what
-    # the uninterrupted run sampled
+    # the resumed step 2 samples what the uninterrupted run sampled (TRL restores its RNG state from the
+    # checkpoint; grpo.rollouts: kit seeds each step, grpo_rollouts.rollout_seed)
     assert [r["completion"] for r in again] == [r["completion"] for r in rollouts]
     assert json.loads((out / "summary.json").read_text())["init"] == "base"
 

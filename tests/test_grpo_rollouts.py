@@ -113,7 +113,8 @@ def test_sampled_rollouts_differ_per_step_and_repeat_on_a_rerun(tiny_folder, tmp
 
 def test_rollout_engine_is_recorded_in_the_init_summary(tiny_folder, tmp_path):
     recipe = load_recipe("configs/tests/tiny.yaml", {"model.policy": str(tiny_folder), "grpo.max_steps": 1,
-                                                      "grpo.gradient_checkpointing": False, "lora.lora_dropout": 0.0})
+                                                      "grpo.gradient_checkpointing": False, "lora.lora_dropout": 0.0,
+                                                      "grpo.rollouts": "kit"})
     recipe = dataclasses.replace(recipe, grpo=dataclasses.replace(recipe.grpo, load_in_4bit=False))
     s = grpo.train_from_init(recipe, "base", tmp_path / "base")
     assert s["rollouts_by"] == "kit, merged weights" and s["steps"] == 1

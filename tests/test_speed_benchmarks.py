@@ -33,8 +33,8 @@ def test_bench_all_quick(tmp_path):
         assert all("error" not in arm for arm in d.get("arms", [])), (name, d.get("arms"))
     for name in ("sft", "grpo", "memory"):  # every measured arm produced its ratio
         assert all(r["ratio"] is not None for r in res[name]["ratios"]), (name, res[name]["ratios"])
-    grpo = {a["arm"]: a for a in res["grpo"]["arms"]}  # the kit's arm rolls out through its own loop
-    assert grpo["kit"]["rollouts_by"].startswith("kit") and grpo["kit-trl-rollouts"]["rollouts_by"] == "trl"
+    grpo = {a["arm"]: a for a in res["grpo"]["arms"]}  # the kit-rollouts arm rolls out through the kit's loop
+    assert grpo["kit-rollouts"]["rollouts_by"].startswith("kit") and grpo["kit"]["rollouts_by"] == "trl"
     sft = {a["arm"]: a for a in res["sft"]["arms"]}
     # padding-free, no GC and the compact LM head change the speed, not the maths: same first-batch loss
     assert abs(sft["kit"]["loss_step1"] - sft["kit-full-lm-head"]["loss_step1"]) < 0.05
