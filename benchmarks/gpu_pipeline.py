@@ -6,7 +6,12 @@ No network, no download: the tiny recipe's model is built from a config with ran
 without CUDA, `--device cpu` runs the same path on the CPU (what the test suite can afford is the notebook
 test itself, so this script is not in it). Writes gpu_pipeline.json and gpu_pipeline.md under --out.
 
-Run:  python benchmarks/gpu_pipeline.py --out DIR [--device cuda] [--gpu-check benchmarks/results/<7b>.json]
+With `--engine vllm` the stages generate through vLLM (`model.generation_engine: vllm`, GRPO through TRL's
+colocate vLLM); where vLLM does not import, the JSON says why and nothing runs. vLLM's CPU attention refuses
+the tiny model's head size, so on CPU pass `--policy smollm2-135m-instruct` (docs/LOG.md, 2026-12-06, session 10).
+
+Run:  python benchmarks/gpu_pipeline.py --out DIR [--device cuda] [--engine hf|vllm] [--policy REF]
+                                       [--gpu-check benchmarks/results/<7b>.json]
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ import benchlib as bl  # also sets HF_HUB_OFFLINE=1
 TINY = "configs/tests/tiny.yaml"
 
 
-def run_pipeline(device: str) -> dict[str, Any]:
-    """All stages of the tiny recipe through the runner on `device`; per-stage seconds from metrics.json."""
+def run_pipeline(device: str, engine: str = "hf", policy: str | None = None) -> dict[str, Any]:
+    """All stages of the tiny recipe through the runner on `device` with generation `engine`; per-stage seconds
+    from metrics.json."""
     from sinternal_lib.cli import run_notebooks
 
     lines: list[str] = []
+    over = {"model.device": device, "model.generation_engine": engine} | ({"model.policy": policy} if policy else {})
     with tempfile.TemporaryDirectory() as root:
         t0 = time.perf_counter()
-        code = run_notebooks(TINY, "gpu-pipeline", overrides={"model.device": device}, root=root, log=lines.append)
+        code = run_notebooks(TINY, "gpu-pipeline", overrides=over, root=root, log=lines.append)
         wall = time.perf_counter() - t0
         metrics_path = Path(root) / "gpu-pipeline" / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -70,18 +77,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="model.generation_engine of the run")
+    ap.add_argument("--policy", default=None, help="model.policy instead of the tiny random model")
     ap.add_argument("--gpu-check", default=None, help="a gpu_check.json measured at the 7B shape, for the estimate")
     a = ap.parse_args(argv)
+    from sinternal_lib.vllm_engine import vllm_available
+
+    why_not = vllm_available() if a.engine == "vllm" else None
+    pipeline = ({"exit_code": None, "skipped": why_not, "wall_s": None, "stage_s": {}} if why_not
+                else run_pipeline(a.device, a.engine, a.policy))
     res: dict[str, Any] = {"benchmark": "GPU pipeline check (tiny recipe, all stages, runner + papermill)",
-                           "device": a.device, "machine": bl.machine(), "pipeline": run_pipeline(a.device)}
+                           "device": a.device, "engine": a.engine, "policy": a.policy, "machine": bl.machine(),
+                           "pipeline": pipeline}
     if a.gpu_check:
         res["estimate_7b"] = recipe_time_estimate(json.loads(Path(a.gpu_check).read_text()))
     rows = [{"stage": k, "seconds": v} for k, v in res["pipeline"]["stage_s"].items()]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_pipeline.json").write_text(json.dumps(res, indent=1, default=str))
-    md = [f"# {res['benchmark']}", "", f"device {a.device}; exit code {res['pipeline']['exit_code']}; "
-          f"wall {res['pipeline']['wall_s']} s", "", "| stage | seconds |", "|---|---|"]
+    md = [f"# {res['benchmark']}", "", f"device {a.device}; engine {a.engine}; exit code {res['pipeline']['exit_code']}; "
+          f"wall {res['pipeline']['wall_s']} s" + (f"; not run: {why_not}" if why_not else ""), "",
+          "| stage | seconds |", "|---|---|"]
     md += [f"| {r['stage']} | {r['seconds']} |" for r in rows]
     if "estimate_7b" in res:
         md += ["", "Estimated hours of the 7B recipe on this GPU:", "", "```", json.dumps(res["estimate_7b"], indent=1), "```"]

@@ -86,3 +86,17 @@ def test_gpu_pipeline_time_estimate_from_measured_rates():
     # build_data: (4000 + 2000) prompts x 8 samples x 2048 tokens / 1000 tokens/s
     assert est["hours"]["build_data"] == round(6000 * 8 * 2048 / 1000 / 3600, 1)
     assert "note" in gpu_pipeline.recipe_time_estimate({})
+
+
+def test_gpu_pipeline_says_why_when_vllm_is_missing(tmp_path):
+    """--engine vllm where vLLM does not import: the JSON and the table say why, and nothing runs."""
+    from sinternal_lib.vllm_engine import vllm_available
+
+    if vllm_available() is None:
+        import pytest
+
+        pytest.skip("vLLM imports here: the pipeline would run (make test-vllm covers the engine)")
+    _run(["benchmarks/gpu_pipeline.py", "--out", str(tmp_path), "--device", "cpu", "--engine", "vllm"])
+    d = json.loads((tmp_path / "gpu_pipeline.json").read_text())
+    assert d["engine"] == "vllm" and "vLLM does not import" in d["pipeline"]["skipped"] and not d["pipeline"]["stage_s"]
+    assert "not run: vLLM does not import" in (tmp_path / "gpu_pipeline.md").read_text()
