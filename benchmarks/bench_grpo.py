@@ -76,12 +76,10 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
     """One arm, in its own process: load the policy as grpo.train_from_init does, train `steps` GRPO steps."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
-    from trl import GRPOTrainer
 
     from sinternal_lib.judges import make_judge
     from sinternal_lib.models import load_model, lora_config
-    from sinternal_lib.grpo import build_prompt_mix
-    from sinternal_lib.grpo_rollouts import KitRolloutTrainer
+    from sinternal_lib.grpo import build_prompt_mix, trainer_class
     from sinternal_lib.grpo_rewards import VerifierReward
     from transformers import set_seed
 
@@ -108,9 +106,8 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
 
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # the kit's arms build the trainer grpo.build_trainer builds (its rollouts by recipe grpo.rollouts)
-        cls = KitRolloutTrainer if spec["config"] == "kit" and g.rollouts == "kit" else GRPOTrainer
-        trainer = cls(model=model, reward_funcs=[reward], train_dataset=Dataset.from_list(rows),
+        # the kit's arms: the trainer grpo.build_trainer builds (rollouts by recipe grpo.rollouts); default: TRL's
+        trainer = trainer_class(g.rollouts if spec["config"] == "kit" else "trl")(model=model, reward_funcs=[reward], train_dataset=Dataset.from_list(rows),
                               args=_grpo_args(spec, recipe, out, steps, device), processing_class=tok,
                               peft_config=lora_config(recipe.lora),
                               callbacks=[Clock()])

@@ -124,6 +124,16 @@ def training_configs(recipe: Recipe, output_dir: str | Path) -> dict[str, Any]:
     return {"quantization": quant, "lora": lora_config(recipe.lora), "grpo": args}
 
 
+def trainer_class(rollouts: str) -> type:
+    """The trainer for recipe `grpo.rollouts`: TRL's `GRPOTrainer` ("trl"), or the kit's `KitRolloutTrainer`
+    ("kit", grpo_rollouts.py)."""
+    from trl import GRPOTrainer  # here, not at the top: trl takes seconds to import
+
+    from .grpo_rollouts import KitRolloutTrainer  # here, like TRL: it imports TRL
+
+    return KitRolloutTrainer if rollouts == "kit" else GRPOTrainer
+
+
 def build_trainer(recipe: Recipe, model: Any, tok: Any, judge: Judge, output_dir: str | Path, *,
                   lora: Any = None, log: RewardLog | None = None, extra_reward_funcs: list[Any] | None = None,
                   configs: dict[str, Any] | None = None) -> Any:
@@ -134,16 +144,14 @@ def build_trainer(recipe: Recipe, model: Any, tok: Any, judge: Judge, output_dir
     the adapter to train. `configs` from `training_configs` when already built.
     """
     from datasets import Dataset
-    from trl import GRPOTrainer
 
-    from .grpo_rollouts import KitRolloutTrainer  # here, like TRL: it imports TRL
     from .progress import quiet_trainer  # here, like TRL: transformers takes seconds to import
 
     rows = build_prompt_mix(recipe.grpo, recipe.run.seed, recipe.model.system_prompt)
     args = (configs or training_configs(recipe, output_dir))["grpo"]
-    cls = KitRolloutTrainer if recipe.grpo.rollouts == "kit" else GRPOTrainer
-    trainer = cls(model=model, reward_funcs=[VerifierReward(judge, log), *(extra_reward_funcs or [])],
-                          args=args, peft_config=lora, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer = trainer_class(recipe.grpo.rollouts)(
+        model=model, reward_funcs=[VerifierReward(judge, log), *(extra_reward_funcs or [])], args=args,
+        peft_config=lora, train_dataset=Dataset.from_list(rows), processing_class=tok)
     return quiet_trainer(trainer, "GRPO steps")  # per-step logs go to rewards.csv and trainer.state.log_history
 
 

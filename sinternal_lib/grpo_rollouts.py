@@ -38,9 +38,7 @@ from trl.models import unwrap_model_for_generation
 
 from .decoding import decode
 
-__all__ = ["KitRolloutTrainer", "ROLLOUT_ENGINES", "rollout_seed"]
-
-ROLLOUT_ENGINES = ("kit", "trl")  # recipe grpo.rollouts: the kit's decode loop, or TRL's own generation
+__all__ = ["KitRolloutTrainer", "rollout_seed"]
 
 
 def rollout_seed(seed: int, step: int, process: int, call: int) -> int:
@@ -54,7 +52,7 @@ class KitRolloutTrainer(GRPOTrainer):
     rollouts_by: str = "none yet"
     _calls: tuple[int, int] = (-1, 0)  # (global step, calls made at that step)
     _merged: Any = None  # the plain rollout copy (merged weights), built at the first rollout call
-    _pairs: list[tuple[Any, Any]] = []  # (LoRA layer of the policy, its plain Linear in the copy)
+    _pairs: list[tuple[Any, Any]] | None = None  # (LoRA layer of the policy, its plain Linear in the copy)
 
     def _merged_policy(self, policy: Any) -> Any | None:
         """The plain copy of `policy` with the adapter merged into its weights, refreshed now; None where

@@ -18,6 +18,7 @@ environment (version pins): see docs/LOG.md (2026-12-06, session 10, a vLLM engi
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from pathlib import Path
@@ -26,9 +27,8 @@ from typing import Any, Sequence
 from .models import _prepare_tokenizer, check_adapter_folder, pick_device, resolve_model_ref
 from .precision import resolve_dtype
 
-__all__ = ["VllmPolicy", "load_vllm_policy", "vllm_available", "ENGINES"]
+__all__ = ["VllmPolicy", "load_vllm_policy", "vllm_available"]
 
-ENGINES = ("hf", "vllm")
 _LLMS: dict[tuple[str, str, int], Any] = {}  # (model folder, dtype, max LoRA rank) -> vllm.LLM, one per process
 
 
@@ -53,8 +53,6 @@ def _engine(path: str, dtype: str, max_lora_rank: int, memory_fraction: float, s
 
 class VllmPolicy:
     """A policy (base model, optionally a LoRA adapter) whose generation runs on a shared `vllm.LLM`."""
-
-    engine = "vllm"
 
     def __init__(self, llm: Any, tokenizer: Any, *, path: str, adapter: str | os.PathLike | None = None,
                  scoring_loader: Any = None) -> None:
@@ -111,8 +109,6 @@ class VllmPolicy:
 
 
 def _lora_id(folder: str) -> int:
-    import hashlib
-
     return 1 + int.from_bytes(hashlib.sha256(str(Path(folder).resolve()).encode()).digest()[:4], "little") % (2**31 - 2)
 
 
