@@ -1,7 +1,8 @@
 """`make bench`: run every benchmark script, then one combined table of every ratio (summary.md/.json).
 
 Full mode runs bench_sft, bench_grpo, bench_memory, bench_e2e, bench_generation (in this process; the
-arm-based ones run each arm in a child process), then bench_judge_agreement (own process). --quick runs
+arm-based ones run each arm in a child process), then bench_judge_agreement and bench_vllm (own processes;
+bench_vllm measures in `.venv-vllm` where it exists, else records why it did not run). --quick runs
 the in-process scripts on the tiny random model (the fast test); --only picks scripts; --summary-only
 rebuilds the table from the JSON files of scripts run one by one (with their own --arms).
 Run:  .venv/bin/python benchmarks/bench_all.py [--quick] [--only sft grpo] [--summary-only] [--out-dir DIR]
@@ -19,7 +20,8 @@ from pathlib import Path
 import benchlib as bl
 
 IN_PROCESS = ("sft", "grpo", "memory", "e2e", "generation")
-OWN_PROCESS = {"judge_agreement": "bench_judge_agreement.py"}
+OWN_PROCESS = {"judge_agreement": "bench_judge_agreement.py", "vllm": "bench_vllm.py"}
+OWN_ARGS = {"vllm": True}  # scripts that take --out-dir
 
 
 def summary(out_dir: Path, names: list[str]) -> list[dict]:
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                 mod = __import__(f"bench_{name}")
                 mod.main(["--out-dir", str(out)] + (["--quick"] if a.quick else []))
             else:
-                subprocess.run([sys.executable, str(Path(__file__).parent / OWN_PROCESS[name])], check=True)
+                extra = ["--out-dir", str(out)] if OWN_ARGS.get(name) else []
+                subprocess.run([sys.executable, str(Path(__file__).parent / OWN_PROCESS[name]), *extra], check=True)
         except Exception as e:  # noqa: BLE001 - one failing script must not hide the others' results
             failed.append(name)
             print(f"{name} failed: {type(e).__name__}: {e}", flush=True)

@@ -84,9 +84,11 @@ def _child(fn: Callable[..., dict], args: tuple, device: str, conn: Any) -> None
         conn.close()
 
 
-def run_in_child(fn: Callable[..., dict], *args: Any, device: str = "cpu", timeout: float = 3600) -> dict:
-    """Run fn(*args) -> dict in a child process; adds peak memory, or {"error": ...} when it failed."""
-    ctx = mp.get_context("spawn" if device.startswith("cuda") else "fork")
+def run_in_child(fn: Callable[..., dict], *args: Any, device: str = "cpu", timeout: float = 3600,
+                 spawn: bool = False) -> dict:
+    """Run fn(*args) -> dict in a child process; adds peak memory, or {"error": ...} when it failed. `spawn`
+    (always on CUDA): a fresh interpreter, for a parent whose OpenMP threads have run (a forked child can hang)."""
+    ctx = mp.get_context("spawn" if spawn or device.startswith("cuda") else "fork")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(fn, args, device, child))
     t0 = time.perf_counter()

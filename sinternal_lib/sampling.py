@@ -259,15 +259,26 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[str] | Sequenc
                     progress: bool = False) -> list[str]:
     """Greedy responses (stop token removed) in input order. Each prompt is a user string or a list
     of chat messages (so a system prompt can be given per prompt)."""
+    return generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, system_prompt=system_prompt,
+                          progress=progress)
+
+
+def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str] | Sequence[list[dict[str, str]]],
+                   max_new_tokens: int = 128, batch_size: int = 8, *, system_prompt: str | None = None,
+                   progress: bool = False, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+    """Responses (stop token removed) in input order, through the kit's decode loop or vLLM (a `VllmPolicy`):
+    greedy at temperature 0, else sampled with a seed per batch (`seed` + the batch's first position)."""
     enc = [_encode(tokenizer, p, system_prompt) for p in prompts]
     idx = sorted(range(len(enc)), key=lambda i: (-len(enc[i]), i))
     out: list[str] = [""] * len(enc)
+    sample = temperature > 0
     model.eval()
     with torch.inference_mode():
         for b in progress_bar(range(0, len(idx), batch_size), desc="generating", disable=not progress):
             chunk = idx[b:b + batch_size]
             gens = _generate_batch(model, tokenizer, [enc[i] for i in chunk], max_new_tokens=max_new_tokens,
-                                   do_sample=False, temperature=0.0, top_p=1.0, seed=None)
+                                   do_sample=sample, temperature=temperature if sample else 0.0,
+                                   top_p=top_p if sample else 1.0, seed=seed + b if sample else None)
             for i, (ids, _) in zip(chunk, gens):
                 out[i] = _decode(tokenizer, ids)
     return out

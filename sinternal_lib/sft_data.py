@@ -27,7 +27,7 @@ from .recipe_sections import SftConfig
 from .runs import Run
 from .spec import load_spec, spec_text
 from .stages import STAGES
-from .teachers import Teacher, TeacherInput, make_teacher
+from .teachers import Teacher, TeacherInput, make_teacher, teacher_model
 from .verification import verification_example
 
 ANSWER_CENTRIC = "answer_centric"
@@ -320,7 +320,8 @@ def prepare_other_exp(run: Run, judge: Judge, eval_sets: dict[str, list[dict]], 
     pool, split = other_exp_pool(sets, diag)
     own = read_variant_file(run, "sinternal")
     want = Counter((r["prompt_label"], r["label"]) for r in own)
-    teacher = make_teacher(recipe.teacher, load_spec(recipe.resolve_path(recipe.spec.path)), judge=judge)
+    teacher = make_teacher(recipe.teacher, load_spec(recipe.resolve_path(recipe.spec.path)), judge=judge,
+                           **teacher_model(recipe))
     rows, report = critique_other(pool, want, teacher, spec_text(recipe), seed, fits)
     if not rows:
         raise VariantSkipped(f"none of {len(pool)} human-labelled candidates gave a row ({report})")

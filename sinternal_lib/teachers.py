@@ -267,11 +267,12 @@ class ApiTeacher(Teacher):
 
 # ----------------------------------------------------------------------------- local
 class LocalTeacher(Teacher):
-    """A local transformers causal LM writing critiques with the teacher prompt (greedy unless
-    cfg.temperature > 0). `model` is a loaded (model, tokenizer) pair, else `load_model(cfg.model)`."""
+    """A local causal LM writing critiques with the teacher prompt (greedy unless cfg.temperature > 0), through
+    the kit's generation path (`sampling.generate_texts`: its decode loop, or vLLM for a `VllmPolicy`). `model`
+    is a loaded (model, tokenizer) pair, else `load_model(cfg.model)`."""
 
     def __init__(self, cfg: TeacherConfig, spec: Any, model: tuple[Any, Any] | None = None,
-                 batch_size: int = 4) -> None:
+                 batch_size: int = 4, seed: int = 0) -> None:
         super().__init__()
         if model is None:
             if not cfg.model:
@@ -280,35 +281,27 @@ class LocalTeacher(Teacher):
 
             model = load_model(cfg.model)
         self.model, self.tok = model
-        self.cfg, self.spec, self.batch_size = cfg, spec, batch_size
-        self.backend = f"local:{cfg.model or getattr(self.model.config, '_name_or_path', '') or 'model'}"
-
-    def _render(self, msgs: list[dict[str, str]]) -> str:
-        if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in msgs) + "\n\n"
+        self.cfg, self.spec, self.batch_size, self.seed = cfg, spec, batch_size, seed
+        name = cfg.model or getattr(getattr(self.model, "config", None), "_name_or_path", "") or "model"
+        self.backend = f"local:{name}"
 
     def _critique(self, items: list[TeacherInput]) -> list[Critique]:
-        import torch  # here, not at the top: torch, needed by this backend only
+        from .sampling import generate_texts  # here, not at the top: torch, needed by this backend only
 
-        from .models import decode_attention  # likewise
+        texts = generate_texts(self.model, self.tok, [teacher_messages(self.spec, it) for it in items],
+                               int(self.cfg.max_new_tokens), self.batch_size,
+                               temperature=float(self.cfg.temperature), seed=self.seed)
+        return [_critique_from_text(t, self.backend) for t in texts]
 
-        out: list[Critique] = []
-        self.tok.padding_side = "left"
-        for i in range(0, len(items), self.batch_size):
-            texts = [self._render(teacher_messages(self.spec, it)) for it in items[i:i + self.batch_size]]
-            enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
-            sample = float(self.cfg.temperature) > 0
-            gen = {"do_sample": sample, "max_new_tokens": int(self.cfg.max_new_tokens),
-                   "pad_token_id": self.tok.pad_token_id}
-            if sample:
-                gen["temperature"] = float(self.cfg.temperature)
-            with torch.no_grad(), decode_attention(self.model.device):
-                ids = self.model.generate(**enc, **gen)
-            new = ids[:, enc["input_ids"].shape[1]:]
-            out += [_critique_from_text(t, self.backend)
-                    for t in self.tok.batch_decode(new, skip_special_tokens=True)]
-        return out
+
+def teacher_model(recipe: Any) -> dict[str, Any]:
+    """make_teacher's keywords for the recipe's teacher: for a local teacher, its model loaded as the recipe
+    generates (`model.generation_engine`: vLLM serves it too; the device and `generation_dtype`); else none."""
+    if recipe.teacher.backend != "local" or not recipe.teacher.model:
+        return {}
+    from .models import load_policy  # here, not at the top: torch, needed by this backend only
+
+    return {"model": load_policy(recipe, recipe.teacher.model), "seed": recipe.run.seed}
 
 
 def make_teacher(cfg: TeacherConfig, spec: Any, judge: Judge | None = None, **kw: Any) -> Teacher:

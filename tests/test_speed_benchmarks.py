@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RATIO_KEYS = {"what", "ratio", "goal", "met"}
 
@@ -60,6 +62,12 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     assert all(r["speed_ratio"] > 0 for r in d["sft"].values())
     assert d["memory"]["bfloat16"]["peak_ratio_vs_bf16"] == 1.0
     assert d["sampling"]["speedup"] > 0 and d["grpo_rollout"]
+    kit = d["kit"]  # the kit's own trainers with the (tiny) recipe's settings, each in its own process
+    assert kit["recipe"]["recipe"] == "configs/tests/tiny.yaml", kit
+    assert kit["sft"]["steps"] == 2 and kit["sft"]["tokens_per_s"] > 0 and kit["sft"]["compact_lm_head"], kit["sft"]
+    assert kit["grpo"]["steps"] == 2 and kit["grpo"]["gen_tokens"] > 0 and kit["grpo"]["rollouts_by"] == "trl", kit
+    assert kit["sft"]["estimate_gib"] > 0 and kit["grpo"]["estimate_gib"] > 0
+    assert "kit SFT trainer" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_gpu_check_sections_run_only_what_is_asked(tmp_path):
@@ -88,13 +96,23 @@ def test_gpu_pipeline_time_estimate_from_measured_rates():
     assert "note" in gpu_pipeline.recipe_time_estimate({})
 
 
+def test_bench_vllm_says_why_when_no_environment_has_vllm(tmp_path):
+    """make bench measures vLLM beside the kit only where an environment has it; elsewhere it says why."""
+    from sinternal_lib.vllm_engine import vllm_available
+
+    if vllm_available() is None:
+        pytest.skip("vLLM imports here: tests/test_vllm_engine.py runs the benchmark")
+    _run(["benchmarks/bench_vllm.py", "--quick", "--out-dir", str(tmp_path), "--vllm-python", "/nonexistent/python"])
+    d = json.loads((tmp_path / "vllm.json").read_text())
+    assert "does not exist (make test-vllm builds .venv-vllm)" in d["skipped"] and d["rows"] == []
+    assert "not run:" in (tmp_path / "vllm.md").read_text()
+
+
 def test_gpu_pipeline_says_why_when_vllm_is_missing(tmp_path):
     """--engine vllm where vLLM does not import: the JSON and the table say why, and nothing runs."""
     from sinternal_lib.vllm_engine import vllm_available
 
     if vllm_available() is None:
-        import pytest
-
         pytest.skip("vLLM imports here: the pipeline would run (make test-vllm covers the engine)")
     _run(["benchmarks/gpu_pipeline.py", "--out", str(tmp_path), "--device", "cpu", "--engine", "vllm"])
     d = json.loads((tmp_path / "gpu_pipeline.json").read_text())

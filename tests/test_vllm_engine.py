@@ -118,3 +118,33 @@ def test_an_adapter_changes_the_answers_and_forced_choice_uses_transformers(engi
     assert ours != generate_greedy(hf, tok, PROMPTS, max_new_tokens=16)  # the adapter mattered
     msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
     assert forced_choice_scores(vl_a, vtok, msgs) == pytest.approx(forced_choice_scores(hf_a, tok, msgs), abs=1e-5)
+
+
+@needs_vllm
+def test_local_teacher_writes_through_vllm_as_through_the_kits_loop(engines):
+    """A local teacher (teachers.teacher_model) is served by the engine the recipe generates with."""
+    from sinternal_lib.config import TeacherConfig
+    from sinternal_lib.spec import load_spec
+    from sinternal_lib.teachers import TeacherInput, make_teacher
+
+    spec, cfg = load_spec(), TeacherConfig(backend="local", max_new_tokens=24)
+    items = [TeacherInput(p, "I can't help with that.", "harmful", "S3", "safe", True) for p in PROMPTS[:3]]
+    ours = [c.raw for c in make_teacher(cfg, spec, model=engines[0]).critique(items)]
+    theirs = [c.raw for c in make_teacher(cfg, spec, model=engines[1]).critique(items)]
+    assert sum(a == b for a, b in zip(ours, theirs)) >= len(items) - 1, list(zip(ours, theirs))
+
+
+@needs_vllm
+def test_bench_vllm_measures_both_engines_side_by_side(engines, tmp_path):
+    """make bench's vLLM arm (benchmarks/bench_vllm.py), in float32 so it reuses the fixture's engine."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_vllm  # benchmarks/ is not a package
+
+    res = bench_vllm.main(["--quick", "--dtype", "float32", "--out-dir", str(tmp_path)])
+    by = {(r["task"], r["engine"]): r for r in res["rows"]}
+    assert len(by) == 6 and all(r["tokens_per_s"] > 0 for r in by.values())
+    assert by[("sampling", "kit")]["tokens"] == by[("sampling", "vllm")]["tokens"] == 4 * 8  # equal work
+    assert all(r["ratio"] > 0 for r in res["ratios"]) and (tmp_path / "vllm.md").is_file()

@@ -1,29 +1,37 @@
 """Executes every notebook (01-06) headless on the tiny test recipe through the runner (papermill), then
-checks the run folder: executed copies, manifests, metrics.json sections and the report.
+checks the run folder: executed copies, manifests, metrics.json sections and the report. The run goes through
+benchmarks/gpu_pipeline.py's `run_pipeline` (on the CPU here), so the GPU check's pipeline path is the one tested.
 
 Run: .venv/bin/pytest -q tests/notebooks
 """
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from sinternal_lib.cli import run_notebooks
 from sinternal_lib.stages import STAGES
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import gpu_pipeline  # noqa: E402 - benchmarks/ is not a package
+
+PIPELINE: dict = {}  # what gpu_pipeline.run_pipeline returned for the module's run
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    lines: list[str] = []
-    code = run_notebooks("configs/tests/tiny.yaml", "nb-test", root=str(root), log=lines.append)
-    return code, root / "nb-test", lines
+    res = PIPELINE.setdefault("res", gpu_pipeline.run_pipeline("cpu", root=str(root), run_name="nb-test"))
+    return res["exit_code"], root / "nb-test", res["log"]
 
 
 @pytest.mark.slow
 def test_all_notebooks_execute_on_tiny_recipe(tiny_run):
     code, path, lines = tiny_run
     assert code == 0, "\n".join(lines)
+    assert set(PIPELINE["res"]["stage_s"]) == set(STAGES), "gpu_pipeline's per-stage seconds miss a stage"
     for stage, info in STAGES.items():
         assert (path / "notebooks" / f"{info.notebook}.ipynb").is_file()
         assert (path / info.folder / "manifest.json").is_file(), f"stage {stage} did not finish"
