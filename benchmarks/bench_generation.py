@@ -6,7 +6,8 @@ One run prints, side by side:
 - the model: FLOPs per generated token (2 x the weights a token passes through, LM head included,
   attention scores not counted) and bytes of weights read per decode step;
 - for each dtype (fp32 and the `auto` pick) and engine ("hf": `model.generate`, the engine before
-  2026-12-05; "kit": `decoding.decode`), tokens/s at batch 1, 8, 32, 64 for
+  2026-12-05; "kit": `decoding.decode`; "kit-concat": the same loop without its reserved KV cache, at the goal
+  batch only), tokens/s at batch 1, 8, 32, 64 for
   * sampling: temperature 1, exactly 48 new tokens (stop tokens ignored, so both engines do equal work),
   * verification: greedy, the verifier prompt of the CPU recipe (spec system prompt shared by every row),
     at most 40 new tokens, stopping at the end-of-turn token as the pipeline does,
@@ -106,9 +107,9 @@ def run_engine(engine: str, model, tok, rows, *, max_new: int, sample: bool, sto
     pad = sampling._pad_id(tok, stop_ids)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        if engine == "kit":
+        if engine in ("kit", "kit-concat"):  # kit-concat: the loop before its reserved KV cache (session 11)
             out = decode(model, rows, max_new_tokens=max_new, stop_ids=stop_ids if stop else set(), pad_id=pad,
-                         do_sample=sample, temperature=1.0, top_p=top_p, seed=0)
+                         do_sample=sample, temperature=1.0, top_p=top_p, seed=0, reserve_cache=engine == "kit")
             n = sum(len(ids) + s for ids, s in out)
         else:
             width = max(map(len, rows))
@@ -180,7 +181,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--recipe", default="cpu-smollm2")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "auto"])
-    ap.add_argument("--engines", nargs="+", default=["hf", "kit"])
+    ap.add_argument("--engines", nargs="+", default=["hf", "kit", "kit-concat"],
+                    help="kit-concat (the kit's loop without its reserved KV cache) runs at the goal batch only")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--quick", action="store_true", help="tiny random model, batch 1 and 4, 8 tokens (tests)")
     ap.add_argument("--out-dir", default=None)
@@ -229,6 +231,8 @@ def main(argv=None) -> dict:
             for b in bs:
                 roof = min(compute_tps, b * bw * 1e9 / wbytes)
                 for engine in a.engines:
+                    if engine == "kit-concat" and b != goal_b:
+                        continue
                     n, dt = measure(engine, model, tok, rows, b, max_new=max_new, sample=sample, stop=stop,
                                     top_p=top_p)
                     tps = n / dt
@@ -290,6 +294,11 @@ def goals(rows: list[dict], llama: dict | None, b: int) -> list[dict]:
     x = bl.ratio(s and s["tokens_per_s"], lb)
     out.append({"what": "kit best sampling tokens/s vs llama.cpp best batched (Q4_1)", "value": x, "goal": ">= 1.0",
                 "met": bool(x and x >= 1.0)})
+    for task in ("sampling", "verification"):
+        k = pick(task, "kit")
+        c = k and pick(task, "kit-concat", k["dtype"])
+        out.append({"what": f"kit {task} tokens/s at batch {b}, reserved KV cache vs concatenated (same dtype)",
+                    "value": bl.ratio(k and k["tokens_per_s"], c and c["tokens_per_s"]), "goal": None, "met": None})
     k = pick("sampling_top_p", "kit")
     h = k and pick("sampling_top_p", "hf", k["dtype"])
     x = bl.ratio(k and k["tokens_per_s"], h and h["tokens_per_s"])

@@ -10,7 +10,9 @@ recomputed the verifier's shared spec prompt for every row (profile and before/a
   own suffixes laid out `[prefix][pad][suffix]` (position ids from the attention mask, so each row sees the
   positions it would see unpadded);
 - each step: last-position logits in fp32, greedy argmax or temperature + nucleus (top-p) sampling with a
-  seeded `torch.Generator`; rows that emit a stop token leave the batch (their KV rows are dropped).
+  seeded `torch.Generator`; rows that emit a stop token leave the batch (their KV rows are dropped);
+- the KV cache gets room for `max_new_tokens` after the prefill, so a step writes its keys and values in place
+  (transformers' dynamic cache copies the whole cache every step to append them).
 
 Greedy outputs match `model.generate` up to floating-point reassociation (a test compares them);
 sampling matches it in distribution, not token for token (a different random stream).
@@ -23,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["decode", "prefill", "common_prefix_len", "MIN_PREFIX"]
+__all__ = ["decode", "prefill", "reserve", "common_prefix_len", "MIN_PREFIX"]
 
 MIN_PREFIX = 32  # shorter shared prefixes are cheaper to recompute than to split the prefill for
 
@@ -109,6 +111,54 @@ def _next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_
     return _draw(logits.softmax(-1), gen)
 
 
+def _reserved_layer(layer: Any, room: int) -> Any:
+    """A copy of a prefilled transformers `DynamicLayer` whose keys and values live in a buffer with `room` more
+    positions: `update` writes the step's keys and values in place and returns views of the filled part, where
+    `DynamicLayer` concatenates (a copy of the layer's whole cache every step). Beyond the room it grows by
+    concatenation. A subclass, because transformers finds attention layers by type."""
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            m = key_states.shape[-2]
+            if self._n + m > self._k.shape[-2]:  # past the room: grow like DynamicLayer
+                self._k = torch.cat([self._k[:, :, :self._n], key_states], dim=-2)
+                self._v = torch.cat([self._v[:, :, :self._n], value_states], dim=-2)
+            else:
+                self._k[:, :, self._n:self._n + m] = key_states
+                self._v[:, :, self._n:self._n + m] = value_states
+            self._n += m
+            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+
+        def crop(self, tokens_to_remove: int) -> None:  # never called by decode; the buffer would not follow
+            raise NotImplementedError("a reserved decode cache is not cropped")
+
+    new = ReservedLayer()
+    new.__dict__.update(layer.__dict__)
+    k, v = layer.keys, layer.values
+    b, h, n, d = k.shape
+    new._k, new._v = k.new_empty(b, h, n + room, d), v.new_empty(b, h, n + room, v.shape[-1])
+    new._k[:, :, :n], new._v[:, :, :n] = k, v
+    new._n = n
+    new.keys, new.values = new._k[:, :, :n], new._v[:, :, :n]
+    return new
+
+
+def reserve(cache: Any, room: int) -> None:
+    """Give every prefilled layer of a transformers `DynamicCache` a buffer with `room` more positions
+    (`_reserved_layer`); layers of other kinds (sliding windows) are left as they are."""
+    from transformers.cache_utils import DynamicLayer
+
+    cache.layers = [_reserved_layer(lay, room) if type(lay) is DynamicLayer and lay.is_initialized
+                    and lay.keys is not None and lay.keys.numel() else lay for lay in cache.layers]
+
+
 def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_prefix: int = MIN_PREFIX
             ) -> tuple[Any, dict[str, Any], torch.Tensor, torch.Tensor]:
     """Run the prompts of a batch through `model` once: (KV cache, its call kwarg, attention mask, last-position
@@ -142,11 +192,14 @@ def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_prefi
 
 def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
            do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-           min_prefix: int = MIN_PREFIX, keep_stop: bool = False) -> list[tuple[list[int], bool]]:
+           min_prefix: int = MIN_PREFIX, keep_stop: bool = False, reserve_cache: bool = True
+           ) -> list[tuple[list[int], bool]]:
     """Generate for a batch of token-id rows; returns (new ids, stopped) per row.
 
     `stopped` is False when the row ran to `max_new_tokens`. The stop token is left out of the ids unless
     `keep_stop` (TRL's GRPO completions end with it, and it counts towards `max_new_tokens` there as here).
+    `reserve_cache` writes each step's keys and values into a buffer reserved after the prefill (`reserve`)
+    instead of concatenating; outputs are the same (docs/LOG.md, 2026-12-06, session 11).
     Call under `torch.inference_mode()` or `torch.no_grad()`.
     """
     device = next(model.parameters()).device
@@ -156,6 +209,8 @@ def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, st
         gen = torch.Generator(device=device)
         gen.manual_seed(0 if seed is None else seed)
     cache, kv, mask, logits = prefill(model, rows, pad_id=pad_id, min_prefix=min_prefix)
+    if reserve_cache:
+        reserve(cache, max_new_tokens)
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     active = list(range(b))  # original row index of each live batch row
     new: list[list[int]] = [[] for _ in range(b)]

@@ -156,3 +156,39 @@ def test_decoding_passes_the_cache_under_the_current_name(tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         _kit(model, tok, _rows(tok, SYSTEM), 4)
+
+
+@pytest.mark.parametrize("system", [None, SYSTEM])
+def test_reserved_cache_writes_what_the_concatenated_cache_writes(tiny, system):
+    """The reserved KV cache (the default) changes where keys live, not the arithmetic: greedy and seeded sampling
+    give the same tokens as transformers' concatenating cache, with rows leaving the batch on the way."""
+    model, tok = tiny
+    rows = _rows(tok, system)
+    stop = {_kit(model, tok, [rows[1]], 3)[0][0][2]}  # some rows stop early: the reserved buffers are re-indexed
+    for kw in ({}, {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "seed": 3}):
+        with torch.inference_mode():
+            a, b = (decode(model, rows, max_new_tokens=12, stop_ids=stop, pad_id=0, reserve_cache=r, **kw)
+                    for r in (True, False))
+        assert a == b
+        assert kw or a[1][1]  # greedy: row 1 stops at its third token, as alone
+
+
+def test_reserved_layer_grows_past_its_room(tiny):
+    from transformers import DynamicCache
+
+    from sinternal_lib.decoding import reserve
+
+    model, _ = tiny
+    g = torch.Generator().manual_seed(0)
+    kv = [torch.randn(2, 2, 5, 16, generator=g) for _ in range(2)]
+    steps = [[torch.randn(2, 2, 1, 16, generator=g) for _ in range(2)] for _ in range(4)]
+    plain, res = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    for c in (plain, res):
+        c.update(*kv, layer_idx=0)
+    reserve(res, 2)  # room for 2 steps; the next 2 grow by concatenation
+    for k, v in steps:
+        want, got = plain.update(k, v, layer_idx=0), res.update(k, v, layer_idx=0)
+        assert all(torch.equal(x, y) for x, y in zip(want, got))
+    res.batch_select_indices(torch.tensor([1]))
+    plain.batch_select_indices(torch.tensor([1]))
+    assert torch.equal(res.layers[0].keys, plain.layers[0].keys) and res.get_seq_length() == 9
