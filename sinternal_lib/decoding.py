@@ -11,8 +11,8 @@ recomputed the verifier's shared spec prompt for every row (profile and before/a
   positions it would see unpadded);
 - each step: last-position logits in fp32, greedy argmax or temperature + nucleus (top-p) sampling with a
   seeded `torch.Generator`; rows that emit a stop token leave the batch (their KV rows are dropped);
-- the KV cache gets room for `max_new_tokens` after the prefill, so a step writes its keys and values in place
-  (transformers' dynamic cache copies the whole cache every step to append them).
+- the KV cache gets room for up to `RESERVE_ROOM` more positions after the prefill, and again when full, so a
+  step writes its keys and values in place (transformers' dynamic cache copies the whole cache every step).
 
 Greedy outputs match `model.generate` up to floating-point reassociation (a test compares them);
 sampling matches it in distribution, not token for token (a different random stream).
@@ -111,23 +111,30 @@ def _next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_
     return _draw(logits.softmax(-1), gen)
 
 
+RESERVE_ROOM = 128  # positions reserved at a time: at most this many unused per row (long GPU generations)
+
+
+def _grown(t: torch.Tensor, n: int, size: int) -> torch.Tensor:
+    out = t.new_empty(*t.shape[:2], size, t.shape[-1])
+    out[:, :, :n] = t[:, :, :n]
+    return out
+
+
 def _reserved_layer(layer: Any, room: int) -> Any:
     """A copy of a prefilled transformers `DynamicLayer` whose keys and values live in a buffer with `room` more
     positions: `update` writes the step's keys and values in place and returns views of the filled part, where
-    `DynamicLayer` concatenates (a copy of the layer's whole cache every step). Beyond the room it grows by
-    concatenation. A subclass, because transformers finds attention layers by type."""
+    `DynamicLayer` concatenates (a copy of the layer's whole cache every step). When full, it moves to a buffer
+    with `room` more positions (one copy per `room` steps). A subclass: transformers finds attention layers by type."""
     from transformers.cache_utils import DynamicLayer
 
     class ReservedLayer(DynamicLayer):
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                    ) -> tuple[torch.Tensor, torch.Tensor]:
             m = key_states.shape[-2]
-            if self._n + m > self._k.shape[-2]:  # past the room: grow like DynamicLayer
-                self._k = torch.cat([self._k[:, :, :self._n], key_states], dim=-2)
-                self._v = torch.cat([self._v[:, :, :self._n], value_states], dim=-2)
-            else:
-                self._k[:, :, self._n:self._n + m] = key_states
-                self._v[:, :, self._n:self._n + m] = value_states
+            if self._n + m > self._k.shape[-2]:  # past the room: a new buffer with `room` more positions
+                self._k, self._v = (_grown(t, self._n, self._n + m + room) for t in (self._k, self._v))
+            self._k[:, :, self._n:self._n + m] = key_states
+            self._v[:, :, self._n:self._n + m] = value_states
             self._n += m
             self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
             return self.keys, self.values
@@ -141,10 +148,8 @@ def _reserved_layer(layer: Any, room: int) -> Any:
 
     new = ReservedLayer()
     new.__dict__.update(layer.__dict__)
-    k, v = layer.keys, layer.values
-    b, h, n, d = k.shape
-    new._k, new._v = k.new_empty(b, h, n + room, d), v.new_empty(b, h, n + room, v.shape[-1])
-    new._k[:, :, :n], new._v[:, :, :n] = k, v
+    n = layer.keys.shape[-2]
+    new._k, new._v = _grown(layer.keys, n, n + room), _grown(layer.values, n, n + room)
     new._n = n
     new.keys, new.values = new._k[:, :, :n], new._v[:, :, :n]
     return new
@@ -210,7 +215,7 @@ def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, st
         gen.manual_seed(0 if seed is None else seed)
     cache, kv, mask, logits = prefill(model, rows, pad_id=pad_id, min_prefix=min_prefix)
     if reserve_cache:
-        reserve(cache, max_new_tokens)
+        reserve(cache, min(max_new_tokens, RESERVE_ROOM))
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     active = list(range(b))  # original row index of each live batch row
     new: list[list[int]] = [[] for _ in range(b)]

@@ -185,7 +185,7 @@ def test_reserved_layer_grows_past_its_room(tiny):
     plain, res = DynamicCache(config=model.config), DynamicCache(config=model.config)
     for c in (plain, res):
         c.update(*kv, layer_idx=0)
-    reserve(res, 2)  # room for 2 steps; the next 2 grow by concatenation
+    reserve(res, 2)  # room for 2 steps, then a new buffer with 2 more, then another
     for k, v in steps:
         want, got = plain.update(k, v, layer_idx=0), res.update(k, v, layer_idx=0)
         assert all(torch.equal(x, y) for x, y in zip(want, got))
