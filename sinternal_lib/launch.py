@@ -117,7 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m sinternal_lib.launch sft|grpo <variant or init folder>", file=sys.stderr)
         return 2
     (_worker_sft if argv[0] == "sft" else _worker_grpo)(Path(argv[1]))
+    _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """After a job's work: wait for every process, then destroy the process group, so no gloo thread is left
+    running while the interpreter exits (one was: "terminate called without an active exception", SIGABRT, in a
+    two-process GRPO test after both steps had finished; docs/LOG.md, 2026-12-06, session 11)."""
+    import torch.distributed as dist  # here: only a launched worker needs it
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
