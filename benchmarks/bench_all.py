@@ -21,7 +21,7 @@ import benchlib as bl
 
 IN_PROCESS = ("sft", "grpo", "memory", "e2e", "generation")
 OWN_PROCESS = {"judge_agreement": "bench_judge_agreement.py", "vllm": "bench_vllm.py"}
-OWN_ARGS = {"vllm": True}  # scripts that take --out-dir
+TAKE_OUT_DIR = ("vllm",)  # own-process scripts that take --out-dir
 
 
 def summary(out_dir: Path, names: list[str]) -> list[dict]:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 mod = __import__(f"bench_{name}")
                 mod.main(["--out-dir", str(out)] + (["--quick"] if a.quick else []))
             else:
-                extra = ["--out-dir", str(out)] if OWN_ARGS.get(name) else []
+                extra = ["--out-dir", str(out)] if name in TAKE_OUT_DIR else []
                 subprocess.run([sys.executable, str(Path(__file__).parent / OWN_PROCESS[name]), *extra], check=True)
         except Exception as e:  # noqa: BLE001 - one failing script must not hide the others' results
             failed.append(name)

@@ -21,6 +21,7 @@ Run:  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_vllm.py [--batch 32] [-
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -158,14 +159,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         py = Path(a.vllm_python) if a.vllm_python else VENV_PYTHON
         if py.is_file() and not os.environ.get(CHILD):  # that environment measures and writes the same files
-            args = [x for x in (argv if argv is not None else sys.argv[1:])]
-            i = args.index("--vllm-python") if "--vllm-python" in args else -1
-            args = args[:i] + args[i + 2:] if i >= 0 else args
+            args = ["--batch", str(a.batch), "--repeats", str(a.repeats), "--dtype", a.dtype, "--out-dir", a.out_dir]
             print(f"vLLM does not import here; running in {py}", flush=True)
-            subprocess.run([str(py), __file__, *args, "--out-dir", a.out_dir], check=True, cwd=ROOT,
+            subprocess.run([str(py), __file__, *args, *(["--quick"] if a.quick else [])], check=True, cwd=ROOT,
                            env={**os.environ, CHILD: "1"})
-            import json
-
             return json.loads((Path(a.out_dir) / "vllm.json").read_text())
         where = f"nor in {py}" if os.environ.get(CHILD) else f"and {py} does not exist (make test-vllm builds .venv-vllm)"
         result.update(skipped=f"{why}; {where}", rows=[],

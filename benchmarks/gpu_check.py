@@ -290,6 +290,7 @@ def kit_section(a: Any) -> dict[str, Any]:
     """SFT and GRPO through the kit's trainers with the recipe's settings (bench_sft / bench_grpo's "kit" arm:
     sft.training_configs on the 4-bit QLoRA policy, grpo.trainer_class + grpo.training_configs) on a random-weight
     model at the shape of --model; each in its own process, with peak memory and memory_fit's estimate."""
+    import dataclasses
     import tempfile
 
     import bench_grpo
@@ -306,22 +307,14 @@ def kit_section(a: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         recipe, out["recipe"] = kit_recipe(a, save_random_model(a.model, folder))
         rows = bench_sft.build_rows(recipe, 8, 8)
-        s, g, m = recipe.sft, recipe.grpo, recipe.model
         # spawn: this process has run torch (the model built above); a forked child hung in its first matmul
         sft = bl.run_in_child(bench_sft.run_arm, "kit", recipe, rows, a.kit_steps, a.device, device=a.device, spawn=True)
         grpo = bl.run_in_child(bench_grpo.run_arm, "kit", recipe, a.kit_steps, a.device, device=a.device, spawn=True)
-        shape = mf.shape_for(folder)
         tok = AutoTokenizer.from_pretrained(folder)
         longest = max(len(prompt_completion_ids(tok, r)[1]) for r in rows)
-    est = {"sft": mf.sft_memory(shape, load_in_4bit=m.load_in_4bit, dtype_bytes=mf._dtype_bytes(m.dtype), r=recipe.lora.r,
-                                micro_batch=s.per_device_train_batch_size, seq_len=min(s.max_length, longest),
-                                checkpointing=s.gradient_checkpointing)["peak"],
-           "grpo": mf.grpo_memory(shape, load_in_4bit=m.load_in_4bit and g.load_in_4bit, r=recipe.lora.r,
-                                  dtype_bytes=mf._dtype_bytes(m.generation_dtype if not g.load_in_4bit else m.dtype),
-                                  micro_batch=g.per_device_train_batch_size, prompt_len=mf.PROMPT_LEN,
-                                  completion_len=g.max_completion_length,
-                                  generation_batch=g.per_device_train_batch_size * g.gradient_accumulation_steps,
-                                  checkpointing=g.gradient_checkpointing)["peak"]}
+        fit = mf.recipe_fit(dataclasses.replace(recipe, sft=dataclasses.replace(
+            recipe.sft, max_length=min(recipe.sft.max_length, longest))))  # SFT at the longest row, not the limit
+    est = {row["stage"]: row["peak"] for row in fit}  # memory_fit's own per-stage estimate
     for stage, r in (("sft", sft), ("grpo", grpo)):
         r["estimate_gib"] = round(est[stage], 2)
         r["measured_gib"] = round(r["peak_mem_mb"] / 1024, 2) if r.get("peak_mem_mb") else None

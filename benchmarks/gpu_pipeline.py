@@ -44,8 +44,7 @@ def run_pipeline(device: str, engine: str = "hf", policy: str | None = None, *, 
         wall = time.perf_counter() - t0
         metrics_path = Path(base) / run_name / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return {"exit_code": code, "wall_s": round(wall, 1), "stage_s": metrics.get("timings", {}), "log": lines,
-            "log_tail": lines[-12:]}
+    return {"exit_code": code, "wall_s": round(wall, 1), "stage_s": metrics.get("timings", {}), "log": lines}
 
 
 def recipe_time_estimate(gpu_check: dict[str, Any], recipe_name: str = "gpu-ds-r1-qwen-7b") -> dict[str, Any]:
@@ -92,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 else run_pipeline(a.device, a.engine, a.policy))
     res: dict[str, Any] = {"benchmark": "GPU pipeline check (tiny recipe, all stages, runner + papermill)",
                            "device": a.device, "engine": a.engine, "policy": a.policy, "machine": bl.machine(),
-                           "pipeline": {k: v for k, v in pipeline.items() if k != "log"}}
+                           "pipeline": {k: v for k, v in pipeline.items() if k != "log"}
+                           | ({"log_tail": pipeline["log"][-12:]} if "log" in pipeline else {})}
     if a.gpu_check:
         res["estimate_7b"] = recipe_time_estimate(json.loads(Path(a.gpu_check).read_text()))
     rows = [{"stage": k, "seconds": v} for k, v in res["pipeline"]["stage_s"].items()]

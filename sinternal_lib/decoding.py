@@ -20,6 +20,7 @@ sampling matches it in distribution, not token for token (a different random str
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Sequence
 
@@ -120,19 +121,21 @@ def _grown(t: torch.Tensor, n: int, size: int) -> torch.Tensor:
     return out
 
 
-def _reserved_layer(layer: Any, room: int) -> Any:
-    """A copy of a prefilled transformers `DynamicLayer` whose keys and values live in a buffer with `room` more
-    positions: `update` writes the step's keys and values in place and returns views of the filled part, where
-    `DynamicLayer` concatenates (a copy of the layer's whole cache every step). When full, it moves to a buffer
-    with `room` more positions (one copy per `room` steps). A subclass: transformers finds attention layers by type."""
+@functools.cache
+def _reserved_layer_class() -> type:
+    """transformers' `DynamicLayer` with its keys and values in a reserved buffer (`_reserved_layer`); built on
+    first use so that importing this module does not import transformers. A subclass: transformers finds attention
+    layers by type."""
     from transformers.cache_utils import DynamicLayer
 
     class ReservedLayer(DynamicLayer):
+        _room: int  # positions added each time the buffer is full
+
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
                    ) -> tuple[torch.Tensor, torch.Tensor]:
             m = key_states.shape[-2]
             if self._n + m > self._k.shape[-2]:  # past the room: a new buffer with `room` more positions
-                self._k, self._v = (_grown(t, self._n, self._n + m + room) for t in (self._k, self._v))
+                self._k, self._v = (_grown(t, self._n, self._n + m + self._room) for t in (self._k, self._v))
             self._k[:, :, self._n:self._n + m] = key_states
             self._v[:, :, self._n:self._n + m] = value_states
             self._n += m
@@ -146,11 +149,19 @@ def _reserved_layer(layer: Any, room: int) -> Any:
         def crop(self, tokens_to_remove: int) -> None:  # never called by decode; the buffer would not follow
             raise NotImplementedError("a reserved decode cache is not cropped")
 
-    new = ReservedLayer()
+    return ReservedLayer
+
+
+def _reserved_layer(layer: Any, room: int) -> Any:
+    """A copy of a prefilled transformers `DynamicLayer` whose keys and values live in a buffer with `room` more
+    positions: `update` writes the step's keys and values in place and returns views of the filled part, where
+    `DynamicLayer` concatenates (a copy of the layer's whole cache every step). When full, it moves to a buffer
+    with `room` more positions (one copy per `room` steps)."""
+    new = _reserved_layer_class()()
     new.__dict__.update(layer.__dict__)
     n = layer.keys.shape[-2]
     new._k, new._v = _grown(layer.keys, n, n + room), _grown(layer.values, n, n + room)
-    new._n = n
+    new._n, new._room = n, room
     new.keys, new.values = new._k[:, :, :n], new._v[:, :, :n]
     return new
 
