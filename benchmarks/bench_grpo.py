@@ -21,15 +21,21 @@ from typing import Any
 
 import benchlib as bl
 
-ARMS: dict[str, dict[str, Any]] = {  # "config": which GRPOConfig; "grpo": recipe.grpo changes
+# "config": which GRPOConfig; "grpo"/"model"/"lora": recipe changes; "contiguous_head": models.load_model's
+# (default: True for the kit's arms, False for the default arm, loaded as transformers does)
+ARMS: dict[str, dict[str, Any]] = {
     # what a user does after QLoRA SFT: TRL's default GRPOConfig on the 4-bit policy
     "default": {"config": "default", "grpo": {"load_in_4bit": True}},
     "kit": {"config": "kit"},  # the recipe as it stands
     # the kit before 2026-12-06 (issue 15's "today"): its GRPOConfig on the 4-bit policy, LoRA dropout 0.05,
-    # rollouts by TRL's generate
-    "kit-4bit": {"config": "kit", "grpo": {"load_in_4bit": True, "rollouts": "trl"}, "lora": {"lora_dropout": 0.05}},
+    # rollouts by TRL's generate, the LM head as transformers loads it
+    "kit-4bit": {"config": "kit", "grpo": {"load_in_4bit": True, "rollouts": "trl"}, "lora": {"lora_dropout": 0.05},
+                 "contiguous_head": False},
+    # the recipe without the contiguous LM-head input (before 2026-12-06, session 12)
+    "kit-plain-head": {"config": "kit", "contiguous_head": False},
     # the recipe with the kit's own rollouts (grpo.rollouts: kit, grpo_rollouts.py) instead of TRL's generate
     "kit-rollouts": {"config": "kit", "grpo": {"rollouts": "kit"}},
+    "kit-rollouts-no-gc": {"config": "kit", "grpo": {"rollouts": "kit", "gradient_checkpointing": False}},
     "kit-bf16": {"config": "kit", "grpo": {"bf16": True}},
     "kit-no-gc": {"config": "kit", "grpo": {"gradient_checkpointing": False}},
     # LoRA on the full-precision base (grpo.load_in_4bit false): rollouts without 4-bit dequantization
@@ -90,8 +96,11 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
     set_seed(recipe.run.seed)
     t0 = time.perf_counter()
     four_bit = m.load_in_4bit and g.load_in_4bit  # as grpo.training_configs / train_from_init
+    # the kit's loads copy the LM head's input slice first (models.contiguous_lm_head: docs/LOG.md, 2026-12-06,
+    # session 12); the default arm loads the head as transformers does
     model, tok = load_model(m.policy, dtype=m.dtype if four_bit else m.generation_dtype, device=device,
-                            load_in_4bit=four_bit, trainable=True, gradient_checkpointing=g.gradient_checkpointing)
+                            load_in_4bit=four_bit, trainable=True, gradient_checkpointing=g.gradient_checkpointing,
+                            contiguous_head=spec.get("contiguous_head", spec["config"] == "kit"))
     load_s = time.perf_counter() - t0
     rows = build_prompt_mix(g, recipe.run.seed, m.system_prompt)
     reward = CountingReward(VerifierReward(make_judge(recipe.judge)))
@@ -147,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     vs_before = bl.ratio(before and before["s_per_step_steady"], kit.get("s_per_step_steady"))
     own = next((r for r in results if r["arm"] == "kit-rollouts" and "error" not in r), None)
     vs_trl_roll = bl.ratio(kit.get("s_per_step_steady"), own and own["s_per_step_steady"])
+    plain = next((r for r in results if r["arm"] == "kit-plain-head" and "error" not in r), None)
+    vs_plain_head = bl.ratio(plain and plain["s_per_step_steady"], kit.get("s_per_step_steady"))
 
     def _met(x: float | None, want: float) -> bool | None:
         return None if x is None else x >= want
@@ -159,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
                "goal": None, "met": None},
               {"what": "GRPO step speed-up, the kit's own rollouts (grpo.rollouts: kit) vs TRL's generate in the kit's config",
                "ratio": vs_trl_roll, "goal": None, "met": None}]
+    if plain:  # not in the quick arms
+        ratios.append({"what": "GRPO step speed-up, kit vs the kit with the LM head as transformers loads it "
+                               "(models.contiguous_lm_head)", "ratio": vs_plain_head, "goal": None, "met": None})
     g = recipe.grpo
     prompts = g.per_device_train_batch_size * g.gradient_accumulation_steps // g.num_generations
     result = {"benchmark": "GRPO speed: kit vs default TRL GRPOConfig", "model": recipe.model.policy,

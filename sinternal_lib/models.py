@@ -208,6 +208,32 @@ def guard_cpu_4bit(model: torch.nn.Module) -> int:
     return n
 
 
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: the input made contiguous (a module-level function, so a model with it deep-copies
+    and pickles)."""
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
+
+
+def contiguous_lm_head(model: torch.nn.Module) -> bool:
+    """Give the output embedding (the LM head) a pre-hook that makes its input contiguous; True if added.
+
+    transformers computes the logits of the last positions only (`logits_to_keep`: every prefill of a
+    decode, TRL's GRPO log-probs) from a slice of the hidden states, which is not contiguous. With a frozen
+    head (any LoRA or 4-bit model: PEFT freezes the base) `torch.matmul` then does not fold the batch into
+    one matrix product: it expands the (vocab x hidden) weight once per row and copies it. On CPU in
+    bf16 that made one (16 x 1 x 576) x (576 x 49152) product take 1,016 ms instead of 4.5 ms; copying the
+    small slice first costs nothing (docs/LOG.md, 2026-12-06, session 12).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Module) or getattr(head, "_sinternal_contiguous", False):
+        return False
+    head.register_forward_pre_hook(_contiguous_input)
+    head._sinternal_contiguous = True
+    return True
+
+
 def _prepare_tokenizer(tok: Any) -> Any:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -225,6 +251,7 @@ def load_model(
     adapter: str | os.PathLike | None = None,
     trainable: bool = False,
     gradient_checkpointing: bool = False,
+    contiguous_head: bool = True,
 ) -> tuple[Any, Any]:
     """Load (model, tokenizer).
 
@@ -234,6 +261,8 @@ def load_model(
     - `trainable` without an adapter: the base prepared for training (k-bit preparation, gradient
       checkpointing) for a trainer that adds a fresh LoRA from its `peft_config`.
     - Neither: the plain model, in eval mode.
+    - `contiguous_head`: the LM head copies its input slice first (`contiguous_lm_head`); False loads the
+      head as transformers does (benchmarks/bench_grpo.py's default arm, a user's plain load).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -256,6 +285,8 @@ def load_model(
         model.to(device)
     if load_in_4bit:
         guard_cpu_4bit(model)
+    if contiguous_head:
+        contiguous_lm_head(model)
     tok = _prepare_tokenizer(tok)
     if trainable:
         from peft import prepare_model_for_kbit_training
@@ -311,6 +342,7 @@ def tiny_model(seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> tup
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     model.generation_config.pad_token_id = tok.pad_token_id
+    contiguous_lm_head(model)
     model.eval()
     return model, tok
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sinternal_lib.models import (
-    ModelNotAvailable, guard_cpu_4bit, load_model, lora_config, resolve_model_ref, save_tiny_model, tiny_model,
+    ModelNotAvailable, contiguous_lm_head, guard_cpu_4bit, load_model, lora_config, resolve_model_ref, save_tiny_model, tiny_model,
 )
 
 
@@ -137,3 +137,61 @@ def test_trainable_base_is_prepared_without_an_adapter(tmp_path):
     assert not any("lora_" in n for n, _ in model.named_parameters())
     assert not any(p.requires_grad for p in model.parameters())  # k-bit preparation froze the base
     assert guard_cpu_4bit(model) == 2 * 7
+
+
+def _head_inputs(model) -> list[torch.Tensor]:
+    """Record what the LM head receives (a hook registered after the kit's, so it sees the kit's result)."""
+    seen: list[torch.Tensor] = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lm_head_gets_a_contiguous_input_and_the_same_logits(dtype):
+    """`logits_to_keep` slices the hidden states; a frozen head would then expand its weight per row
+    (models.contiguous_lm_head). With the hook the head sees a contiguous input and gives the logits of the
+    full forward's last position."""
+    import copy
+
+    model, tok = tiny_model()
+    model = model.to(dtype).requires_grad_(False)  # frozen, as under PEFT
+    assert contiguous_lm_head(model) is False  # tiny_model, like load_model, already added it: once only
+    ids = torch.tensor([tok("one two three four")["input_ids"], tok("five six seven eight")["input_ids"]])
+    seen = _head_inputs(model)
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[:, -1:, :]
+        last = model(input_ids=ids, logits_to_keep=1).logits
+    assert all(x.is_contiguous() for x in seen) and seen[-1].shape[1] == 1
+    assert torch.allclose(full.float(), last.float(), atol=1e-5 if dtype == torch.float32 else 1e-2)
+    twin = copy.deepcopy(model)  # the GRPO rollouts' merged copy is a deep copy: the hook goes with it
+    seen_twin = _head_inputs(twin)
+    with torch.no_grad():
+        assert torch.equal(twin(input_ids=ids, logits_to_keep=1).logits, last)
+    assert seen_twin and all(x.is_contiguous() for x in seen_twin)
+
+
+def test_contiguous_lm_head_keeps_gradients_and_reaches_a_loaded_adapter(tmp_path):
+    """The copy is differentiable (LoRA grads equal those without the hook), and a model loaded with an adapter
+    (PEFT freezes its base head) carries the hook; `contiguous_head=False` loads the head unchanged."""
+    folder = save_tiny_model(tmp_path / "tiny")
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    grads = []
+    for contiguous in (True, False):
+        model, _ = load_model(str(folder), device="cpu", trainable=True, contiguous_head=contiguous)
+        assert bool(model.get_output_embeddings()._forward_pre_hooks) is contiguous
+        torch.manual_seed(0)  # the same LoRA init and dropout masks in both loads
+        model = _with_lora(model, r=4, lora_alpha=8)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.data.normal_(0, 0.1)
+        model.train()
+        model(input_ids=ids, logits_to_keep=3).logits.float().logsumexp(-1).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+    model.save_pretrained(tmp_path / "adapter")
+    again, _ = load_model(str(folder), device="cpu", adapter=tmp_path / "adapter")
+    seen = _head_inputs(again)
+    with torch.no_grad():
+        again(input_ids=ids, logits_to_keep=1)
+    assert seen and seen[0].is_contiguous()
