@@ -36,6 +36,8 @@ ARMS: dict[str, dict[str, Any]] = {
     # the recipe with the kit's own rollouts (grpo.rollouts: kit, grpo_rollouts.py) instead of TRL's generate
     "kit-rollouts": {"config": "kit", "grpo": {"rollouts": "kit"}},
     "kit-rollouts-no-gc": {"config": "kit", "grpo": {"rollouts": "kit", "gradient_checkpointing": False}},
+    # the recipe scoring every position through the LM head, prompt included (grpo.compact_lm_head false)
+    "kit-full-lm-head": {"config": "kit", "grpo": {"compact_lm_head": False}},
     "kit-bf16": {"config": "kit", "grpo": {"bf16": True}},
     "kit-no-gc": {"config": "kit", "grpo": {"gradient_checkpointing": False}},
     # LoRA on the full-precision base (grpo.load_in_4bit false): rollouts without 4-bit dequantization
@@ -83,6 +85,7 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
 
+    from sinternal_lib.compact_loss import compact_lm_head
     from sinternal_lib.judges import make_judge
     from sinternal_lib.models import load_model, lora_config
     from sinternal_lib.grpo import build_prompt_mix, trainer_class
@@ -121,7 +124,10 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
                               peft_config=lora_config(recipe.lora),
                               callbacks=[Clock()])
         trainer.remove_callback(PrinterCallback)
-        trainer.train()
+        # the kit's arms score only completion positions through the LM head (grpo.compact_lm_head), as
+        # grpo.train_prepared trains; the default arm as TRL does on CPU (every position)
+        with compact_lm_head(spec["config"] == "kit" and g.compact_lm_head) as compact:
+            trainer.train()
     n = len(marks) - 1
     wall = marks[-1] - marks[0]
     steady = marks[-1] - marks[1] if n > 1 else wall
@@ -132,7 +138,7 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
             "gen_tokens": sum(reward.tokens[:n]),
             "gen_tokens_per_s": round(tok_steady / steady, 1), "bf16": True if spec["config"] == "default" else g.bf16,
             "gradient_checkpointing": g.gradient_checkpointing,
-            "rollouts_by": getattr(trainer, "rollouts_by", "trl")}
+            "rollouts_by": getattr(trainer, "rollouts_by", "trl"), "compact_lm_head": compact}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -30,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from .compact_loss import compact_lm_head
 from .datasets import load_embedded
 from .grpo_rewards import KINDS, ROLLOUTS, RewardLog, VerifierReward, read_rewards, reward_band
 from .judges import Judge, make_judge
@@ -223,7 +224,7 @@ def train_prepared(recipe: Recipe, init: str, out: Path, *, adapter: str | Path 
                             log=log, configs=configs)
     t0 = time.time()
     # decode_attention: rollouts dominate a GRPO step, and cuDNN attention slows bf16 decoding on CUDA
-    with warnings.catch_warnings(), decode_attention(device):
+    with warnings.catch_warnings(), decode_attention(device), compact_lm_head(g.compact_lm_head) as compact:
         # transformers 5 renames gradient checkpointing: one warning per step
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
         trainer.train(resume_from_checkpoint=last)
@@ -238,7 +239,7 @@ def train_prepared(recipe: Recipe, init: str, out: Path, *, adapter: str | Path 
                    config_hash=(out / "config_hash.txt").read_text().strip(), resumed_from=last,
                    wall_s=round(wall, 1), s_per_step=round(wall / steps_run, 2) if steps_run > 0 else None,
                    rollouts_per_step=configs["grpo"].generation_batch_size,
-                   rollouts_by=getattr(trainer, "rollouts_by", "trl"))
+                   rollouts_by=getattr(trainer, "rollouts_by", "trl"), compact_lm_head=compact)
     atomic_write_json(out / "summary.json", summary)  # last: marks the init as finished
     return summary
 

@@ -221,6 +221,9 @@ class GrpoConfig:
     # "trl": TRL's own generation; "kit": plain sampling rollouts through decoding.decode (grpo_rollouts.py), no
     # faster on CPU at 32 tokens (docs/LOG.md, 2026-12-06, session 10), so not the default
     rollouts: str = "trl"
+    # TRL's GRPO log-probs go through the same fused LM head as SFT's loss (compact_loss.py): on CPU it scores every
+    # position, prompt included, unless compacted; the same log-probs (docs/LOG.md, 2026-12-06, session 12)
+    compact_lm_head: bool = True
 
 
 @dataclass

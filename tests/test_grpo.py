@@ -179,6 +179,7 @@ def test_train_from_init_resumes_from_last_checkpoint(tiny_recipe, tmp_path):
     out = tmp_path / "base"
     s = grpo.train_from_init(recipe, "base", out)
     assert s["steps"] == 2 and s["resumed_from"] is None and s["s_per_step"] > 0
+    assert s["compact_lm_head"] is True  # grpo.compact_lm_head: the installed TRL can be switched (canary)
     assert [r["step"] for r in grpo.read_rewards(out / "rewards.csv")] == [1, 2]
     rollouts = [json.loads(x) for x in (out / "rollout_rewards.jsonl").open()]
     per_step = recipe.grpo.per_device_train_batch_size * recipe.grpo.gradient_accumulation_steps
@@ -251,3 +252,42 @@ def test_grpo_across_two_processes_logs_every_rollout_and_resumes(tiny_recipe, t
     again = grpo.train_from_init(recipe, "base", out)
     assert again["resumed_from"].endswith("checkpoint-1") and again["steps"] == 2
     assert jsonl.read(out / grpo_rewards.ROLLOUTS)[:2] == rollouts[:2]
+
+
+def test_grpo_log_probs_the_same_with_the_compact_lm_head():
+    """GRPO's per-token log-probs (TRL's fused head, prompt positions masked, as `_get_per_token_logps_and_entropies`
+    asks) and their gradients: the same whether every position or only the completion is scored
+    (grpo.compact_lm_head)."""
+    from peft import get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sinternal_lib.compact_loss import compact_lm_head
+    from sinternal_lib.models import lora_config, tiny_model
+
+    base, _ = tiny_model(seed=5)
+    add_fused_lm_head(base)  # as GRPOTrainer does, before PEFT wraps the model
+    torch.manual_seed(0)
+    model = get_peft_model(base, lora_config({"r": 4, "lora_alpha": 8, "lora_dropout": 0.0}))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.1)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, base.config.vocab_size, (3, 20), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, :4] = 0  # a left-padded prompt
+    keep = 7  # completion tokens scored
+    out = []
+    for compact in (False, True):
+        model.zero_grad()
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :-keep] = -100
+        with compact_lm_head(compact) as applied:
+            logps = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs[:, -keep:]
+        assert applied is compact
+        logps.sum().backward()
+        out.append((logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (full, g_full), (compacted, g_compact) = out
+    assert full.shape == compacted.shape == (3, keep) and (full != 0).all()
+    assert torch.allclose(full, compacted, atol=1e-5)
+    assert g_full.keys() == g_compact.keys() and g_full
+    assert all(torch.allclose(g_full[n], g_compact[n], atol=1e-5) for n in g_full)
