@@ -219,8 +219,8 @@ def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple | None:
 def contiguous_lm_head(model: torch.nn.Module) -> bool:
     """Give the output embedding (the LM head) a pre-hook that makes its input contiguous; True if added.
 
-    transformers computes the logits of the last positions only (`logits_to_keep`: every prefill of a
-    decode, TRL's GRPO log-probs) from a slice of the hidden states, which is not contiguous. With a frozen
+    transformers computes the logits of the last positions only (`logits_to_keep`: every prefill of the kit's
+    decode loop and of `generate`) from a slice of the hidden states, which is not contiguous. With a frozen
     head (any LoRA or 4-bit model: PEFT freezes the base) `torch.matmul` then does not fold the batch into
     one matrix product: it expands the (vocab x hidden) weight once per row and copies it. On CPU in
     bf16 that made one (16 x 1 x 576) x (576 x 49152) product take 1,016 ms instead of 4.5 ms; copying the
