@@ -32,11 +32,14 @@ def summary(out_dir: Path, names: list[str]) -> list[dict]:
         if not path.is_file():
             continue
         d = json.loads(path.read_text())
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+        # the time the script wrote into its result (a clone's files all carry the checkout's mtime)
+        when = d.get("written") or time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+        where = bl.machine_label(d.get("machine"))
         for r in d.get("ratios", []):
             met = {True: "yes", False: "NO", None: "-"}[r.get("met")]
             rows.append({"benchmark": name, "what": r["what"], "ratio": r.get("ratio"), "goal": r.get("goal"),
-                         "met": met, "quick": d.get("quick", False), "written": when})
+                         "met": met, "quick": d.get("quick", False), "written": when,
+                         "machine": where})
     return rows
 
 
@@ -68,10 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== {name}: {time.perf_counter() - t0:.0f} s ===", flush=True)
     rows = summary(out, [*IN_PROCESS, *OWN_PROCESS])
     print("\n=== summary ===")
-    cols = ["benchmark", "what", "ratio", "goal", "met", "quick", "written"]
-    result = {"benchmark": "summary of every ratio", "machine": bl.machine(), "rows": rows, "failed": failed}
+    cols = ["benchmark", "what", "ratio", "goal", "met", "quick", "written", "machine"]
+    machines = {r["machine"].split(" (")[0] for r in rows}  # by CPU name: older results lack the capability
+    # the header's machine is where the figures were measured, not where this table was built
+    first = next((json.loads((out / f"{r['benchmark']}.json").read_text()).get("machine") for r in rows), None)
+    where = dict(first) if len(machines) == 1 and isinstance(first, dict) else {"cpu": "several (the machine column)"}
+    where["built_on"] = bl.machine()
+    result = {"benchmark": "summary of every ratio", "machine": where, "rows": rows, "failed": failed}
     bl.write_results("summary", result, rows, cols, out,
-                     ["figures come from each script's JSON in this folder; 'written' says when it was measured"])
+                     ["figures come from each script's JSON in this folder; 'written' says when it was measured, "
+                      "'machine' where"]
+                     + ([f"the rows come from {len(machines)} machines: compare ratios, not figures, across them"]
+                        if len(machines) > 1 else []))
     return 1 if failed else 0
 
 

@@ -161,6 +161,7 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                             "load_avg_1m": round(os.getloadavg()[0], 2), "python": platform.python_version(),
                             "torch": torch.__version__}
     for mod in ("transformers", "trl", "peft", "bitsandbytes"):
@@ -208,6 +209,15 @@ def out_dir(arg: str | None, quick: bool) -> Path:
     return Path(tempfile.gettempdir()) / "sinternal-bench-quick" if quick else RESULTS
 
 
+def machine_label(m: dict[str, Any] | str | None) -> str:
+    """A short name for the machine of a result: 'cpu (capability, N cores)' (records come from machines of
+    several CPU classes, docs/LOG.md, 2026-12-06, session 13)."""
+    if not isinstance(m, dict):
+        return str(m or "?")
+    extra = ", ".join(str(x) for x in (m.get("cpu_capability"), m.get("cpu_count") and f"{m['cpu_count']} cores") if x)
+    return f"{m.get('cpu') or m.get('processor') or '?'}" + (f" ({extra})" if extra else "")
+
+
 def write_results(name: str, result: dict, rows: Sequence[dict], columns: Sequence[str],
                   out_dir: str | Path = RESULTS, notes: Sequence[str] = ()) -> Path:
     """Print the table; write <out_dir>/<name>.json (the whole `result`) and <name>.md (table + notes)."""
@@ -217,6 +227,7 @@ def write_results(name: str, result: dict, rows: Sequence[dict], columns: Sequen
         print(f"- {n}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    result.setdefault("written", time.strftime("%Y-%m-%d %H:%M"))
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     m = result.get("machine", {})
     head = f"# {result.get('benchmark', name)}\n\nMachine: {m.get('cpu')} ({m.get('cpu_count')} cores), torch " \

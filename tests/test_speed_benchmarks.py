@@ -54,6 +54,10 @@ def test_bench_all_quick(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     for name in res:
         assert f"| {name} |" in summary
+    here = json.loads((tmp_path / "summary.json").read_text())  # each row names the machine it was measured on
+    m = res["sft"]["machine"]
+    assert len({r["machine"] for r in here["rows"]}) == 1 and m["cpu_capability"]
+    assert all(m["cpu"] in r["machine"] and m["cpu_capability"] in r["machine"] for r in here["rows"])
 
 
 def test_gpu_check_quick_on_cpu(tmp_path):
