@@ -36,7 +36,8 @@ def summary(out_dir: Path, names: list[str]) -> list[dict]:
         when = d.get("written") or time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
         where = bl.machine_label(d.get("machine"))
         for r in d.get("ratios", []):
-            met = {True: "yes", False: "NO", None: "-"}[r.get("met")]
+            met = "not measured" if r.get("goal") and r.get("ratio") is None else \
+                {True: "yes", False: "NO", None: "-"}[r.get("met")]
             rows.append({"benchmark": name, "what": r["what"], "ratio": r.get("ratio"), "goal": r.get("goal"),
                          "met": met, "quick": d.get("quick", False), "written": when,
                          "machine": where})

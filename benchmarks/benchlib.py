@@ -230,8 +230,10 @@ def write_results(name: str, result: dict, rows: Sequence[dict], columns: Sequen
     result.setdefault("written", time.strftime("%Y-%m-%d %H:%M"))
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     m = result.get("machine", {})
-    head = f"# {result.get('benchmark', name)}\n\nMachine: {m.get('cpu')} ({m.get('cpu_count')} cores), torch " \
-           f"{m.get('torch')}, load average {m.get('load_avg_1m')} at the start.\n\n"
+    facts = [f"{m.get('cpu')}" + (f" ({m['cpu_count']} cores)" if m.get("cpu_count") else "")]
+    facts += [f"torch {m['torch']}"] if m.get("torch") else []
+    facts += [f"load average {m['load_avg_1m']} at the start"] if m.get("load_avg_1m") is not None else []
+    head = f"# {result.get('benchmark', name)}\n\nMachine: {', '.join(facts)}.\n\n"
     (out / f"{name}.md").write_text(head + md + "\n" + "".join(f"\n- {n}" for n in notes) + "\n", encoding="utf-8")
     print(f"wrote {out / (name + '.json')} and {name}.md")
     return out / f"{name}.json"

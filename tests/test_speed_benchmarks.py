@@ -123,3 +123,23 @@ def test_gpu_pipeline_says_why_when_vllm_is_missing(tmp_path):
     d = json.loads((tmp_path / "gpu_pipeline.json").read_text())
     assert d["engine"] == "vllm" and "vLLM does not import" in d["pipeline"]["skipped"] and not d["pipeline"]["stage_s"]
     assert "not run: vLLM does not import" in (tmp_path / "gpu_pipeline.md").read_text()
+
+
+def test_a_skipped_yardstick_is_not_a_missed_goal(tmp_path, monkeypatch):
+    """Without llama-cpp-python the llama.cpp goal reads 'not measured' (value None, met None), in the script's
+    goals and in the summary table; a measured arm below its goal still reads NO."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import bench_all
+    import bench_generation
+
+    rows = [{"task": t, "engine": e, "batch": 32, "dtype": d, "tokens_per_s": v, "roofline_pct": 10.0}
+            for t in ("sampling", "verification") for e, d, v in (("hf", "float32", 100.0), ("kit", "bfloat16", 250.0))]
+    g = {x["what"]: x for x in bench_generation.goals(rows, {"skipped": "llama-cpp-python not installed"}, 32)}
+    llama = g["kit best sampling tokens/s vs llama.cpp best batched (Q4_1)"]
+    assert llama["value"] is None and llama["met"] is None
+    assert g["kit sampling tokens/s at batch 32 vs the previous engine (hf generate, fp32)"]["met"] is False
+    assert bench_generation._said(llama["met"], llama["value"]) == "not measured"
+    ratios = [{"what": x["what"], "ratio": x["value"], "goal": x["goal"], "met": x["met"]} for x in g.values()]
+    (tmp_path / "generation.json").write_text(json.dumps({"ratios": ratios, "machine": {"cpu": "x"}}))
+    met = {r["what"]: r["met"] for r in bench_all.summary(tmp_path, ["generation"])}
+    assert met[llama["what"]] == "not measured" and met["kit sampling tokens/s at batch 32, share of roofline (%)"] == "NO"
