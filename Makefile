@@ -1,6 +1,6 @@
 # SInternal reproducibility kit. Every target does its own set-up on a fresh machine (no conda needed).
 # Times below are rough, for a 2-core CPU with AVX512-BF16; measured times, with their dates, are in
-# README.md and docs/LOG.md (AVX2-only CPUs are far slower: docs/LOG.md, 2026-11-29, issue 15).
+# README.md and docs/LOG.md (an AVX2-only CPU runs fp32 and takes about 1.9x as long: docs/LOG.md, 2026-12-06, session 13).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
