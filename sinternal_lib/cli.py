@@ -34,6 +34,14 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL = "sinternal"
 
 
+def _precision_line(recipe) -> str:
+    """What the recipe's `auto` precision fields become on this machine (precision.format_precision)."""
+    from .models import pick_device  # torch loads only when a run starts: the CLI's other commands stay light
+    from .precision import format_precision, precision_record  # the same reason
+
+    return format_precision(precision_record(pick_device(recipe.model.device), recipe))
+
+
 def notebook_path(stage: str) -> Path:
     return NOTEBOOK_DIR / f"{STAGES[stage].notebook}.ipynb"
 
@@ -115,6 +123,10 @@ def run_notebooks(
             log(format_power_plan(write_power_plan(run)))
         except Exception as e:  # the plan is advice: a fault in it must not stop the stages
             log(f"power plan not computed ({type(e).__name__}: {e})")
+        try:  # what `auto` becomes on this machine, before the first stage measures it again in its kernel
+            log(_precision_line(recipe))
+        except Exception as e:  # noqa: BLE001 - advice only, like the power plan
+            log(f"precision not probed ({type(e).__name__}: {e})")
         if str(recipe.model.device).startswith("cuda"):  # will training fit the GPU? said before any model loads
             log(format_fit(recipe_fit(recipe, _gpu_gib())))
         for stage in stages:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 __all__ = ["AUTO", "cpu_bf16_flags", "probe_matmul", "choose_bf16", "bf16_is_fast", "resolve_dtype", "resolve_bf16",
-           "precision_record"]
+           "precision_record", "format_precision"]
 
 AUTO = "auto"
 # bf16 must beat fp32 by this factor to be picked: a tie is not worth bf16's coarser numerics.
@@ -108,3 +108,25 @@ def precision_record(device: str = "cpu", recipe: Any = None) -> dict[str, Any]:
             "cpu": platform.processor() or platform.machine(), "bf16_flags": cpu_bf16_flags(),
             "torch_threads": torch.get_num_threads(), **_cpu_probe(), "bf16_fast": bf16_is_fast(device),
             "min_speedup": MIN_SPEEDUP}
+
+
+# make reproduce on the dev machine with both math libraries held to AVX2 (fp32 everywhere) took 1.9x the stage
+# time of the same machine in bf16: docs/LOG.md (2026-12-06, session 13)
+FP32_SLOWDOWN = 1.9
+
+
+def format_precision(record: dict[str, Any]) -> str:
+    """One line for the runner's start: what the probe measured and what the recipe's `auto` fields became, and,
+    where a CPU runs fp32 because bf16 is slow, that stage times will be about `FP32_SLOWDOWN` x the README's
+    (which are for CPUs with fast bf16)."""
+    resolved = record.get("resolved", {})
+    used = ", ".join(f"{k} {v.split(' -> ')[-1]}" for k, v in resolved.items() if v.split(" -> ")[0] == AUTO)
+    if record.get("device") != "cpu":
+        return f"precision: {record.get('device')}, bf16 {'supported' if record.get('bf16_fast') else 'not supported'}" \
+               + (f"; auto -> {used}" if used else "")
+    line = (f"precision: bf16 {record.get('bf16_gflops')} vs fp32 {record.get('fp32_gflops')} GFLOP/s on this CPU "
+            f"({record.get('cpu_capability')})" + (f"; auto -> {used}" if used else ""))
+    if used and not record.get("bf16_fast"):
+        line += (f". This CPU has no fast bf16, so the run computes in fp32: expect stage times about "
+                 f"{FP32_SLOWDOWN}x the README's CPU figures (docs/LOG.md, 2026-12-06, session 13)")
+    return line

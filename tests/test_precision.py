@@ -68,3 +68,24 @@ def test_recipe_refuses_other_values(override, words):
 def test_cpu_recipe_decides_by_measurement():
     r = load_recipe("cpu-smollm2")
     assert r.model.generation_dtype == "auto" and r.sft.bf16 == "auto" and r.grpo.bf16 == "auto"
+
+
+def test_runner_line_says_what_auto_became_and_warns_where_bf16_is_slow():
+    """The runner's first lines name the probe's figures and what each `auto` field resolved to; on a CPU without
+    fast bf16 they say the run computes in fp32 and takes about FP32_SLOWDOWN x the README's times."""
+    from sinternal_lib.precision import FP32_SLOWDOWN, format_precision
+
+    resolved = {"model.dtype": "float32 -> float32", "model.generation_dtype": "auto -> float32",
+                "sft.bf16": "auto -> False", "grpo.bf16": "auto -> False"}
+    slow = {"resolved": resolved, "device": "cpu", "cpu_capability": "AVX2", "fp32_gflops": 134.0,
+            "bf16_gflops": 1.2, "bf16_fast": False}
+    line = format_precision(slow)
+    assert "bf16 1.2 vs fp32 134.0 GFLOP/s" in line and "(AVX2)" in line and "model.dtype" not in line
+    assert "sft.bf16 False" in line and f"{FP32_SLOWDOWN}x" in line and "fp32" in line
+    fast = {**slow, "cpu_capability": "AVX512", "bf16_gflops": 410.0, "bf16_fast": True,
+            "resolved": {**resolved, "model.generation_dtype": "auto -> bfloat16", "sft.bf16": "auto -> True"}}
+    assert "x the README" not in format_precision(fast) and "model.generation_dtype bfloat16" in format_precision(fast)
+    # no field left to `auto`: nothing was chosen for the user, so no warning either
+    pinned = {**slow, "resolved": {k: "float32 -> float32" for k in resolved}}
+    assert "x the README" not in format_precision(pinned)
+    assert format_precision({"device": "cuda", "bf16_fast": True, "resolved": resolved}).startswith("precision: cuda")
