@@ -266,14 +266,8 @@ def main(argv=None) -> dict:
     return result
 
 
-def _said(met: bool | None, value: float | None = 0.0) -> str:
+def _said(met: bool | None, value: float | None) -> str:
     return "not measured" if value is None else "-" if met is None else "met" if met else "NOT met"
-
-
-def _met(value: float | None, goal: float) -> bool | None:
-    """Whether a measured value reaches its goal; None (not measured) where an arm is missing, e.g. llama.cpp
-    where llama-cpp-python is not installed: a skipped arm is not a goal missed."""
-    return None if value is None else value >= goal
 
 
 def goals(rows: list[dict], llama: dict | None, b: int) -> list[dict]:
@@ -288,18 +282,18 @@ def goals(rows: list[dict], llama: dict | None, b: int) -> list[dict]:
     best = {t: pick(t, "kit") for t in ("sampling", "verification")}
     s = best["sampling"]
     out.append({"what": f"kit sampling tokens/s at batch {b}, share of roofline (%)",
-                "value": s and s["roofline_pct"], "goal": ">= 40", "met": _met(s and s["roofline_pct"], 40)})
+                "value": s and s["roofline_pct"], "goal": ">= 40", "met": bl.met(s and s["roofline_pct"], 40)})
     for task, want in (("sampling", 3.0), ("verification", 4.0)):
         k, h = best[task], before[task]
         x = bl.ratio(k and k["tokens_per_s"], h and h["tokens_per_s"])
         out.append({"what": f"kit {task} tokens/s at batch {b} vs the previous engine (hf generate, fp32)",
-                    "value": x, "goal": f">= {want}", "met": _met(x, want)})
+                    "value": x, "goal": f">= {want}", "met": bl.met(x, want)})
     lb = None
     if llama and not llama.get("skipped") and not llama.get("error"):
         lb = max((llama.get("batched_tokens_per_s") or {}).values(), default=None)
     x = bl.ratio(s and s["tokens_per_s"], lb)
     out.append({"what": "kit best sampling tokens/s vs llama.cpp best batched (Q4_1)", "value": x, "goal": ">= 1.0",
-                "met": _met(x, 1.0)})
+                "met": bl.met(x, 1.0)})
     for task in ("sampling", "verification"):
         k = pick(task, "kit")
         c = k and pick(task, "kit-concat", k["dtype"])

@@ -165,13 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
     plain = next((r for r in results if r["arm"] == "kit-plain-head" and "error" not in r), None)
     vs_plain_head = bl.ratio(plain and plain["s_per_step_steady"], kit.get("s_per_step_steady"))
 
-    def _met(x: float | None, want: float) -> bool | None:
-        return None if x is None else x >= want
-
     ratios = [{"what": "GRPO step speed-up, kit vs default GRPOConfig on the 4-bit policy (default s/step / kit s/step)",
-               "ratio": kit.get("step_speedup"), "goal": ">= 1.5", "met": _met(kit.get("step_speedup"), 1.5)},
+               "ratio": kit.get("step_speedup"), "goal": ">= 1.5", "met": bl.met(kit.get("step_speedup"), 1.5)},
               {"what": "GRPO step speed-up, kit vs the kit on the 4-bit policy (before 2026-12-06)",
-               "ratio": vs_before, "goal": ">= 3", "met": _met(vs_before, 3)},
+               "ratio": vs_before, "goal": ">= 3", "met": bl.met(vs_before, 3)},
               {"what": "GRPO generated tokens/s, kit vs default GRPOConfig", "ratio": kit.get("tokens_ratio"),
                "goal": None, "met": None},
               {"what": "GRPO step speed-up, the kit's own rollouts (grpo.rollouts: kit) vs TRL's generate in the kit's config",

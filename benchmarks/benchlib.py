@@ -180,6 +180,12 @@ def ratio(a: float | None, b: float | None, nd: int = 2) -> float | None:
     return round(a / b, nd) if a is not None and b else None
 
 
+def met(value: float | None, goal: float) -> bool | None:
+    """Whether a measured value reaches an "at least" goal; None (not measured) where its arm did not run:
+    a skipped arm is not a goal missed."""
+    return None if value is None else value >= goal
+
+
 def fmt(v: Any) -> str:
     if v is None:
         return "-"
