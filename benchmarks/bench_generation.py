@@ -107,9 +107,11 @@ def run_engine(engine: str, model, tok, rows, *, max_new: int, sample: bool, sto
     pad = sampling._pad_id(tok, stop_ids)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        if engine in ("kit", "kit-concat"):  # kit-concat: the loop before its reserved KV cache (session 11)
+        if engine.startswith("kit"):  # kit-concat: without the reserved KV cache (session 11);
+            # kit-unpacked: without packed Linear weights (session 14)
             out = decode(model, rows, max_new_tokens=max_new, stop_ids=stop_ids if stop else set(), pad_id=pad,
-                         do_sample=sample, temperature=1.0, top_p=top_p, seed=0, reserve_cache=engine == "kit")
+                         do_sample=sample, temperature=1.0, top_p=top_p, seed=0,
+                         reserve_cache=engine != "kit-concat", packed=engine != "kit-unpacked")
             n = sum(len(ids) + s for ids, s in out)
         else:
             width = max(map(len, rows))
@@ -181,8 +183,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--recipe", default="cpu-smollm2")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "auto"])
-    ap.add_argument("--engines", nargs="+", default=["hf", "kit", "kit-concat"],
-                    help="kit-concat (the kit's loop without its reserved KV cache) runs at the goal batch only")
+    ap.add_argument("--engines", nargs="+", default=["hf", "kit", "kit-concat", "kit-unpacked"],
+                    help="kit-concat (the kit's loop without its reserved KV cache) and kit-unpacked (without "
+                         "packed Linear weights) run at the goal batch only")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--quick", action="store_true", help="tiny random model, batch 1 and 4, 8 tokens (tests)")
     ap.add_argument("--out-dir", default=None)
@@ -231,7 +234,7 @@ def main(argv=None) -> dict:
             for b in bs:
                 roof = min(compute_tps, b * bw * 1e9 / wbytes)
                 for engine in a.engines:
-                    if engine == "kit-concat" and b != goal_b:
+                    if engine in ("kit-concat", "kit-unpacked") and b != goal_b:
                         continue
                     n, dt = measure(engine, model, tok, rows, b, max_new=max_new, sample=sample, stop=stop,
                                     top_p=top_p)
@@ -296,9 +299,12 @@ def goals(rows: list[dict], llama: dict | None, b: int) -> list[dict]:
                 "met": bl.met(x, 1.0)})
     for task in ("sampling", "verification"):
         k = pick(task, "kit")
-        c = k and pick(task, "kit-concat", k["dtype"])
-        out.append({"what": f"kit {task} tokens/s at batch {b}, reserved KV cache vs concatenated (same dtype)",
-                    "value": bl.ratio(k and k["tokens_per_s"], c and c["tokens_per_s"]), "goal": None, "met": None})
+        for arm, lever in (("kit-concat", "reserved KV cache vs concatenated"),
+                           ("kit-unpacked", "packed Linear weights vs F.linear")):
+            c = k and pick(task, arm, k["dtype"])
+            out.append({"what": f"kit {task} tokens/s at batch {b}, {lever} (same dtype)",
+                        "value": bl.ratio(k and k["tokens_per_s"], c and c["tokens_per_s"]), "goal": None,
+                        "met": None})
     k = pick("sampling_top_p", "kit")
     h = k and pick("sampling_top_p", "hf", k["dtype"])
     x = bl.ratio(k and k["tokens_per_s"], h and h["tokens_per_s"])

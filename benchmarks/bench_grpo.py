@@ -25,21 +25,25 @@ import benchlib as bl
 # (default: True for the kit's arms, False for the default arm, loaded as transformers does)
 ARMS: dict[str, dict[str, Any]] = {
     # what a user does after QLoRA SFT: TRL's default GRPOConfig on the 4-bit policy
-    "default": {"config": "default", "grpo": {"load_in_4bit": True}},
+    "default": {"config": "default", "grpo": {"load_in_4bit": True, "gradient_checkpointing": True}},
     "kit": {"config": "kit"},  # the recipe as it stands
     # the kit before 2026-12-06 (issue 15's "today"): its GRPOConfig on the 4-bit policy, LoRA dropout 0.05,
-    # rollouts by TRL's generate, the LM head as transformers loads it
-    "kit-4bit": {"config": "kit", "grpo": {"load_in_4bit": True, "rollouts": "trl"}, "lora": {"lora_dropout": 0.05},
-                 "contiguous_head": False},
+    # rollouts by TRL's generate, gradient checkpointing on, the LM head as transformers loads it
+    "kit-4bit": {"config": "kit", "grpo": {"load_in_4bit": True, "rollouts": "trl", "gradient_checkpointing": True},
+                 "lora": {"lora_dropout": 0.05},
+                 "contiguous_head": False, "packed": False},
+    # the recipe without packed Linear weights for rollouts (before 2026-12-06, session 14)
+    "kit-unpacked": {"config": "kit", "packed": False},
     # the recipe without the contiguous LM-head input (before 2026-12-06, session 12)
     "kit-plain-head": {"config": "kit", "contiguous_head": False},
-    # the recipe with the kit's own rollouts (grpo.rollouts: kit, grpo_rollouts.py) instead of TRL's generate
-    "kit-rollouts": {"config": "kit", "grpo": {"rollouts": "kit"}},
-    "kit-rollouts-no-gc": {"config": "kit", "grpo": {"rollouts": "kit", "gradient_checkpointing": False}},
+    # the recipe with TRL's generate for rollouts instead of the kit's loop (grpo.rollouts: trl; before 2026-12-06,
+    # session 14)
+    "kit-trl-rollouts": {"config": "kit", "grpo": {"rollouts": "trl"}},
     # the recipe scoring every position through the LM head, prompt included (grpo.compact_lm_head false)
     "kit-full-lm-head": {"config": "kit", "grpo": {"compact_lm_head": False}},
     "kit-bf16": {"config": "kit", "grpo": {"bf16": True}},
-    "kit-no-gc": {"config": "kit", "grpo": {"gradient_checkpointing": False}},
+    # the recipe with gradient checkpointing (TRL's default; before 2026-12-06, session 14)
+    "kit-gc": {"config": "kit", "grpo": {"gradient_checkpointing": True}},
     # LoRA on the full-precision base (grpo.load_in_4bit false): rollouts without 4-bit dequantization
     "kit-fp32-base": {"config": "kit", "grpo": {"load_in_4bit": False}, "model": {"generation_dtype": "float32"}},
     "kit-bf16-base": {"config": "kit", "grpo": {"load_in_4bit": False}, "model": {"generation_dtype": "bfloat16"}},
@@ -50,7 +54,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "kit-bf16-base-no-lora-dropout": {"config": "kit", "grpo": {"load_in_4bit": False},
                                       "model": {"generation_dtype": "bfloat16"}, "lora": {"lora_dropout": 0.0}},
 }
-QUICK_ARMS = ["default", "kit", "kit-4bit", "kit-rollouts"]
+QUICK_ARMS = ["default", "kit", "kit-4bit", "kit-trl-rollouts"]
 
 
 class CountingReward:
@@ -88,6 +92,7 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
     from sinternal_lib.compact_loss import compact_lm_head
     from sinternal_lib.judges import make_judge
     from sinternal_lib.models import load_model, lora_config
+    from sinternal_lib.packed_linear import packed_linears
     from sinternal_lib.grpo import build_prompt_mix, trainer_class
     from sinternal_lib.grpo_rewards import VerifierReward
     from transformers import set_seed
@@ -126,7 +131,9 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
         trainer.remove_callback(PrinterCallback)
         # the kit's arms score only completion positions through the LM head (grpo.compact_lm_head), as
         # grpo.train_prepared trains; the default arm as TRL does on CPU (every position)
-        with compact_lm_head(spec["config"] == "kit" and g.compact_lm_head) as compact:
+        # and their Linear layers run on packed weights where autograd is off (packed_linear, session 14)
+        with (compact_lm_head(spec["config"] == "kit" and g.compact_lm_head) as compact,
+              packed_linears(model, enabled=spec.get("packed", spec["config"] == "kit")) as packed):
             trainer.train()
     n = len(marks) - 1
     wall = marks[-1] - marks[0]
@@ -138,7 +145,8 @@ def run_arm(name: str, recipe: Any, steps: int, device: str) -> dict:
             "gen_tokens": sum(reward.tokens[:n]),
             "gen_tokens_per_s": round(tok_steady / steady, 1), "bf16": True if spec["config"] == "default" else g.bf16,
             "gradient_checkpointing": g.gradient_checkpointing,
-            "rollouts_by": getattr(trainer, "rollouts_by", "trl"), "compact_lm_head": compact}
+            "rollouts_by": getattr(trainer, "rollouts_by", "trl"), "compact_lm_head": compact,
+            "packed_layers": packed}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -160,8 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     kit = next((r for r in results if r["arm"] == "kit"), {})
     before = next((r for r in results if r["arm"] == "kit-4bit" and "error" not in r), None)
     vs_before = bl.ratio(before and before["s_per_step_steady"], kit.get("s_per_step_steady"))
-    own = next((r for r in results if r["arm"] == "kit-rollouts" and "error" not in r), None)
-    vs_trl_roll = bl.ratio(kit.get("s_per_step_steady"), own and own["s_per_step_steady"])
+    trl_roll = next((r for r in results if r["arm"] == "kit-trl-rollouts" and "error" not in r), None)
+    vs_trl_roll = bl.ratio(trl_roll and trl_roll["s_per_step_steady"], kit.get("s_per_step_steady"))
     plain = next((r for r in results if r["arm"] == "kit-plain-head" and "error" not in r), None)
     vs_plain_head = bl.ratio(plain and plain["s_per_step_steady"], kit.get("s_per_step_steady"))
 

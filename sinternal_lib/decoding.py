@@ -5,14 +5,17 @@ Why not `model.generate`: on a 2-core CPU it kept decoding finished rows to the 
 recomputed the verifier's shared spec prompt for every row (profile and before/after figures: docs/LOG.md,
 2026-12-05, where generation time goes). This loop does the same arithmetic otherwise:
 
-- prefill the batch left-padded (`[pad][prompt]`), or, when every row starts with the same `>= min_prefix`
-  tokens, prefill that prefix once at batch 1, repeat its KV cache across the batch, then prefill the rows'
-  own suffixes laid out `[prefix][pad][suffix]` (position ids from the attention mask, so each row sees the
-  positions it would see unpadded);
+- prefill each distinct row once (a repeated row gets a copy of its KV cache rows) left-padded
+  (`[pad][prompt]`), or, when every row starts with the same `>= min_prefix` tokens, prefill that prefix
+  once at batch 1, repeat its KV cache across the batch, then prefill the rows' own suffixes laid out
+  `[prefix][pad][suffix]` (position ids from the attention mask, so each row sees the positions it would
+  see unpadded);
 - each step: last-position logits in fp32, greedy argmax or temperature + nucleus (top-p) sampling with a
   seeded `torch.Generator`; rows that emit a stop token leave the batch (their KV rows are dropped);
 - the KV cache gets room for up to `RESERVE_ROOM` more positions after the prefill, and again when full, so a
-  step writes its keys and values in place (transformers' dynamic cache copies the whole cache every step).
+  step writes its keys and values in place (transformers' dynamic cache copies the whole cache every step);
+- on a CPU the model's Linear layers run on weights packed once for oneDNN (`packed_linear.py`) instead of
+  being reordered at every call.
 
 Greedy outputs match `model.generate` up to floating-point reassociation (a test compares them);
 sampling matches it in distribution, not token for token (a different random stream).
@@ -25,6 +28,8 @@ import inspect
 from typing import Any, Sequence
 
 import torch
+
+from .packed_linear import packed_linears
 
 __all__ = ["decode", "prefill", "reserve", "common_prefix_len", "MIN_PREFIX"]
 
@@ -179,9 +184,18 @@ def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_prefi
             ) -> tuple[Any, dict[str, Any], torch.Tensor, torch.Tensor]:
     """Run the prompts of a batch through `model` once: (KV cache, its call kwarg, attention mask, last-position
     logits `[batch, vocab]`). A prefix of `>= min_prefix` tokens shared by every row is computed once at
-    batch 1 (module docstring). Call under `torch.inference_mode()`."""
+    batch 1, and rows that repeat an earlier row (GRPO's group of rollouts per prompt, a stage's samples per
+    prompt) are computed once and their cache rows copied (module docstring). Call under
+    `torch.inference_mode()`."""
     from transformers import DynamicCache
 
+    first: dict[tuple[int, ...], int] = {}
+    which = [first.setdefault(tuple(r), len(first)) for r in rows]
+    if len(first) < len(rows):
+        cache, kv, mask, logits = prefill(model, [list(r) for r in first], pad_id=pad_id, min_prefix=min_prefix)
+        idx = torch.tensor(which, dtype=torch.long, device=mask.device)
+        cache.batch_select_indices(idx)
+        return cache, kv, mask[idx], logits[idx]
     device = next(model.parameters()).device
     b = len(rows)
     p = common_prefix_len(rows)
@@ -208,16 +222,27 @@ def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_prefi
 
 def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
            do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-           min_prefix: int = MIN_PREFIX, keep_stop: bool = False, reserve_cache: bool = True
-           ) -> list[tuple[list[int], bool]]:
+           min_prefix: int = MIN_PREFIX, keep_stop: bool = False, reserve_cache: bool = True,
+           packed: bool = True) -> list[tuple[list[int], bool]]:
     """Generate for a batch of token-id rows; returns (new ids, stopped) per row.
 
     `stopped` is False when the row ran to `max_new_tokens`. The stop token is left out of the ids unless
     `keep_stop` (TRL's GRPO completions end with it, and it counts towards `max_new_tokens` there as here).
     `reserve_cache` writes each step's keys and values into a buffer reserved after the prefill (`reserve`)
     instead of concatenating; outputs are the same (docs/LOG.md, 2026-12-06, session 11).
+    `packed` runs the model's Linear layers on oneDNN-packed weights on a CPU (`packed_linear`; same tokens,
+    docs/LOG.md, 2026-12-06, session 14).
     Call under `torch.inference_mode()` or `torch.no_grad()`.
     """
+    with packed_linears(model, enabled=packed):
+        return _decode(model, rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
+                       do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, min_prefix=min_prefix,
+                       keep_stop=keep_stop, reserve_cache=reserve_cache)
+
+
+def _decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
+            do_sample: bool, temperature: float, top_p: float, seed: int | None, min_prefix: int, keep_stop: bool,
+            reserve_cache: bool) -> list[tuple[list[int], bool]]:
     device = next(model.parameters()).device
     b = len(rows)
     gen = None

@@ -20,6 +20,7 @@ import torch
 
 from .decoding import prefill
 from .models import decode_attention
+from .packed_linear import packed_linears
 from .sampling import _chat_text
 from .verification import SAFE, UNSAFE, _scores, build_verification_messages, format_target
 
@@ -110,7 +111,7 @@ def _two_sequence_scores(model: Any, items: Sequence[tuple[list[int], list[list[
     logp = np.zeros((len(items), 2))
     device = next(model.parameters()).device
     model.eval()
-    with torch.inference_mode(), decode_attention(device):
+    with torch.inference_mode(), decode_attention(device), packed_linears(model):
         for b in range(0, len(order), step):
             chunk = [seqs[j] for j in order[b:b + step]]
             width = max(len(s[2]) for s in chunk)
@@ -143,7 +144,7 @@ def _single_token_scores(model: Any, items: Sequence[tuple[list[int], list[list[
     device = next(model.parameters()).device
     step = max(1, batch_size)
     model.eval()
-    with torch.inference_mode(), decode_attention(device):
+    with torch.inference_mode(), decode_attention(device), packed_linears(model):
         for b in range(0, len(order), step):
             chunk = order[b:b + step]
             *_, logits = prefill(model, [items[i][0] for i in chunk], pad_id=pad)

@@ -35,6 +35,7 @@ from .datasets import load_embedded
 from .grpo_rewards import KINDS, ROLLOUTS, RewardLog, VerifierReward, read_rewards, reward_band
 from .judges import Judge, make_judge
 from .models import decode_attention, load_model, lora_config, pick_device, policy_quantization
+from .packed_linear import packed_linears
 from .precision import resolve_bf16
 from .recipe_sections import GRPO_TRL_FIELDS, GrpoConfig, Recipe
 from .runs import Run, StageIncomplete, atomic_write_json, hash_path, last_complete_checkpoint, stage_for
@@ -223,8 +224,10 @@ def train_prepared(recipe: Recipe, init: str, out: Path, *, adapter: str | Path 
     trainer = build_trainer(recipe, model, tok, judge, out / "checkpoints", lora=None if adapter else configs["lora"],
                             log=log, configs=configs)
     t0 = time.time()
-    # decode_attention: rollouts dominate a GRPO step, and cuDNN attention slows bf16 decoding on CUDA
-    with warnings.catch_warnings(), decode_attention(device), compact_lm_head(g.compact_lm_head) as compact:
+    # decode_attention: rollouts dominate a GRPO step, and cuDNN attention slows bf16 decoding on CUDA;
+    # packed_linears: the rollouts' Linear layers on oneDNN-packed weights on a CPU (training keeps F.linear)
+    with (warnings.catch_warnings(), decode_attention(device), packed_linears(model),
+          compact_lm_head(g.compact_lm_head) as compact):
         # transformers 5 renames gradient checkpointing: one warning per step
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
         trainer.train(resume_from_checkpoint=last)

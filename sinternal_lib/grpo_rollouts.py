@@ -1,11 +1,11 @@
 """GRPO rollouts through the kit's decode loop (`decoding.decode`) instead of TRL's `model.generate`.
 
-Recipe `grpo.rollouts: kit` (default `trl`). Why it exists: a GRPO step on CPU spends about half its time
-in TRL's rollouts, `model.generate` keeps decoding finished rows to the batch's longest one, and an unmerged
-LoRA doubles the decode time of a plain model. Measured on the CPU recipe (16 rollouts of <= 32 tokens, which
-rarely finish early): no faster than TRL's generate in the training process (docs/LOG.md, 2026-12-06,
-session 10, GRPO rollouts through the kit's decode loop), so it is not the default; long rollouts that end
-at varied lengths (the GPU recipes) are where it should matter, not measured.
+Recipe `grpo.rollouts: kit` (default `trl`; the CPU recipe names `kit`). Why it exists: a GRPO step on CPU
+spends about half its time in TRL's rollouts, `model.generate` keeps decoding finished rows to the batch's
+longest one, and an unmerged LoRA doubles the decode time of a plain model. Measured on the CPU recipe (16
+rollouts of <= 32 tokens): 1.28x per GRPO step over TRL's generate (docs/LOG.md, 2026-12-06, session 14; until
+then the merged copy had run the policy itself, see `_merged_policy`). Not measured on a GPU, where the
+adapter stays unmerged, so it is not the default there.
 
 `KitRolloutTrainer` is TRL's `GRPOTrainer` with one method overridden: `_generate_single_turn`, TRL's plain
 sampling path (left-padded prompts -> completion ids that end with the stop token, or run to
@@ -73,6 +73,11 @@ class KitRolloutTrainer(GRPOTrainer):
                 return None
             # A deep copy of the wrapped model, each LoRA wrapper replaced by its base Linear.
             plain = copy.deepcopy(policy.get_base_model()).eval()
+            # TRL replaces the policy's forward with its fused LM head, a closure over the *original* model's
+            # bound forward; a deep copy keeps the closure, so the copy ran the policy itself, LoRA unmerged
+            # (docs/LOG.md, 2026-12-06, session 14). The copy only decodes: the class forwards serve it.
+            for mod in plain.modules():
+                mod.__dict__.pop("forward", None)
             for name, _ in loras:
                 parent_name, _, child = name.rpartition(".")
                 parent = plain.get_submodule(parent_name) if parent_name else plain

@@ -218,8 +218,9 @@ class GrpoConfig:
     # False: GRPO trains its LoRA on the full-precision base (model.generation_dtype), so rollouts skip 4-bit
     # dequantization; the SFT stage stays 4-bit QLoRA (the method). Only where model.load_in_4bit is true.
     load_in_4bit: bool = True
-    # "trl": TRL's own generation; "kit": plain sampling rollouts through decoding.decode (grpo_rollouts.py), no
-    # faster on CPU at 32 tokens (docs/LOG.md, 2026-12-06, session 10), so not the default
+    # "trl": TRL's own generation; "kit": plain sampling rollouts through decoding.decode (grpo_rollouts.py), from a
+    # merged copy on CPU: 1.28x per step there (docs/LOG.md, 2026-12-06, session 14; the CPU recipe names it); not
+    # measured on a GPU, where the adapter stays unmerged, so not the default
     rollouts: str = "trl"
     # TRL's GRPO log-probs go through the same fused LM head as SFT's loss (compact_loss.py): on CPU it scores every
     # position, prompt included, unless compacted; the same log-probs (docs/LOG.md, 2026-12-06, session 12)

@@ -192,3 +192,41 @@ def test_reserved_layer_grows_past_its_room(tiny):
     res.batch_select_indices(torch.tensor([1]))
     plain.batch_select_indices(torch.tensor([1]))
     assert torch.equal(res.layers[0].keys, plain.layers[0].keys) and res.get_seq_length() == 9
+
+
+def test_packed_weights_write_what_f_linear_writes(tiny):
+    """Packed Linear weights (the default on a CPU) change how oneDNN reads the weights, not the tokens."""
+    model, tok = tiny
+    rows = _rows(tok, SYSTEM)
+    for kw in ({}, {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "seed": 3}):
+        a, b = (_kit(model, tok, rows, 12, packed=p, **kw) for p in (True, False))
+        assert a == b
+
+
+@pytest.mark.slow
+def test_packed_weights_keep_greedy_outputs_of_the_real_model_in_bf16():
+    """SmolLM2 in bf16 (what `auto` picks on an AVX512-BF16 CPU), verifier-style shared prefix: packed and
+    unpacked weights give the same greedy tokens."""
+    model, tok = load_model("smollm2-135m-instruct", dtype="bfloat16", device="cpu")
+    rows = _rows(tok, SYSTEM)
+    assert _kit(model, tok, rows, 32, packed=True) == _kit(model, tok, rows, 32, packed=False)
+
+
+def test_repeated_rows_are_prefilled_once_and_still_sampled_apart(tiny):
+    """GRPO rolls out each prompt several times and the stages sample each prompt several times: a repeated
+    row reuses the first one's prefill. Greedy: every copy writes what its row writes alone in the batch of
+    distinct rows. Sampling: the copies still draw their own tokens."""
+    model, tok = tiny
+    a, b, c = _rows(tok)[:3]
+    calls = []
+    hook = model.register_forward_pre_hook(lambda _m, args, kw: calls.append(kw["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    try:
+        out = _kit(model, tok, [a, b, a, a, c, b], 6)
+    finally:
+        hook.remove()
+    assert calls[0] == 3  # the prefill saw the three distinct rows
+    alone = _kit(model, tok, [a, b, c], 6)
+    assert out == [alone[0], alone[1], alone[0], alone[0], alone[2], alone[1]]
+    sampled = _kit(model, tok, [a] * 6, 10, do_sample=True, temperature=1.0, top_p=1.0, seed=0)
+    assert len({tuple(ids) for ids, _ in sampled}) > 1

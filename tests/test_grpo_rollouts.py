@@ -80,6 +80,23 @@ def test_merged_copy_follows_the_adapter_and_leaves_the_policy_alone(tiny_folder
     assert all(p.requires_grad for n, p in after.items() if "lora_" in n)  # still trainable
 
 
+def test_rollouts_run_on_the_merged_copy_not_the_policy(tiny_folder, tmp_path):
+    """TRL patches the policy's forward with a closure over the policy itself (its fused LM head); the copy
+    must not inherit it, or every rollout runs the policy with its LoRA unmerged."""
+    kit, prompts = _trainer(tiny_folder, tmp_path, lora_b=0.5)
+    kit._generate_single_turn(prompts, None, {}, 2)  # builds the copy first: a deep copy would copy the hooks
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *_: calls.append(1)) for m in kit.model.modules()
+             if isinstance(m, torch.nn.Linear)]
+    try:
+        kit._generate_single_turn(prompts, None, {}, 2)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert kit.rollouts_by == "kit, merged weights"
+    assert calls == []  # no layer of the policy ran: the copy decoded
+
+
 def test_lora_dropout_rolls_out_through_the_adapter_unmerged(tiny_folder, tmp_path):
     """TRL rolls out in train mode, so dropout > 0 is part of the rollout policy: no merged copy then."""
     kit, prompts = _trainer(tiny_folder, tmp_path, dropout=0.05)

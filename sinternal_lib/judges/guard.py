@@ -129,6 +129,8 @@ class GuardJudge(Judge):
         """Greedy completions for already-formatted guard inputs."""
         import torch  # here, not at the top: the matcher and API judges never need it
 
+        from ..packed_linear import packed_linears  # with torch, for the same reason
+
         tok = self.tokenizer
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -136,7 +138,7 @@ class GuardJudge(Judge):
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         device = next(self.model.parameters()).device
         enc = {k: v.to(device) for k, v in enc.items()}
-        with torch.no_grad():
+        with torch.no_grad(), packed_linears(self.model):
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=tok.pad_token_id)
         self._count("requests", len(texts))
