@@ -14,8 +14,8 @@
 #   `04_grpo/<init>/checkpoints/`, `04_grpo/<init>/summary.json`, `04_grpo/figures/grpo_reward_curves.png`,
 #   the `grpo` section of `metrics.json`.
 # - *Runtime*: CPU SmolLM2 recipe (3 steps of 4 prompts x 4 rollouts, 32 tokens, one init, LoRA on the bf16
-#   base): well under a minute on a quiet 2-core CPU, 10-16 s per step (docs/LOG.md, 2026-12-06, ten
-#   minutes). Tiny test recipe: seconds. Paper scale (64 prompts x 8
+#   base): well under a minute on a quiet 2-core CPU, 7-8 s per step (docs/LOG.md, 2026-12-06, session
+#   14). Tiny test recipe: seconds. Paper scale (64 prompts x 8
 #   rollouts, long traces) needs a GPU.
 
 # %% tags=["parameters"]
