@@ -84,6 +84,7 @@ def test_a_different_input_dtype_uses_f_linear():
     with torch.no_grad(), packed_linears(net):
         with pytest.raises(RuntimeError):  # F.linear's own dtype error, not a silent packed cast
             net(x)
+    assert not is_packed(net[0])  # the packed path was never entered
 
 
 def test_lora_base_layers_are_packed_and_the_adapter_still_adds():
