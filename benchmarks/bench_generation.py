@@ -6,8 +6,9 @@ One run prints, side by side:
 - the model: FLOPs per generated token (2 x the weights a token passes through, LM head included,
   attention scores not counted) and bytes of weights read per decode step;
 - for each dtype (fp32 and the `auto` pick) and engine ("hf": `model.generate`, the engine before
-  2026-12-05; "kit": `decoding.decode`; "kit-concat": the same loop without its reserved KV cache, at the goal
-  batch only), tokens/s at batch 1, 8, 32, 64 for
+  2026-12-05; "kit": `decoding.decode`; at the goal batch only, the levers undone one at a time: "kit-concat"
+  without its reserved KV cache, "kit-hf-step" each step through the model's forward instead of the kit's
+  decode step, "kit-unpacked" also without packed Linear weights), tokens/s at batch 1, 8, 32, 64 for
   * sampling: temperature 1, exactly 48 new tokens (stop tokens ignored, so both engines do equal work),
   * verification: greedy, the verifier prompt of the CPU recipe (spec system prompt shared by every row),
     at most 40 new tokens, stopping at the end-of-turn token as the pipeline does,
@@ -108,10 +109,12 @@ def run_engine(engine: str, model, tok, rows, *, max_new: int, sample: bool, sto
     t0 = time.perf_counter()
     with torch.inference_mode():
         if engine.startswith("kit"):  # kit-concat: without the reserved KV cache (session 11);
-            # kit-unpacked: without packed Linear weights (session 14)
+            # kit-unpacked: without packed Linear weights (session 14); kit-hf-step: each step through the
+            # model's forward, not the kit's decode step (session 15)
             out = decode(model, rows, max_new_tokens=max_new, stop_ids=stop_ids if stop else set(), pad_id=pad,
                          do_sample=sample, temperature=1.0, top_p=top_p, seed=0,
-                         reserve_cache=engine != "kit-concat", packed=engine != "kit-unpacked")
+                         reserve_cache=engine != "kit-concat", packed=engine != "kit-unpacked",
+                         own_step=engine != "kit-hf-step")
             n = sum(len(ids) + s for ids, s in out)
         else:
             width = max(map(len, rows))
@@ -183,9 +186,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--recipe", default="cpu-smollm2")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "auto"])
-    ap.add_argument("--engines", nargs="+", default=["hf", "kit", "kit-concat", "kit-unpacked"],
-                    help="kit-concat (the kit's loop without its reserved KV cache) and kit-unpacked (without "
-                         "packed Linear weights) run at the goal batch only")
+    ap.add_argument("--engines", nargs="+", default=["hf", "kit", "kit-concat", "kit-hf-step", "kit-unpacked"],
+                    help="kit-concat (the kit's loop without its reserved KV cache), kit-hf-step (the model's "
+                         "forward for each step) and kit-unpacked (that, without packed Linear weights) run at the "
+                         "goal batch only")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--quick", action="store_true", help="tiny random model, batch 1 and 4, 8 tokens (tests)")
     ap.add_argument("--out-dir", default=None)
@@ -234,7 +238,7 @@ def main(argv=None) -> dict:
             for b in bs:
                 roof = min(compute_tps, b * bw * 1e9 / wbytes)
                 for engine in a.engines:
-                    if engine in ("kit-concat", "kit-unpacked") and b != goal_b:
+                    if engine in LEVER_ARMS and b != goal_b:
                         continue
                     n, dt = measure(engine, model, tok, rows, b, max_new=max_new, sample=sample, stop=stop,
                                     top_p=top_p)
@@ -269,6 +273,13 @@ def main(argv=None) -> dict:
     return result
 
 
+# (arm without the lever, arm with it, the lever): each row of the summary undoes one lever
+LEVERS = (("kit-concat", "kit", "reserved KV cache vs concatenated"),
+          ("kit-hf-step", "kit", "the kit's decode step vs the model's forward"),
+          ("kit-unpacked", "kit-hf-step", "packed Linear weights vs F.linear"))
+LEVER_ARMS = {arm for arm, _, _ in LEVERS}
+
+
 def _said(met: bool | None, value: float | None) -> str:
     return "not measured" if value is None else "-" if met is None else "met" if met else "NOT met"
 
@@ -299,11 +310,11 @@ def goals(rows: list[dict], llama: dict | None, b: int) -> list[dict]:
                 "met": bl.met(x, 1.0)})
     for task in ("sampling", "verification"):
         k = pick(task, "kit")
-        for arm, lever in (("kit-concat", "reserved KV cache vs concatenated"),
-                           ("kit-unpacked", "packed Linear weights vs F.linear")):
+        for arm, base, lever in LEVERS:
+            w = pick(task, base, k["dtype"]) if k else None
             c = k and pick(task, arm, k["dtype"])
             out.append({"what": f"kit {task} tokens/s at batch {b}, {lever} (same dtype)",
-                        "value": bl.ratio(k and k["tokens_per_s"], c and c["tokens_per_s"]), "goal": None,
+                        "value": bl.ratio(w and w["tokens_per_s"], c and c["tokens_per_s"]), "goal": None,
                         "met": None})
     k = pick("sampling_top_p", "kit")
     h = k and pick("sampling_top_p", "hf", k["dtype"])

@@ -15,7 +15,8 @@ recomputed the verifier's shared spec prompt for every row (profile and before/a
 - the KV cache gets room for up to `RESERVE_ROOM` more positions after the prefill, and again when full, so a
   step writes its keys and values in place (transformers' dynamic cache copies the whole cache every step);
 - on a CPU the model's Linear layers run on weights packed once for oneDNN (`packed_linear.py`) instead of
-  being reordered at every call.
+  being reordered at every call, and the steps after the prefill of a Llama-family model go through the
+  kit's own decode step (`decode_step.py`) instead of the model's forward.
 
 Greedy outputs match `model.generate` up to floating-point reassociation (a test compares them);
 sampling matches it in distribution, not token for token (a different random stream).
@@ -28,7 +29,9 @@ import inspect
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 
+from .decode_step import DecodeStep, decode_step_for
 from .packed_linear import packed_linears
 
 __all__ = ["decode", "prefill", "reserve", "common_prefix_len", "MIN_PREFIX"]
@@ -61,15 +64,35 @@ def _cache_kwarg(model: Any) -> str:
 TOP_P_KS = (256, 4096)
 
 
+DRAW_BLOCK = 256  # words per block of the two-level draw: (32 x 49k words) one cumsum 1.2-1.9 ms, this ~0.3 ms
+
+
 def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     """One index per row from unnormalised `probs` by the inverse CDF: one uniform per row, where
     `torch.multinomial` draws one per vocabulary entry (a whole sampling step at batch 32 x 49k words, softmax
-    included: 12 ms vs 70 ms on one core)."""
-    cdf = probs.cumsum(-1)
-    total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=gen, device=probs.device, dtype=cdf.dtype) * total
-    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total: a token of mass > 0
-    return torch.searchsorted(cdf, u, right=True).squeeze(1)
+    included: 12 ms vs 70 ms on one core). Wide rows find the block of `DRAW_BLOCK` words holding the uniform
+    from the blocks' sums, then the word inside it: the same rule without a cumulative sum over the whole row
+    (docs/LOG.md, 2026-12-07, session 15)."""
+    b, n = probs.shape
+    if n < 8 * DRAW_BLOCK:
+        cdf = probs.cumsum(-1)
+        return torch.searchsorted(cdf, _uniform(cdf[:, -1:], gen), right=True).squeeze(1)
+    pad = -n % DRAW_BLOCK
+    blocks = (F.pad(probs, (0, pad)) if pad else probs).view(b, -1, DRAW_BLOCK)
+    ends = blocks.sum(-1).cumsum(-1)  # cumulative mass at the end of each block
+    u = _uniform(ends[:, -1:], gen)
+    j = torch.searchsorted(ends, u, right=True).clamp_(max=ends.shape[1] - 1)  # the block holding u
+    start = torch.where(j > 0, ends.gather(1, (j - 1).clamp(min=0)), torch.zeros_like(u))
+    inner = blocks.gather(1, j[..., None].expand(b, 1, DRAW_BLOCK)).squeeze(1).cumsum(-1)
+    # the block's own sum may round apart from its share of `ends`: stay below its mass, on a word of mass > 0
+    r = torch.minimum(u - start, torch.nextafter(inner[:, -1:], torch.zeros_like(u))).clamp_(min=0)
+    return (j * DRAW_BLOCK + torch.searchsorted(inner, r, right=True)).squeeze(1)
+
+
+def _uniform(total: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """One uniform per row in [0, total): strictly below, so it lands on a word of mass > 0."""
+    u = torch.rand(total.shape, generator=gen, device=total.device, dtype=total.dtype) * total
+    return torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
 
 
 def _top_p_full(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -111,7 +134,8 @@ def _next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_
     logits = logits.float()
     if not do_sample:
         return logits.argmax(-1)
-    logits = logits / temperature
+    if temperature != 1.0:  # a copy of the whole [batch, vocab] row otherwise (~1% of a sampled step)
+        logits = logits / temperature
     if top_p < 1.0:
         return _sample_top_p(logits, top_p, gen)
     return _draw(logits.softmax(-1), gen)
@@ -223,7 +247,7 @@ def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_prefi
 def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
            do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
            min_prefix: int = MIN_PREFIX, keep_stop: bool = False, reserve_cache: bool = True,
-           packed: bool = True) -> list[tuple[list[int], bool]]:
+           packed: bool = True, own_step: bool = True) -> list[tuple[list[int], bool]]:
     """Generate for a batch of token-id rows; returns (new ids, stopped) per row.
 
     `stopped` is False when the row ran to `max_new_tokens`. The stop token is left out of the ids unless
@@ -232,17 +256,21 @@ def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, st
     instead of concatenating; outputs are the same (docs/LOG.md, 2026-12-06, session 11).
     `packed` runs the model's Linear layers on oneDNN-packed weights on a CPU (`packed_linear`; same tokens,
     docs/LOG.md, 2026-12-06, session 14).
+    `own_step` runs the steps after the prefill through the kit's decode step (`decode_step.py`: fused packed
+    matmuls, no module machinery) where the model is one it knows and `packed` is on; otherwise, and with it
+    off, each step calls the model's forward (same tokens, docs/LOG.md, 2026-12-07, session 15).
     Call under `torch.inference_mode()` or `torch.no_grad()`.
     """
     with packed_linears(model, enabled=packed):
         return _decode(model, rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
                        do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, min_prefix=min_prefix,
-                       keep_stop=keep_stop, reserve_cache=reserve_cache)
+                       keep_stop=keep_stop, reserve_cache=reserve_cache,
+                       step=decode_step_for(model) if packed and own_step else None)
 
 
 def _decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
             do_sample: bool, temperature: float, top_p: float, seed: int | None, min_prefix: int, keep_stop: bool,
-            reserve_cache: bool) -> list[tuple[list[int], bool]]:
+            reserve_cache: bool, step: DecodeStep | None) -> list[tuple[list[int], bool]]:
     device = next(model.parameters()).device
     b = len(rows)
     gen = None
@@ -256,7 +284,7 @@ def _decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, s
     active = list(range(b))  # original row index of each live batch row
     new: list[list[int]] = [[] for _ in range(b)]
     stopped = [False] * b
-    for step in range(max_new_tokens):
+    for i in range(max_new_tokens):
         tok = _next_tokens(logits, do_sample, temperature, top_p, gen)
         done = torch.isin(tok, stop) if len(stop) else torch.zeros_like(tok, dtype=torch.bool)
         for j, (t, d) in enumerate(zip(tok.tolist(), done.tolist())):
@@ -266,7 +294,7 @@ def _decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, s
                     new[active[j]].append(t)
             else:
                 new[active[j]].append(t)
-        if step == max_new_tokens - 1:
+        if i == max_new_tokens - 1:
             break
         keep = (~done).nonzero().squeeze(1)
         if len(keep) == 0:
@@ -277,7 +305,9 @@ def _decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, s
             active = [active[j] for j in keep.tolist()]
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
         pos = mask.sum(-1, keepdim=True) - 1
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, **kv,
-                    use_cache=True)
-        logits = out.logits[:, -1, :]
+        if step is not None:
+            logits = step(tok, pos, mask, cache)
+        else:
+            logits = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, **kv,
+                           use_cache=True).logits[:, -1, :]
     return [(new[i], stopped[i]) for i in range(b)]
