@@ -29,7 +29,6 @@ import inspect
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .decode_step import DecodeStep, decode_step_for
 from .packed_linear import packed_linears
@@ -64,35 +63,15 @@ def _cache_kwarg(model: Any) -> str:
 TOP_P_KS = (256, 4096)
 
 
-DRAW_BLOCK = 256  # words per block of the two-level draw: (32 x 49k words) one cumsum 1.2-1.9 ms, this ~0.3 ms
-
-
 def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     """One index per row from unnormalised `probs` by the inverse CDF: one uniform per row, where
     `torch.multinomial` draws one per vocabulary entry (a whole sampling step at batch 32 x 49k words, softmax
-    included: 12 ms vs 70 ms on one core). Wide rows find the block of `DRAW_BLOCK` words holding the uniform
-    from the blocks' sums, then the word inside it: the same rule without a cumulative sum over the whole row
-    (docs/LOG.md, 2026-12-07, session 15)."""
-    b, n = probs.shape
-    if n < 8 * DRAW_BLOCK:
-        cdf = probs.cumsum(-1)
-        return torch.searchsorted(cdf, _uniform(cdf[:, -1:], gen), right=True).squeeze(1)
-    pad = -n % DRAW_BLOCK
-    blocks = (F.pad(probs, (0, pad)) if pad else probs).view(b, -1, DRAW_BLOCK)
-    ends = blocks.sum(-1).cumsum(-1)  # cumulative mass at the end of each block
-    u = _uniform(ends[:, -1:], gen)
-    j = torch.searchsorted(ends, u, right=True).clamp_(max=ends.shape[1] - 1)  # the block holding u
-    start = torch.where(j > 0, ends.gather(1, (j - 1).clamp(min=0)), torch.zeros_like(u))
-    inner = blocks.gather(1, j[..., None].expand(b, 1, DRAW_BLOCK)).squeeze(1).cumsum(-1)
-    # the block's own sum may round apart from its share of `ends`: stay below its mass, on a word of mass > 0
-    r = torch.minimum(u - start, torch.nextafter(inner[:, -1:], torch.zeros_like(u))).clamp_(min=0)
-    return (j * DRAW_BLOCK + torch.searchsorted(inner, r, right=True)).squeeze(1)
-
-
-def _uniform(total: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    """One uniform per row in [0, total): strictly below, so it lands on a word of mass > 0."""
-    u = torch.rand(total.shape, generator=gen, device=total.device, dtype=total.dtype) * total
-    return torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    included: 12 ms vs 70 ms on one core)."""
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=gen, device=probs.device, dtype=cdf.dtype) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total: a token of mass > 0
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
 def _top_p_full(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -134,8 +113,7 @@ def _next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_
     logits = logits.float()
     if not do_sample:
         return logits.argmax(-1)
-    if temperature != 1.0:  # a copy of the whole [batch, vocab] row otherwise (~1% of a sampled step)
-        logits = logits / temperature
+    logits = logits / temperature
     if top_p < 1.0:
         return _sample_top_p(logits, top_p, gen)
     return _draw(logits.softmax(-1), gen)

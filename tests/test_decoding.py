@@ -132,27 +132,6 @@ def test_draw_never_picks_a_word_of_zero_mass():
     assert set(got[:, 3].unique().tolist()) == {3, 50}
 
 
-@pytest.mark.parametrize("n", [49152, 5000])  # SmolLM2's vocabulary (whole blocks) and a ragged last block
-def test_blocked_draw_follows_the_weights_and_skips_empty_words(n):
-    """The two-level draw of wide rows: words of zero mass (whole empty blocks, the last word of a block, the
-    last word of the row) never come up, and the others come up at their rates."""
-    gen = torch.Generator().manual_seed(2)
-    probs = torch.zeros(3, n)
-    words = [0, 255, 256, 4000, n - 1]  # block edges on both sides, a word in a later block, the last word
-    probs[:, words] = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15])
-    probs[1, n - 1] = 0.0
-    probs[2] = torch.rand(n, generator=gen) ** 8  # every word some mass, very uneven
-    draws = decoding._draw(probs.repeat(4000, 1), gen).view(4000, 3)
-    assert set(draws[:, 0].unique().tolist()) == set(words)
-    assert set(draws[:, 1].unique().tolist()) == set(words[:-1])
-    for r in range(3):
-        p = probs[r] / probs[r].sum()
-        counts = torch.bincount(draws[:, r], minlength=n).float()
-        top = p.topk(5).indices
-        se = (4000 * p[top] * (1 - p[top])).sqrt()
-        assert torch.all((counts[top] - 4000 * p[top]).abs() <= 5 * se + 1), r
-
-
 def test_sampling_is_reproducible_from_the_seed(tiny):
     model, tok = tiny
     rows = _rows(tok)
