@@ -11,7 +11,8 @@ around it (figures: docs/LOG.md, 2026-12-07, session 15).
 Same arithmetic as transformers 5.25's Llama / Qwen2 layers, op for op where it matters for rounding:
 RMSNorm in fp32 then cast and scaled as `LlamaRMSNorm`; rotary embedding from the model's own
 `rotary_emb` applied as `apply_rotary_pos_emb`; SDPA with the query heads packed onto their key-value head
-and a boolean padding mask (transformers' `pack_gqa` path for one query token), or `enable_gqa` with no mask
+and the padding mask (transformers' `pack_gqa` path for one query token; the additive form SDPA makes of
+its boolean mask, built once per step), or `enable_gqa` with no mask
 when no row is padded (what transformers does then); the residual adds and SiLU-gated MLP as the decoder
 layer does. The fused matmuls compute each output column as the separate ones do. Tests compare its logits
 and greedy tokens with the model's forward.
@@ -134,12 +135,13 @@ class DecodeStep:
         cos, sin = cos[:, None], sin[:, None]
         if bool(mask.all()):  # transformers passes no mask then, and SDPA repeats the key-value heads itself
             attn_mask, q_shape, gqa = None, (b, h, 1, d), True
-        else:
-            attn_mask, q_shape, gqa = mask.bool()[:, None, None, :], (b, kvh, h // kvh, d), False
+        else:  # SDPA turns a boolean mask into this one in every call; built once per step here
+            attn_mask = x.new_zeros((b, 1, 1, mask.shape[1])).masked_fill_(mask[:, None, None, :] == 0, float("-inf"))
+            q_shape, gqa = (b, kvh, h // kvh, d), False
         for i, (n1, qkv_w, qkv_b, scale, o_w, o_b, n2, gu_w, gu_b, inter, down_w, down_b) in enumerate(self.layers):
             qkv = _run(_rms(n1, x), qkv_w, qkv_b)
-            q = _rotary(qkv[:, :h * d].view(b, h, 1, d), cos, sin)
-            k = _rotary(qkv[:, h * d:(h + kvh) * d].view(b, kvh, 1, d), cos, sin)
+            qk = _rotary(qkv[:, :(h + kvh) * d].view(b, h + kvh, 1, d), cos, sin)  # queries and keys at once
+            q, k = qk[:, :h], qk[:, h:]
             keys, values = cache.update(k, qkv[:, (h + kvh) * d:].view(b, kvh, 1, d), i)
             o = F.scaled_dot_product_attention(q.reshape(q_shape), keys, values, attn_mask=attn_mask, scale=scale,
                                                enable_gqa=gqa)
