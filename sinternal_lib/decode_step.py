@@ -17,10 +17,14 @@ when no row is padded (what transformers does then); the residual adds and SiLU-
 layer does. The fused matmuls compute each output column as the separate ones do. Tests compare its logits
 and greedy tokens with the model's forward.
 
+An unmerged PEFT LoRA (how stage 05 evaluates its checkpoints) runs as PEFT's `lora.Linear` computes it: the
+input cast to the adapter's dtype, `B(A(x)) * scaling` added to the base output, the sum cast back; the A
+matrices of the fused parts are stacked like their bases.
+
 `decode_step_for(model)` returns None, and the decode loop calls the model's forward, for anything this step
-does not know: other architectures, PEFT wrappers (an unmerged LoRA), 4-bit or other non-plain layers,
-attention other than SDPA, sliding windows, a GPU, a torch build without oneDNN packing. `why_not(model)`
-says which.
+does not know: other architectures, 4-bit or other non-plain layers, LoRA variants (DoRA, biases, several
+active adapters), attention other than SDPA, sliding windows, a GPU, a torch build without oneDNN packing.
+`why_not(model)` says which.
 """
 
 from __future__ import annotations
@@ -47,15 +51,46 @@ def _plain(m: Any) -> bool:
     return type(m) is torch.nn.Linear  # bitsandbytes and PEFT layers subclass or wrap nn.Linear
 
 
+def _inner(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper
+
+
+def _lora(p: Any) -> tuple[torch.nn.Linear, torch.nn.Linear, float] | None | str:
+    """(lora_A, lora_B, scaling) of a PEFT LoRA projection the step can run as PEFT does, None for a plain
+    Linear, else why not."""
+    if _plain(p):
+        return None
+    base = getattr(p, "base_layer", None)
+    if not (_plain(base) and hasattr(p, "lora_A") and hasattr(p, "lora_B")):
+        return "a projection is not a plain nn.Linear or a LoRA on one (quantized?)"
+    names = list(getattr(p, "active_adapters", ()))
+    if getattr(p, "merged", False) or getattr(p, "disable_adapters", False) or len(names) != 1:
+        return "a LoRA layer merged, disabled or with other than one active adapter"
+    name = names[0]
+    if name not in p.lora_A:
+        return None  # this projection carries no weights of the active adapter: the base alone, as PEFT
+    a, b, drop = p.lora_A[name], p.lora_B[name], p.lora_dropout[name]
+    if (name in getattr(p, "lora_variant", {}) or not (_plain(a) and _plain(b)) or a.bias is not None
+            or b.bias is not None or a.weight.dtype != b.weight.dtype or not getattr(p, "cast_input_dtype_enabled", True)
+            or not (isinstance(drop, torch.nn.Identity) or not drop.training)):
+        return "a LoRA variant (DoRA, biases, dropout in training) the step does not run"
+    return a, b, float(p.scaling[name])
+
+
+def _base(p: Any) -> torch.nn.Linear:
+    return p if _plain(p) else p.base_layer
+
+
 def why_not(model: Any) -> str | None:
     """Why `model` cannot take the kit's decode step (None when it can)."""
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in ARCHITECTURES:
         return f"architecture {getattr(cfg, 'model_type', None)!r} is not one of {ARCHITECTURES}"
-    inner = getattr(model, "model", None)
+    lm = _inner(model)
+    inner = getattr(lm, "model", None)
     if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")) \
-            or not _plain(getattr(model, "lm_head", None)):
-        return "not a plain causal LM (a PEFT wrapper or a replaced head)"
+            or not _plain(getattr(lm, "lm_head", None)) or type(inner.embed_tokens) is not torch.nn.Embedding:
+        return "not a plain causal LM (a replaced head or embedding)"
     if getattr(cfg, "_attn_implementation", None) != "sdpa":
         return f"attention {getattr(cfg, '_attn_implementation', None)!r}, not sdpa"
     if getattr(cfg, "hidden_act", None) != "silu":
@@ -63,15 +98,20 @@ def why_not(model: Any) -> str | None:
     if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in
                                                          getattr(cfg, "layer_types", None) or ()):
         return "sliding-window attention"
-    w = model.lm_head.weight
+    w = lm.lm_head.weight
     if w.device.type != "cpu" or w.dtype not in _DTYPES or not packing_available(w.dtype):
         return f"weights {w.dtype} on {w.device.type}: packing is for bf16 / fp32 on a CPU with oneDNN"
     for layer in inner.layers:
         a, m = layer.self_attn, layer.mlp
         parts = [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
-        if not all(_plain(p) for p in parts):
-            return "a projection is not a plain nn.Linear (LoRA or quantized)"
-        if any(p.weight.dtype != w.dtype or p.weight.device != w.device for p in parts):
+        for p in parts:
+            lora = _lora(p)
+            if isinstance(lora, str):
+                return lora
+            if lora is not None and (lora[0].weight.dtype not in _DTYPES or lora[0].weight.device != w.device
+                                     or not packing_available(lora[0].weight.dtype)):
+                return f"LoRA weights {lora[0].weight.dtype} on {lora[0].weight.device.type}"
+        if any(_base(p).weight.dtype != w.dtype or _base(p).weight.device != w.device for p in parts):
             return "projections of mixed dtype or device"
         if not all(hasattr(n, "variance_epsilon") for n in (layer.input_layernorm, layer.post_attention_layernorm)):
             return "a norm other than RMSNorm"
@@ -95,6 +135,44 @@ def _fused(module: torch.nn.Module, parts: list[torch.nn.Linear]) -> tuple[torch
     return held[1], held[2]
 
 
+# A projection of the step: (packed weight, bias, LoRA or None). A LoRA: (dtype of its weights, packed A of all
+# adapted parts stacked, per part (packed B or None, scaling, output width, rank)).
+Proj = tuple[torch.Tensor, "torch.Tensor | None", "tuple | None"]
+
+
+def _projection(key: torch.nn.Module, parts: list[Any]) -> Proj:
+    """The packed projection of `parts` (plain or LoRA Linears), fused along their outputs."""
+    w, bias = _fused(key, [_base(p) for p in parts]) if len(parts) > 1 else (_packed_weight(_base(parts[0])),
+                                                                            _base(parts[0]).bias)
+    loras = [_lora(p) for p in parts]
+    present = [lo for lo in loras if lo is not None]
+    if not present:
+        return w, bias, None
+    a_w = _fused(present[0][0], [lo[0] for lo in present])[0] if len(present) > 1 else _packed_weight(present[0][0])
+    pieces = [(None, 0.0, _base(p).out_features, 0) if lo is None else
+              (_packed_weight(lo[1]), lo[2], _base(p).out_features, lo[0].out_features) for p, lo in zip(parts, loras)]
+    return w, bias, (present[0][0].weight.dtype, a_w, pieces)
+
+
+def _project(x: torch.Tensor, proj: Proj) -> torch.Tensor:
+    """`x` through a projection: the base, plus each LoRA part as PEFT's `lora.Linear` computes it (input cast to
+    the adapter's dtype, `B(A(x)) * scaling` added to the base output, the sum cast back)."""
+    w, bias, lora = proj
+    out = _run(x, w, bias)
+    if lora is None:
+        return out
+    dtype, a_w, pieces = lora
+    a = _run(x.to(dtype), a_w, None)
+    deltas, at = [], 0
+    for b_w, scaling, width, rank in pieces:
+        if b_w is None:
+            deltas.append(a.new_zeros((a.shape[0], width)))
+        else:
+            deltas.append(_run(a[:, at:at + rank].contiguous(), b_w, None) * scaling)
+            at += rank
+    return (out + (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=-1))).to(out.dtype)
+
+
 def _rms(norm: Any, x: torch.Tensor) -> torch.Tensor:
     h = x.to(torch.float32)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
@@ -110,19 +188,19 @@ class DecodeStep:
     """One decode step of a supported model (`decode_step_for`), weights packed when built."""
 
     def __init__(self, model: Any) -> None:
-        cfg = model.config
-        self.model = model
+        lm = _inner(model)
+        cfg = lm.config
+        self.model = lm
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.layers = []
-        for layer in model.model.layers:
+        for layer in lm.model.layers:
             a, m = layer.self_attn, layer.mlp
-            qkv, qkv_b = _fused(a, [a.q_proj, a.k_proj, a.v_proj])
-            gu, gu_b = _fused(m, [m.gate_proj, m.up_proj])
-            self.layers.append((layer.input_layernorm, qkv, qkv_b, a.scaling, _packed_weight(a.o_proj),
-                                a.o_proj.bias, layer.post_attention_layernorm, gu, gu_b, m.gate_proj.out_features,
-                                _packed_weight(m.down_proj), m.down_proj.bias))
-        self.head = _packed_weight(model.lm_head)
+            self.layers.append((layer.input_layernorm, _projection(a, [a.q_proj, a.k_proj, a.v_proj]), a.scaling,
+                                _projection(a.o_proj, [a.o_proj]), layer.post_attention_layernorm,
+                                _projection(m, [m.gate_proj, m.up_proj]), _base(m.gate_proj).out_features,
+                                _projection(m.down_proj, [m.down_proj])))
+        self.head = _packed_weight(lm.lm_head)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any
                  ) -> torch.Tensor:
@@ -138,16 +216,16 @@ class DecodeStep:
         else:  # SDPA turns a boolean mask into this one in every call; built once per step here
             attn_mask = x.new_zeros((b, 1, 1, mask.shape[1])).masked_fill_(mask[:, None, None, :] == 0, float("-inf"))
             q_shape, gqa = (b, kvh, h // kvh, d), False
-        for i, (n1, qkv_w, qkv_b, scale, o_w, o_b, n2, gu_w, gu_b, inter, down_w, down_b) in enumerate(self.layers):
-            qkv = _run(_rms(n1, x), qkv_w, qkv_b)
+        for i, (n1, qkv_p, scale, o_p, n2, gu_p, inter, down_p) in enumerate(self.layers):
+            qkv = _project(_rms(n1, x), qkv_p)
             qk = _rotary(qkv[:, :(h + kvh) * d].view(b, h + kvh, 1, d), cos, sin)  # queries and keys at once
             q, k = qk[:, :h], qk[:, h:]
             keys, values = cache.update(k, qkv[:, (h + kvh) * d:].view(b, kvh, 1, d), i)
             o = F.scaled_dot_product_attention(q.reshape(q_shape), keys, values, attn_mask=attn_mask, scale=scale,
                                                enable_gqa=gqa)
-            x = x + _run(o.reshape(b, h * d), o_w, o_b)
-            gu = _run(_rms(n2, x), gu_w, gu_b)
-            x = x + _run(F.silu(gu[:, :inter]) * gu[:, inter:], down_w, down_b)
+            x = x + _project(o.reshape(b, h * d), o_p)
+            gu = _project(_rms(n2, x), gu_p)
+            x = x + _project(F.silu(gu[:, :inter]) * gu[:, inter:], down_p)
         return _run(_rms(self.model.model.norm, x), self.head, self.model.lm_head.bias)
 
 

@@ -121,14 +121,53 @@ def test_weights_changed_in_place_are_repacked(tiny):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_it_declines_what_it_does_not_know(tiny):
+def _lora(model, **kw):
     from peft import LoraConfig, get_peft_model
 
+    cfg = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+               init_lora_weights=False)  # random A and B: the adapter changes the outputs
+    return get_peft_model(copy.deepcopy(model), LoraConfig(**{**cfg, **kw})).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_unmerged_lora_runs_as_peft_runs_it(tiny, dtype):
+    """Some parts of the fused projections adapted, others not; in bf16 the adapter stays fp32 (PEFT's cast)."""
+    model, tok = tiny
+    base = copy.deepcopy(model).to(dtype)
+    lora = _lora(base)
+    assert why_not(lora) is None
+    assert lora.get_base_model().model.layers[0].self_attn.q_proj.lora_A["default"].weight.dtype == torch.float32
+    want, got, *_ = _step_both_ways(lora, _rows(tok, SYSTEM))
+    plain, *_ = _step_both_ways(base, _rows(tok, SYSTEM))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+    assert (want.float() - plain.float()).abs().max() > 10 * tol  # the adapter counts
+
+
+def test_lora_decoding_writes_the_same_tokens_with_and_without_it(tiny):
+    model, tok = tiny
+    lora = _lora(model)
+    rows = _rows(tok, SYSTEM)
+    for kw in ({}, {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "seed": 3}):
+        with torch.inference_mode():
+            a, b = (decode(lora, rows, max_new_tokens=12, stop_ids=set(), pad_id=0, own_step=o, **kw)
+                    for o in (True, False))
+        assert a == b
+
+
+def test_it_declines_what_it_does_not_know(tiny):
     model, _ = tiny
     assert why_not(model) is None
-    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    assert why_not(lora) is not None and decode_step_for(lora) is None
-    assert why_not(lora.get_base_model()) == "a projection is not a plain nn.Linear (LoRA or quantized)"
+    dora = _lora(model, use_dora=True)
+    assert "variant" in why_not(dora) and decode_step_for(dora) is None
+
+    class Quantized(torch.nn.Linear):  # bitsandbytes' layers subclass nn.Linear the same way
+        pass
+
+    other = copy.deepcopy(model)
+    old = other.model.layers[1].mlp.up_proj
+    other.model.layers[1].mlp.up_proj = Quantized(old.in_features, old.out_features, bias=False)
+    assert "not a plain nn.Linear" in why_not(other)
     eager = copy.deepcopy(model)
     eager.config._attn_implementation = "eager"
     assert "eager" in why_not(eager)
