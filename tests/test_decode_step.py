@@ -11,23 +11,12 @@ import torch
 from sinternal_lib import sampling
 from sinternal_lib.decode_step import decode_step_for, why_not
 from sinternal_lib.decoding import decode, prefill, reserve
-from sinternal_lib.models import load_model, tiny_model
+from sinternal_lib.models import load_model
 from sinternal_lib.packed_linear import packing_available
 
+from test_decoding import SYSTEM, _rows, tiny  # noqa: F401  (prompts and the tiny-model fixture of the loop's tests)
+
 pytestmark = pytest.mark.skipif(not packing_available(torch.float32), reason="this torch build packs no weights")
-
-SYSTEM = "You check answers against a written safety specification. " * 6
-PROMPTS = ["Hi", "What is the capital of France? Answer in one sentence.", "How do I bake bread?",
-           "Explain photosynthesis to a ten year old, with an example from a garden.", "2+2?"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model()
-
-
-def _rows(tok, system=None):
-    return [sampling._encode(tok, p, system) for p in PROMPTS]
 
 
 def _step_both_ways(model, rows):
