@@ -11,10 +11,9 @@ around it (figures: docs/LOG.md, 2026-12-07, session 15).
 Same arithmetic as transformers 5.25's Llama / Qwen2 layers, op for op where it matters for rounding:
 RMSNorm in fp32 then cast and scaled as `LlamaRMSNorm`; rotary embedding from the model's own
 `rotary_emb` applied as `apply_rotary_pos_emb`; SDPA with the query heads packed onto their key-value head
-and the padding mask (transformers' `pack_gqa` path for one query token; the additive form SDPA makes of
-its boolean mask, built once per step), or `enable_gqa` with no mask
-when no row is padded (what transformers does then); the residual adds and SiLU-gated MLP as the decoder
-layer does. The fused matmuls compute each output column as the separate ones do. Tests compare its logits
+and the padding mask (transformers' `pack_gqa` path for one query token; the mask in the additive form SDPA
+makes of a boolean one, built once per step), or `enable_gqa` with no mask when no row is padded (what
+transformers does then); the residual adds and SiLU-gated MLP as the decoder layer does. The fused matmuls compute each output column as the separate ones do. Tests compare its logits
 and greedy tokens with the model's forward.
 
 An unmerged PEFT LoRA (how stage 05 evaluates its checkpoints) runs as PEFT's `lora.Linear` computes it: the
