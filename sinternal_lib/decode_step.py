@@ -13,8 +13,9 @@ RMSNorm in fp32 then cast and scaled as `LlamaRMSNorm`; rotary embedding from th
 `rotary_emb` applied as `apply_rotary_pos_emb`; SDPA with the query heads packed onto their key-value head
 and the padding mask (transformers' `pack_gqa` path for one query token; the mask in the additive form SDPA
 makes of a boolean one, built once per step), or `enable_gqa` with no mask when no row is padded (what
-transformers does then); the residual adds and SiLU-gated MLP as the decoder layer does. The fused matmuls compute each output column as the separate ones do. Tests compare its logits
-and greedy tokens with the model's forward.
+transformers does then); the residual adds and SiLU-gated MLP as the decoder layer does. The fused matmuls
+compute each output column as the separate ones do. Tests compare its logits and greedy tokens with the
+model's forward.
 
 An unmerged PEFT LoRA (how stage 05 evaluates its checkpoints) runs as PEFT's `lora.Linear` computes it: the
 input cast to the adapter's dtype, `B(A(x)) * scaling` added to the base output, the sum cast back; the A
@@ -22,8 +23,8 @@ matrices of the fused parts are stacked like their bases.
 
 `decode_step_for(model)` returns None, and the decode loop calls the model's forward, for anything this step
 does not know: other architectures, 4-bit or other non-plain layers, LoRA variants (DoRA, biases, several
-active adapters), attention other than SDPA, sliding windows, a GPU, a torch build without oneDNN packing.
-`why_not(model)` says which.
+active adapters), attention other than SDPA or with dropout in training mode, sliding windows, a GPU, a torch
+build without oneDNN packing. `why_not(model)` says which.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def _lora(p: Any) -> tuple[torch.nn.Linear, torch.nn.Linear, float] | None | str
         return None  # this projection carries no weights of the active adapter: the base alone, as PEFT
     a, b, drop = p.lora_A[name], p.lora_B[name], p.lora_dropout[name]
     if (name in getattr(p, "lora_variant", {}) or not (_plain(a) and _plain(b)) or a.bias is not None
-            or b.bias is not None or a.weight.dtype != b.weight.dtype or not getattr(p, "cast_input_dtype_enabled", True)
-            or not (isinstance(drop, torch.nn.Identity) or not drop.training)):
+            or b.bias is not None or a.weight.dtype != b.weight.dtype
+            or not getattr(p, "cast_input_dtype_enabled", True) or not (isinstance(drop, torch.nn.Identity) or not drop.training)):
         return "a LoRA variant (DoRA, biases, dropout in training) the step does not run"
     return a, b, float(p.scaling[name])
 
@@ -92,6 +93,8 @@ def why_not(model: Any) -> str | None:
         return "not a plain causal LM (a replaced head or embedding)"
     if getattr(cfg, "_attn_implementation", None) != "sdpa":
         return f"attention {getattr(cfg, '_attn_implementation', None)!r}, not sdpa"
+    if getattr(cfg, "attention_dropout", 0.0) and lm.training:
+        return "attention dropout in training mode"
     if getattr(cfg, "hidden_act", None) != "silu":
         return f"activation {getattr(cfg, 'hidden_act', None)!r}, not silu"
     if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in

@@ -162,6 +162,10 @@ def test_it_declines_what_it_does_not_know(tiny):
     assert "eager" in why_not(eager)
     half = copy.deepcopy(model).to(torch.float16)
     assert "float16" in why_not(half)
+    dropping = copy.deepcopy(model)
+    dropping.config.attention_dropout = 0.1
+    assert why_not(dropping) is None  # eval mode: transformers applies no attention dropout either
+    assert "dropout" in why_not(dropping.train())
 
 
 @pytest.mark.slow
