@@ -72,7 +72,8 @@ def _lora(p: Any) -> tuple[torch.nn.Linear, torch.nn.Linear, float] | None | str
     a, b, drop = p.lora_A[name], p.lora_B[name], p.lora_dropout[name]
     if (name in getattr(p, "lora_variant", {}) or not (_plain(a) and _plain(b)) or a.bias is not None
             or b.bias is not None or a.weight.dtype != b.weight.dtype
-            or not getattr(p, "cast_input_dtype_enabled", True) or not (isinstance(drop, torch.nn.Identity) or not drop.training)):
+            or not getattr(p, "cast_input_dtype_enabled", True)
+            or not (isinstance(drop, torch.nn.Identity) or not drop.training)):
         return "a LoRA variant (DoRA, biases, dropout in training) the step does not run"
     return a, b, float(p.scaling[name])
 
