@@ -29,7 +29,6 @@ build without oneDNN packing. `why_not(model)` says which.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -40,12 +39,6 @@ from .packed_linear import _DTYPES, _packed_weight, _run, packing_available
 __all__ = ["DecodeStep", "decode_step_for", "why_not"]
 
 ARCHITECTURES = ("llama", "qwen2")
-
-# module -> (key of the weights it was built from, packed fused weight, fused bias). Beside the module, not on
-# it, for the reason `packed_linear._PACKED` is; the key holds each part's version counter and storage.
-_FUSED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.Tensor, torch.Tensor | None]] = \
-    weakref.WeakKeyDictionary()
-
 
 def _plain(m: Any) -> bool:
     return type(m) is torch.nn.Linear  # bitsandbytes and PEFT layers subclass or wrap nn.Linear
@@ -121,21 +114,10 @@ def why_not(model: Any) -> str | None:
     return None
 
 
-def _fused(module: torch.nn.Module, parts: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`parts` stacked along their outputs and packed once (rebuilt when any part's weight or bias changes)."""
-    tensors = [t for p in parts for t in (p.weight, p.bias) if t is not None]
-    key = tuple((t._version, t.data_ptr()) for t in tensors)
-    held = _FUSED.get(module)
-    if held is None or held[0] != key:
-        with torch.no_grad():  # plain tensors even inside inference mode
-            w = torch.cat([p.weight.detach() for p in parts])
-            bias = None
-            if any(p.bias is not None for p in parts):
-                bias = torch.cat([p.bias.detach() if p.bias is not None else p.weight.new_zeros(p.out_features)
-                                  for p in parts])
-            held = (key, torch.ops.mkldnn._reorder_linear_weight(w, 32), bias)
-        _FUSED[module] = held
-    return held[1], held[2]
+def _stacked_bias(parts: list[torch.nn.Linear]) -> torch.Tensor | None:
+    if all(p.bias is None for p in parts):
+        return None
+    return torch.cat([p.bias.detach() if p.bias is not None else p.weight.new_zeros(p.out_features) for p in parts])
 
 
 # A projection of the step: (packed weight, bias, LoRA or None). A LoRA: (dtype of its weights, packed A of all
@@ -144,17 +126,19 @@ Proj = tuple[torch.Tensor, "torch.Tensor | None", "tuple | None"]
 
 
 def _projection(key: torch.nn.Module, parts: list[Any]) -> Proj:
-    """The packed projection of `parts` (plain or LoRA Linears), fused along their outputs."""
-    w, bias = _fused(key, [_base(p) for p in parts]) if len(parts) > 1 else (_packed_weight(_base(parts[0])),
-                                                                            _base(parts[0]).bias)
+    """The packed projection of `parts` (plain or LoRA Linears), fused along their outputs; a fused weight is kept
+    under `key` (a module the packed path never runs itself)."""
+    bases = [_base(p) for p in parts]
+    w = _packed_weight(key, bases) if len(parts) > 1 else _packed_weight(bases[0])
     loras = [_lora(p) for p in parts]
-    present = [lo for lo in loras if lo is not None]
-    if not present:
-        return w, bias, None
-    a_w = _fused(present[0][0], [lo[0] for lo in present])[0] if len(present) > 1 else _packed_weight(present[0][0])
-    pieces = [(None, 0.0, _base(p).out_features, 0) if lo is None else
-              (_packed_weight(lo[1]), lo[2], _base(p).out_features, lo[0].out_features) for p, lo in zip(parts, loras)]
-    return w, bias, (present[0][0].weight.dtype, a_w, pieces)
+    adapted = [(p, lo) for p, lo in zip(parts, loras) if lo is not None]
+    if not adapted:
+        return w, _stacked_bias(bases), None
+    first, a = adapted[0]
+    a_w = _packed_weight(first.lora_A, [lo[0] for _, lo in adapted]) if len(adapted) > 1 else _packed_weight(a[0])
+    pieces = [(None, 0.0, b.out_features, 0) if lo is None else (_packed_weight(lo[1]), lo[2], b.out_features,
+                                                                  lo[0].out_features) for b, lo in zip(bases, loras)]
+    return w, _stacked_bias(bases), (a[0].weight.dtype, a_w, pieces)
 
 
 def _project(x: torch.Tensor, proj: Proj) -> torch.Tensor:

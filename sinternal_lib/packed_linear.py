@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 __all__ = ["packed_linears", "packing_available", "clear_packed", "is_packed"]
 
-# module -> (weight version, storage pointer, packed tensor). Held beside the module, not on it: oneDNN's
-# packed tensors have no storage, so `copy.deepcopy` of a model (GRPO's merged rollout copy) or pickling
-# would fail on them, and they must not reach a state dict.
-_PACKED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, int, torch.Tensor]] = weakref.WeakKeyDictionary()
+# module -> ((weight version, storage pointer) of each weight packed, packed tensor). Held beside the module,
+# not on it: oneDNN's packed tensors have no storage, so `copy.deepcopy` of a model (GRPO's merged rollout
+# copy) or pickling would fail on them, and they must not reach a state dict.
+_PACKED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
 _DTYPES = (torch.bfloat16, torch.float32)
 
 
@@ -58,15 +58,19 @@ def _run(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> to
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-def _packed_weight(module: torch.nn.Linear) -> torch.Tensor:
-    w = module.weight
-    key = (w._version, w.data_ptr())
+def _packed_weight(module: torch.nn.Module, parts: list[torch.nn.Linear] | None = None) -> torch.Tensor:
+    """`module`'s weight packed once, kept beside it and packed again when the weight changes (its version
+    counter or storage moves). With `parts`, their weights stacked along the outputs instead, kept under
+    `module` (the decode step's fused projections: `decode_step.py`)."""
+    weights = [p.weight for p in parts] if parts is not None else [module.weight]
+    key = tuple((w._version, w.data_ptr()) for w in weights)
     held = _PACKED.get(module)
-    if held is None or held[:2] != key:
+    if held is None or held[0] != key:
         with torch.no_grad():  # a plain tensor even inside inference mode, usable in both
-            held = (*key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 32))
+            w = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0].detach()
+            held = (key, torch.ops.mkldnn._reorder_linear_weight(w, 32))
         _PACKED[module] = held
-    return held[2]
+    return held[1]
 
 
 def _eligible(module: torch.nn.Module) -> bool:
@@ -107,7 +111,8 @@ def is_packed(module: torch.nn.Module) -> bool:
 
 
 def clear_packed(model: Any) -> int:
-    """Drop the packed copies held for `model`'s layers (frees their memory); returns how many. A model
+    """Drop the packed copies held for `model`'s modules, the decode step's fused ones included (frees their
+    memory); returns how many. A model
     that is deleted drops them by itself."""
     n = 0
     for m in model.modules():
