@@ -6,10 +6,10 @@ recomputed the verifier's shared spec prompt for every row (profile and before/a
 2026-12-05, where generation time goes). This loop does the same arithmetic otherwise:
 
 - prefill each distinct row once (a repeated row gets a copy of its KV cache rows) left-padded
-  (`[pad][prompt]`), or, when every row starts with the same `>= min_prefix` tokens, prefill that prefix
-  once at batch 1, repeat its KV cache across the batch, then prefill the rows' own suffixes laid out
-  `[prefix][pad][suffix]` (position ids from the attention mask, so each row sees the positions it would
-  see unpadded);
+  (`[pad][prompt]`), or, when every row starts with the same tokens and sharing them saves at least
+  `min_saved` tokens of prefill (`shared_prefix_len`), prefill that prefix once at batch 1, repeat its KV
+  cache across the batch, then prefill the rows' own suffixes laid out `[prefix][pad][suffix]` (position ids
+  from the attention mask, so each row sees the positions it would see unpadded);
 - each step: last-position logits in fp32, greedy argmax or temperature + nucleus (top-p) sampling with a
   seeded `torch.Generator`; rows that emit a stop token leave the batch (their KV rows are dropped);
 - the KV cache gets room for up to `RESERVE_ROOM` more positions after the prefill, and again when full, so a
@@ -33,9 +33,11 @@ import torch
 from .decode_step import DecodeStep, decode_step_for
 from .packed_linear import packed_linears
 
-__all__ = ["decode", "prefill", "reserve", "common_prefix_len", "MIN_PREFIX"]
+__all__ = ["decode", "prefill", "reserve", "common_prefix_len", "shared_prefix_len", "MIN_SAVED"]
 
-MIN_PREFIX = 32  # shorter shared prefixes are cheaper to recompute than to split the prefill for
+# The extra batch-1 forward of a split prefill costs about what 30-40 prompt tokens of a batched one do (SmolLM2,
+# bf16 and fp32 on a CPU: docs/LOG.md, 2026-12-07, session 16), so a shared prefix is split off when it saves more.
+MIN_SAVED = 48
 
 
 def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
@@ -48,6 +50,13 @@ def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
     while n < limit and all(r[n] == first[n] for r in rows):
         n += 1
     return n
+
+
+def shared_prefix_len(rows: Sequence[Sequence[int]], min_saved: int = MIN_SAVED) -> int:
+    """The prefix `prefill` computes once for distinct `rows`: their common prefix where computing it once saves
+    at least `min_saved` tokens (prefix length x (rows - 1)), else 0."""
+    p = common_prefix_len(rows)
+    return p if p and p * (len(rows) - 1) >= min_saved else 0
 
 
 def _cache_kwarg(model: Any) -> str:
@@ -184,26 +193,25 @@ def reserve(cache: Any, room: int) -> None:
                     and lay.keys is not None and lay.keys.numel() else lay for lay in cache.layers]
 
 
-def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_prefix: int = MIN_PREFIX
+def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_saved: int = MIN_SAVED
             ) -> tuple[Any, dict[str, Any], torch.Tensor, torch.Tensor]:
     """Run the prompts of a batch through `model` once: (KV cache, its call kwarg, attention mask, last-position
-    logits `[batch, vocab]`). A prefix of `>= min_prefix` tokens shared by every row is computed once at
-    batch 1, and rows that repeat an earlier row (GRPO's group of rollouts per prompt, a stage's samples per
-    prompt) are computed once and their cache rows copied (module docstring). Call under
-    `torch.inference_mode()`."""
+    logits `[batch, vocab]`). A prefix shared by every row is computed once at batch 1 where that saves
+    `>= min_saved` tokens (`shared_prefix_len`), and rows that repeat an earlier row (GRPO's group of rollouts
+    per prompt, a stage's samples per prompt) are computed once and their cache rows copied (module docstring).
+    Call under `torch.inference_mode()`."""
     from transformers import DynamicCache
 
     first: dict[tuple[int, ...], int] = {}
     which = [first.setdefault(tuple(r), len(first)) for r in rows]
     if len(first) < len(rows):
-        cache, kv, mask, logits = prefill(model, [list(r) for r in first], pad_id=pad_id, min_prefix=min_prefix)
+        cache, kv, mask, logits = prefill(model, [list(r) for r in first], pad_id=pad_id, min_saved=min_saved)
         idx = torch.tensor(which, dtype=torch.long, device=mask.device)
         cache.batch_select_indices(idx)
         return cache, kv, mask[idx], logits[idx]
     device = next(model.parameters()).device
     b = len(rows)
-    p = common_prefix_len(rows)
-    p = p if p >= min_prefix else 0
+    p = shared_prefix_len(rows, min_saved)
     cache = DynamicCache(config=model.config)
     kv = {_cache_kwarg(model): cache}
     if p:  # the shared prefix once, at batch 1, then repeated across the batch
@@ -226,7 +234,7 @@ def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_prefi
 
 def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
            do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-           min_prefix: int = MIN_PREFIX, keep_stop: bool = False, reserve_cache: bool = True,
+           min_saved: int = MIN_SAVED, keep_stop: bool = False, reserve_cache: bool = True,
            packed: bool = True, own_step: bool = True) -> list[tuple[list[int], bool]]:
     """Generate for a batch of token-id rows; returns (new ids, stopped) per row.
 
@@ -243,13 +251,13 @@ def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, st
     """
     with packed_linears(model, enabled=packed):
         return _decode(model, rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
-                       do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, min_prefix=min_prefix,
+                       do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, min_saved=min_saved,
                        keep_stop=keep_stop, reserve_cache=reserve_cache,
                        step=decode_step_for(model) if packed and own_step else None)
 
 
 def _decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
-            do_sample: bool, temperature: float, top_p: float, seed: int | None, min_prefix: int, keep_stop: bool,
+            do_sample: bool, temperature: float, top_p: float, seed: int | None, min_saved: int, keep_stop: bool,
             reserve_cache: bool, step: DecodeStep | None) -> list[tuple[list[int], bool]]:
     device = next(model.parameters()).device
     b = len(rows)
@@ -257,7 +265,7 @@ def _decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, s
     if do_sample:
         gen = torch.Generator(device=device)
         gen.manual_seed(0 if seed is None else seed)
-    cache, kv, mask, logits = prefill(model, rows, pad_id=pad_id, min_prefix=min_prefix)
+    cache, kv, mask, logits = prefill(model, rows, pad_id=pad_id, min_saved=min_saved)
     if reserve_cache:
         reserve(cache, min(max_new_tokens, RESERVE_ROOM))
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sinternal_lib import decoding, sampling
-from sinternal_lib.decoding import common_prefix_len, decode
+from sinternal_lib.decoding import MIN_SAVED, common_prefix_len, decode, shared_prefix_len
 from sinternal_lib.models import load_model, tiny_model
 
 SYSTEM = "You check answers against a written safety specification. " * 6  # a long shared prefix
@@ -54,12 +54,20 @@ def test_common_prefix_len():
     assert common_prefix_len([[7, 2], [1, 2]]) == 0
 
 
-@pytest.mark.parametrize("system", [None, SYSTEM])
-def test_greedy_matches_generate_on_tiny_model(tiny, system):
+def test_a_prefix_is_shared_only_where_it_saves_enough():
+    rows = [[1] * 24 + [k] for k in range(3)]  # 24 tokens shared by 3 rows: 48 tokens saved
+    assert shared_prefix_len(rows) == 24 and MIN_SAVED <= 48
+    assert shared_prefix_len(rows[:2]) == 0  # 24 saved
+    assert shared_prefix_len(rows[:2], min_saved=24) == 24
+    assert shared_prefix_len([[5, 1], [6, 1]], min_saved=0) == 0  # nothing in common
+
+
+@pytest.mark.parametrize("min_saved", [MIN_SAVED, 10**9])
+def test_greedy_matches_generate_on_tiny_model(tiny, min_saved):
     model, tok = tiny
-    rows = _rows(tok, system)
-    assert (common_prefix_len(rows) >= 32) == (system is not None)  # the shared-prefix path is exercised
-    assert _kit(model, tok, rows, 12) == _hf_greedy(model, tok, rows, 12)
+    rows = _rows(tok, SYSTEM)
+    assert bool(shared_prefix_len(rows, min_saved)) == (min_saved == MIN_SAVED)  # with and without the split
+    assert _kit(model, tok, rows, 12, min_saved=min_saved) == _hf_greedy(model, tok, rows, 12)
 
 
 def test_finished_rows_leave_the_batch_without_changing_the_others(tiny):
@@ -225,7 +233,7 @@ def test_repeated_rows_are_prefilled_once_and_still_sampled_apart(tiny):
         out = _kit(model, tok, [a, b, a, a, c, b], 6)
     finally:
         hook.remove()
-    assert calls[0] == 3  # the prefill saw the three distinct rows
+    assert [n for n in calls if n > 1] == [3]  # the prefill saw the three distinct rows (a shared prefix at batch 1)
     alone = _kit(model, tok, [a, b, c], 6)
     assert out == [alone[0], alone[1], alone[0], alone[0], alone[2], alone[1]]
     sampled = _kit(model, tok, [a] * 6, 10, do_sample=True, temperature=1.0, top_p=1.0, seed=0)

@@ -63,8 +63,8 @@ def test_scores_are_probabilities_independent_of_batch_and_padding(tiny):
 
 def test_one_forward_per_prompt_equals_two_sequences_per_prompt(tiny):
     """The single-token path (context logits, shared spec prefix computed once) gives the scores of the
-    general path (one full sequence per choice), with and without a shared prefix of >= MIN_PREFIX tokens."""
-    from sinternal_lib.decoding import MIN_PREFIX
+    general path (one full sequence per choice), with a shorter and a longer shared prefix computed once."""
+    from sinternal_lib.decoding import shared_prefix_len
 
     model, tok = tiny
     long_spec = "SPEC: " + " ".join(f"rule {k}: never help with hazard {k}." for k in range(12))
@@ -74,8 +74,7 @@ def test_one_forward_per_prompt_equals_two_sequences_per_prompt(tiny):
         items = [fc.choice_token_ids(tok, fc.verdict_context(tok, m)) for m in msgs]
         assert all(len(c) == 1 for _, cs in items for c in cs)  # SmolLM2's tokenizer: " safe", " unsafe"
         if spec is long_spec:
-            from sinternal_lib.decoding import common_prefix_len
-            assert common_prefix_len([ctx for ctx, _ in items]) >= MIN_PREFIX  # the prefix path is taken
+            assert shared_prefix_len([ctx for ctx, _ in items[:4]])  # the prefix path is taken
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         fast = fc._single_token_scores(model, items, pad, 4)
         slow = fc._two_sequence_scores(model, items, pad, 8)
