@@ -51,6 +51,12 @@ def test_bench_all_quick(tmp_path):
     levers = [g for g in gen["goals"] if "(same dtype)" in g["what"]]
     assert len(levers) == 6 and all(g["value"] > 0 for g in levers), levers
     assert all(r["tokens"] > 0 and r["roofline_tps"] > 0 for r in gen["rows"]) and gen["precision"]["cpu_capability"]
+    # the kit at the goal batch: its prefill timed alone, and the share of its steps without it
+    kit = [r for r in gen["rows"] if r["engine"] == "kit" and r["batch"] == 4]
+    assert kit and all(r["prefill_s"] > 0 and r["decode_only_tokens_per_s"] >= r["tokens_per_s"] for r in kit), kit
+    steps = [g for g in gen["goals"] if "decode steps only" in g["what"]]
+    best = max((r for r in kit if r["task"] == "sampling"), key=lambda r: r["tokens_per_s"])  # the goal's row
+    assert len(steps) == 1 and steps[0]["value"] == best["decode_only_roofline_pct"] >= best["roofline_pct"]
     # the forced-choice arms score the same prompts the same way (tiny random model, so no speed asserted)
     for fc in gen["forced_choice"]:  # bf16 rounds differently when the spec prefix is computed apart
         assert fc["max_abs_diff"] < (1e-4 if fc["dtype"] == "float32" else 2e-2) and fc["seconds"]["one_forward"] > 0, fc
