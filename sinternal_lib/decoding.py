@@ -35,8 +35,8 @@ from .packed_linear import packed_linears
 
 __all__ = ["decode", "prefill", "reserve", "common_prefix_len", "shared_prefix_len", "MIN_SAVED"]
 
-# The extra batch-1 forward of a split prefill costs about what 30-40 prompt tokens of a batched one do (SmolLM2,
-# bf16 and fp32 on a CPU: docs/LOG.md, 2026-12-07, session 16), so a shared prefix is split off when it saves more.
+# A split prefill pays for its extra batch-1 forward from about 48 prompt tokens saved (SmolLM2, bf16 and fp32 on a
+# CPU, 2-16 rows sharing 24 tokens: docs/LOG.md, 2026-12-07, session 16).
 MIN_SAVED = 48
 
 

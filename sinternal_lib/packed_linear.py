@@ -112,8 +112,7 @@ def is_packed(module: torch.nn.Module) -> bool:
 
 def clear_packed(model: Any) -> int:
     """Drop the packed copies held for `model`'s modules, the decode step's fused ones included (frees their
-    memory); returns how many. A model
-    that is deleted drops them by itself."""
+    memory); returns how many. A model that is deleted drops them by itself."""
     n = 0
     for m in model.modules():
         if _PACKED.pop(m, None) is not None:
