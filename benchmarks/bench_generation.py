@@ -6,7 +6,8 @@ One run prints, side by side:
 - the model: FLOPs per generated token (2 x the weights a token passes through, LM head included,
   attention scores not counted) and bytes of weights read per decode step;
 - for each dtype (fp32 and the `auto` pick) and engine ("hf": `model.generate`, the engine before
-  2026-12-05; "kit": `decoding.decode`; at the goal batch only, the levers undone one at a time: "kit-concat"
+  2026-12-05; "kit": `decoding.decode`; at the goal batch only, the levers undone one at a time:
+  "kit-torch-ops" the kit's decode step without its native kernels (which only sampling takes), "kit-concat" that
   without its reserved KV cache, "kit-hf-step" each step through the model's forward instead of the kit's
   decode step, "kit-unpacked" also without packed Linear weights), tokens/s at batch 1, 8, 32, 64 for
   * sampling: temperature 1, exactly 48 new tokens (stop tokens ignored, so both engines do equal work),
@@ -111,11 +112,12 @@ def run_engine(engine: str, model, tok, rows, *, max_new: int, sample: bool, sto
     with torch.inference_mode():
         if engine.startswith("kit"):  # kit-concat: without the reserved KV cache (session 11);
             # kit-unpacked: without packed Linear weights (session 14); kit-hf-step: each step through the
-            # model's forward, not the kit's decode step (session 15)
+            # model's forward, not the kit's decode step (session 15); kit-torch-ops: the kit's step without its
+            # native kernels (session 17)
             out = decode(model, rows, max_new_tokens=max_new, stop_ids=stop_ids if stop else set(), pad_id=pad,
                          do_sample=sample, temperature=1.0, top_p=top_p, seed=0,
                          reserve_cache=engine != "kit-concat", packed=engine != "kit-unpacked",
-                         own_step=engine != "kit-hf-step")
+                         own_step=engine != "kit-hf-step", native=engine == "kit")
             n = sum(len(ids) + s for ids, s in out)
         else:
             width = max(map(len, rows))
@@ -199,14 +201,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--recipe", default="cpu-smollm2")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "auto"])
-    ap.add_argument("--engines", nargs="+", default=["hf", "kit", "kit-concat", "kit-hf-step", "kit-unpacked"],
-                    help="kit-concat (the kit's loop without its reserved KV cache), kit-hf-step (the model's "
-                         "forward for each step) and kit-unpacked (that, without packed Linear weights) run at the "
-                         "goal batch only")
+    ap.add_argument("--engines", nargs="+",
+                    default=["hf", "kit", "kit-torch-ops", "kit-concat", "kit-hf-step", "kit-unpacked"],
+                    help="kit-torch-ops (the kit's decode step without its native kernels), kit-concat (that, "
+                         "without its reserved KV cache), kit-hf-step (the model's forward for each step) and "
+                         "kit-unpacked (that, without packed Linear weights) run at the goal batch only")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--quick", action="store_true", help="tiny random model, batch 1 and 4, 8 tokens (tests)")
     ap.add_argument("--out-dir", default=None)
     a = ap.parse_args(argv)
+    from sinternal_lib import native_kernels
     from sinternal_lib.config import load_recipe
     from sinternal_lib.models import load_model, tiny_model
     from sinternal_lib.precision import precision_record, resolve_dtype
@@ -221,9 +225,11 @@ def main(argv=None) -> dict:
     result = {"benchmark": "generation: kit engine vs roofline, transformers generate and llama.cpp",
               "machine": {**bl.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                           "torch_threads": torch.get_num_threads()},
+              "decode_kernels": native_kernels.status(),
               "precision": precision_record("cpu"), "matmul_peak": peak, "bandwidth_gbs": round(bw, 1),
               "rows": [], "prefill": []}
-    print(f"cpu capability {result['machine']['cpu_capability']}, matmul peak {gf} GFLOP/s, bandwidth {bw:.0f} GB/s")
+    print(f"cpu capability {result['machine']['cpu_capability']}, matmul peak {gf} GFLOP/s, bandwidth {bw:.0f} GB/s, "
+          f"decode kernels {result['decode_kernels']}")
     for dtype in dict.fromkeys(resolve_dtype(d) for d in a.dtypes):
         if a.quick:
             model, tok = tiny_model()
@@ -291,8 +297,9 @@ def main(argv=None) -> dict:
 
 
 # (arm without the lever, arm with it, the lever): each row of the summary undoes one lever
-LEVERS = (("kit-concat", "kit", "reserved KV cache vs concatenated"),
-          ("kit-hf-step", "kit", "the kit's decode step vs the model's forward"),
+LEVERS = (("kit-torch-ops", "kit", "native kernels vs torch ops in the decode step (sampling only)"),
+          ("kit-concat", "kit-torch-ops", "reserved KV cache vs concatenated"),
+          ("kit-hf-step", "kit-torch-ops", "the kit's decode step vs the model's forward"),
           ("kit-unpacked", "kit-hf-step", "packed Linear weights vs F.linear"))
 LEVER_ARMS = {arm for arm, _, _ in LEVERS}
 

@@ -21,6 +21,11 @@ An unmerged PEFT LoRA (how stage 05 evaluates its checkpoints) runs as PEFT's `l
 input cast to the adapter's dtype, `B(A(x)) * scaling` added to the base output, the sum cast back; the A
 matrices of the fused parts are stacked like their bases.
 
+With `native=True` (the decode loop asks for it when sampling) the attention, norms, rotary embedding, residual adds
+and SiLU gate run in the kit's native kernels (`native_kernels.py`, `decode_kernels.c`: three calls per layer
+between the packed matmuls) where they build on this machine; they sum in another order than torch's ops, so
+their logits differ from the forward's in the last bits and greedy decoding never takes them.
+
 `decode_step_for(model)` returns None, and the decode loop calls the model's forward, for anything this step
 does not know: other architectures, 4-bit or other non-plain layers, LoRA variants (DoRA, biases, several
 active adapters), attention other than SDPA or with dropout in training mode, sliding windows, a GPU, a torch
@@ -29,11 +34,13 @@ build without oneDNN packing. `why_not(model)` says which.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from . import native_kernels
 from .packed_linear import _DTYPES, _packed_weight, _run, packing_available
 
 __all__ = ["DecodeStep", "decode_step_for", "why_not"]
@@ -171,10 +178,19 @@ def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-class DecodeStep:
-    """One decode step of a supported model (`decode_step_for`), weights packed when built."""
+def native_why_not(heads: int, kv_heads: int, head_dim: int) -> str | None:
+    """Why the native kernels cannot run a model of these attention shapes, or the machine (None when they can)."""
+    if head_dim % 16 or head_dim > 256 or heads // kv_heads > 16:
+        return (f"head_dim {head_dim} (needs a multiple of 16, <= 256) or {heads // kv_heads} query heads per "
+                "key-value head (<= 16)")
+    return native_kernels.why_not()
 
-    def __init__(self, model: Any) -> None:
+
+class DecodeStep:
+    """One decode step of a supported model (`decode_step_for`), weights packed when built; with `native` its
+    non-matmul work in the native kernels where they load (`self.native` says whether they did)."""
+
+    def __init__(self, model: Any, native: bool = False) -> None:
         lm = _inner(model)
         cfg = lm.config
         self.model = lm
@@ -188,6 +204,16 @@ class DecodeStep:
                                 _projection(m, [m.gate_proj, m.up_proj]), _base(m.gate_proj).out_features,
                                 _projection(m.down_proj, [m.down_proj])))
         self.head = _packed_weight(lm.lm_head)
+        norms = [n for layer in lm.model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        same = all(t.dtype == self.head.dtype and t.is_contiguous() for t in
+                   [n.weight for n in norms + [lm.model.norm]] + [lm.model.embed_tokens.weight])
+        # the kernels read every tensor as the step's dtype: a norm kept in fp32 beside bf16 weights takes torch's ops
+        self.kernels = native_kernels.load() if native and same and native_why_not(
+            self.heads, self.kv_heads, self.head_dim) is None else None
+
+    @property
+    def native(self) -> bool:
+        return self.kernels is not None
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any
                  ) -> torch.Tensor:
@@ -197,6 +223,8 @@ class DecodeStep:
         b, h, kvh, d = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
         x = self.model.model.embed_tokens(tokens)
         cos, sin = self.model.model.rotary_emb(x[:, None], positions)
+        if self.kernels is not None:
+            return self._native_step(x, cos.reshape(b, d).contiguous(), sin.reshape(b, d).contiguous(), mask, cache)
         cos, sin = cos[:, None], sin[:, None]
         if bool(mask.all()):  # transformers passes no mask then, and SDPA repeats the key-value heads itself
             attn_mask, q_shape, gqa = None, (b, h, 1, d), True
@@ -216,6 +244,44 @@ class DecodeStep:
         return _run(_rms(self.model.model.norm, x), self.head, self.model.lm_head.bias)
 
 
-def decode_step_for(model: Any) -> DecodeStep | None:
-    """The kit's decode step for `model`, or None where it does not apply (`why_not`)."""
-    return None if why_not(model) is not None else DecodeStep(model)
+    def _native_step(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, cache: Any
+                     ) -> torch.Tensor:
+        """`__call__` with the native kernels: per layer the residual add and norm, rotary embedding and attention,
+        and the SiLU gate each in one call, around the same packed projections. `x` (the embedded tokens) is
+        updated in place as the residual stream."""
+        b, (h, kvh, d), width = x.shape[0], (self.heads, self.kv_heads, self.head_dim), x.shape[1]
+        kern = functools.partial(self.kernels.kernel, dtype=x.dtype)
+        add_rms, rotary, attn, silu_mul = (kern(n) for n in ("add_rms", "rotary", "attn", "silu_mul"))
+        visible = mask.to(torch.uint8).contiguous()
+        normed, stride = torch.empty_like(x), (h + 2 * kvh) * d
+        norms = [layer[0] for layer in self.layers[1:]] + [self.model.model.norm]
+        add_rms(x.data_ptr(), None, self.layers[0][0].weight.data_ptr(), normed.data_ptr(), b, width,
+                self.layers[0][0].variance_epsilon)
+        for i, (_, qkv_p, scale, o_p, n2, gu_p, inter, down_p) in enumerate(self.layers):
+            qkv = _project(normed, qkv_p)  # [b, (h + 2 kvh) d] contiguous: queries, keys, values per row
+            rotary(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), b, h + kvh, d, stride)  # queries and keys
+            keys, values = cache.update(qkv[:, h * d:(h + kvh) * d].view(b, kvh, 1, d),
+                                        qkv[:, (h + kvh) * d:].view(b, kvh, 1, d), i)
+            if keys.stride(-1) != 1 or values.stride() != keys.stride() or keys.dtype != x.dtype \
+                    or keys.shape[2] != visible.shape[1]:
+                raise RuntimeError(f"native attention needs keys and values of one layout with the head dim "
+                                   f"contiguous, {x.dtype}, one per mask position; got {keys.dtype} "
+                                   f"{tuple(keys.shape)} strides {keys.stride()} / {values.stride()}")
+            o = torch.empty((b, h * d), dtype=x.dtype)
+            attn(qkv.data_ptr(), keys.data_ptr(), values.data_ptr(), visible.data_ptr(), o.data_ptr(), b, kvh, h // kvh,
+                 d, keys.shape[2], stride, *keys.stride()[:3], scale)
+            delta = _project(o, o_p)  # named: a pointer is passed, the tensor must outlive the call
+            add_rms(x.data_ptr(), delta.data_ptr(), n2.weight.data_ptr(), normed.data_ptr(), b, width,
+                    n2.variance_epsilon)
+            gu = _project(normed, gu_p)
+            act = torch.empty((b, inter), dtype=x.dtype)
+            silu_mul(gu.data_ptr(), act.data_ptr(), b, inter)
+            delta = _project(act, down_p)
+            add_rms(x.data_ptr(), delta.data_ptr(), norms[i].weight.data_ptr(), normed.data_ptr(), b, width,
+                    norms[i].variance_epsilon)
+        return _run(normed, self.head, self.model.lm_head.bias)
+
+
+def decode_step_for(model: Any, native: bool = False) -> DecodeStep | None:
+    """The kit's decode step for `model`, or None where it does not apply (`why_not`); `native` as `DecodeStep`."""
+    return None if why_not(model) is not None else DecodeStep(model, native)

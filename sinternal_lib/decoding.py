@@ -16,10 +16,12 @@ recomputed the verifier's shared spec prompt for every row (profile and before/a
   step writes its keys and values in place (transformers' dynamic cache copies the whole cache every step);
 - on a CPU the model's Linear layers run on weights packed once for oneDNN (`packed_linear.py`) instead of
   being reordered at every call, and the steps after the prefill of a Llama-family model go through the
-  kit's own decode step (`decode_step.py`) instead of the model's forward.
+  kit's own decode step (`decode_step.py`) instead of the model's forward; when sampling, that step's
+  attention and elementwise ops run in native kernels (`native_kernels.py`) where a C compiler builds them.
 
 Greedy outputs match `model.generate` up to floating-point reassociation (a test compares them);
-sampling matches it in distribution, not token for token (a different random stream).
+sampling matches it in distribution, not token for token (a different random stream, and the native kernels'
+last bits).
 """
 
 from __future__ import annotations
@@ -235,7 +237,7 @@ def prefill(model: Any, rows: Sequence[Sequence[int]], *, pad_id: int, min_saved
 def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
            do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
            min_saved: int = MIN_SAVED, keep_stop: bool = False, reserve_cache: bool = True,
-           packed: bool = True, own_step: bool = True) -> list[tuple[list[int], bool]]:
+           packed: bool = True, own_step: bool = True, native: bool = True) -> list[tuple[list[int], bool]]:
     """Generate for a batch of token-id rows; returns (new ids, stopped) per row.
 
     `stopped` is False when the row ran to `max_new_tokens`. The stop token is left out of the ids unless
@@ -247,13 +249,17 @@ def decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, st
     `own_step` runs the steps after the prefill through the kit's decode step (`decode_step.py`: fused packed
     matmuls, no module machinery) where the model is one it knows and `packed` is on; otherwise, and with it
     off, each step calls the model's forward (same tokens, docs/LOG.md, 2026-12-07, session 15).
+    `native` lets that step run its attention, norms and elementwise ops in the kit's native kernels
+    (`native_kernels.py`) when sampling, where they build on this machine: the same distribution, not the same
+    bits (1.3x a bf16 step of SmolLM2 at batch 32, docs/LOG.md, 2026-12-07, session 17). Greedy decoding never
+    takes them, so verdicts stay those of the model's forward.
     Call under `torch.inference_mode()` or `torch.no_grad()`.
     """
     with packed_linears(model, enabled=packed):
         return _decode(model, rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
                        do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, min_saved=min_saved,
                        keep_stop=keep_stop, reserve_cache=reserve_cache,
-                       step=decode_step_for(model) if packed and own_step else None)
+                       step=decode_step_for(model, native=native and do_sample) if packed and own_step else None)
 
 
 def _decode(model: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int], pad_id: int,

@@ -107,7 +107,14 @@ def precision_record(device: str = "cpu", recipe: Any = None) -> dict[str, Any]:
     return {**chosen, "device": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu": platform.processor() or platform.machine(), "bf16_flags": cpu_bf16_flags(),
             "torch_threads": torch.get_num_threads(), **_cpu_probe(), "bf16_fast": bf16_is_fast(device),
-            "min_speedup": MIN_SPEEDUP}
+            "min_speedup": MIN_SPEEDUP, "decode_kernels": _decode_kernels()}
+
+
+def _decode_kernels() -> str:
+    """Whether sampling's decode step runs native kernels here (`native_kernels.status`)."""
+    from .native_kernels import status  # builds them at first call (a few seconds, cached across processes)
+
+    return status()
 
 
 # make reproduce on the dev machine with both math libraries held to AVX2 (fp32 everywhere) took 1.2x the stage
@@ -127,6 +134,8 @@ def format_precision(record: dict[str, Any]) -> str:
                + (f"; auto -> {used}" if used else "")
     line = (f"precision: bf16 {record.get('bf16_gflops')} vs fp32 {record.get('fp32_gflops')} GFLOP/s on this CPU "
             f"({record.get('cpu_capability')})" + (f"; auto -> {used}" if used else ""))
+    if record.get("decode_kernels", "").startswith("torch ops"):
+        line += f"; sampling without the native decode kernels: {record['decode_kernels']}"
     if used and not record.get("bf16_fast"):
         line += (f". This CPU has no fast bf16, so the run computes in fp32: expect stage times about "
                  f"{FP32_SLOWDOWN}x the README's CPU figures (docs/LOG.md, 2026-12-06, session 14)")

@@ -45,11 +45,12 @@ def test_bench_all_quick(tmp_path):
     assert sft["kit"]["pad_share"] == 0 < sft["default"]["pad_share"] and sft["kit"]["nonpad_tokens"] > 0
     assert all(a["peak_mem_mb"] > 0 for a in sft.values())
     gen = res["generation"]  # both engines at both batch sizes, each against its roofline; the loop without one
-    # lever (kit-concat, kit-hf-step, kit-unpacked) at the goal batch, and a ratio for each lever
+    # lever (kit-torch-ops, kit-concat, kit-hf-step, kit-unpacked) at the goal batch, and a ratio for each lever
     assert {(r["engine"], r["batch"]) for r in gen["rows"]} == {(e, b) for e in ("hf", "kit") for b in (1, 4)} | {
-        ("kit-concat", 4), ("kit-hf-step", 4), ("kit-unpacked", 4)}
+        ("kit-torch-ops", 4), ("kit-concat", 4), ("kit-hf-step", 4), ("kit-unpacked", 4)}
     levers = [g for g in gen["goals"] if "(same dtype)" in g["what"]]
-    assert len(levers) == 6 and all(g["value"] > 0 for g in levers), levers
+    assert len(levers) == 8 and all(g["value"] > 0 for g in levers), levers
+    assert gen["decode_kernels"].startswith(("native", "torch ops"))
     assert all(r["tokens"] > 0 and r["roofline_tps"] > 0 for r in gen["rows"]) and gen["precision"]["cpu_capability"]
     # the kit at the goal batch: its prefill timed alone, and the share of its steps without it
     kit = [r for r in gen["rows"] if r["engine"] == "kit" and r["batch"] == 4]
