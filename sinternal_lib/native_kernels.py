@@ -10,8 +10,8 @@ forward.
 Where they cannot be had, generation runs on torch's ops and `why_not()` says why: no C compiler (`$CC`, else
 `cc`), a platform other than Linux, a build that fails or whose outputs disagree with torch's, or
 `SINTERNAL_NATIVE_KERNELS=off` in the environment. Builds are cached under `$SINTERNAL_KERNEL_CACHE` (default
-`~/.cache/sinternal/kernels`), one file per source, compiler and flags, written under a temporary name and renamed
-when complete.
+`~/.cache/sinternal/kernels`), one file per source, compiler, flags and CPU kind, written under a temporary name
+and renamed when complete.
 """
 
 from __future__ import annotations
@@ -56,10 +56,21 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC") or "cc")
 
 
+def _cpu_identity() -> str:
+    """The CPU's model and instruction-set flags: `-march=native` builds for them, so a cache shared by machines
+    (a home directory on a cluster) keeps one build per CPU kind instead of handing one an illegal instruction."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    pick = [next((ln for ln in info if ln.lower().startswith(k)), "") for k in ("model name", "flags", "features")]
+    return "\n".join([platform.machine(), *pick])
+
+
 def library_path(cc: str) -> Path:
-    """Where the build for this source, compiler (and its version) and flags lives in the cache."""
+    """Where the build for this source, compiler (and its version), flags and CPU lives in the cache."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout.split("\n")[0]
-    key = hashlib.sha256(SOURCE.read_bytes() + "\0".join([cc, version, *FLAGS, platform.machine()]).encode())
+    key = hashlib.sha256(SOURCE.read_bytes() + "\0".join([cc, version, *FLAGS, _cpu_identity()]).encode())
     return _cache_dir() / f"decode_kernels-{key.hexdigest()[:16]}.so"
 
 

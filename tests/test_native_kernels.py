@@ -261,3 +261,10 @@ def test_a_norm_in_another_dtype_takes_torch_ops(kernels, tiny):
     with packed_linears(mixed):
         assert decode_step_for(mixed, native=True).native is False
         assert decode_step_for(copy.deepcopy(model).to(torch.bfloat16), native=True).native is True
+
+
+def test_the_cache_key_names_the_cpu():
+    """`-march=native` builds for this CPU: a cache shared by machines must keep one build per CPU kind."""
+    ident = native_kernels._cpu_identity()
+    if os.path.exists("/proc/cpuinfo"):
+        assert any(line.startswith(("flags", "Features", "features")) for line in ident.splitlines()[1:]), ident
