@@ -57,10 +57,13 @@ INLINE v16f ld16(const void *p, long i, int bf) {
     return f;
 }
 
-INLINE float hsum(v16f v) {
-    v8f a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13,
-                                                                                              14, 15);
-    v4f b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+INLINE float hsum(v16f v) { /* halves added pairwise; memcpy of halves, not a shuffle builtin (GCC < 12 has none) */
+    v8f lo, hi;
+    memcpy(&lo, &v, 32); memcpy(&hi, (const char *)&v + 32, 32);
+    v8f a = lo + hi;
+    v4f c, d;
+    memcpy(&c, &a, 16); memcpy(&d, (const char *)&a + 16, 16);
+    v4f b = c + d;
     return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
