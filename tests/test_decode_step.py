@@ -19,17 +19,22 @@ from test_decoding import SYSTEM, _rows, tiny  # noqa: F401  (prompts and the ti
 pytestmark = pytest.mark.skipif(not packing_available(torch.float32), reason="this torch build packs no weights")
 
 
+def _after_prefill(model, rows):
+    """Prefill `rows` with room for a step: (the cache's call kwarg, next tokens, positions, mask, two copies of the
+    cache). Call under `torch.inference_mode()`."""
+    cache, kv, mask, logits = prefill(model, rows, pad_id=0)
+    reserve(cache, 4)
+    mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+    return next(iter(kv)), logits.argmax(-1), mask.sum(-1, keepdim=True) - 1, mask, *(copy.deepcopy(cache)
+                                                                                      for _ in range(2))
+
+
 def _step_both_ways(model, rows):
     """Prefill `rows`, then one step through the model's forward and one through the kit's step, each on its own
     copy of the cache: (forward logits, step logits, forward cache, step cache)."""
     with torch.inference_mode():
-        cache, kv, mask, logits = prefill(model, rows, pad_id=0)
-        reserve(cache, 4)
-        tok = logits.argmax(-1)
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-        pos = mask.sum(-1, keepdim=True) - 1
-        c1, c2 = copy.deepcopy(cache), copy.deepcopy(cache)
-        want = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, **{next(iter(kv)): c1},
+        name, tok, pos, mask, c1, c2 = _after_prefill(model, rows)
+        want = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, **{name: c1},
                      use_cache=True).logits[:, -1, :]
         got = decode_step_for(model)(tok, pos, mask, c2)
     return want, got, c1, c2

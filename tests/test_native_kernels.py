@@ -17,6 +17,7 @@ from sinternal_lib.decoding import decode, prefill, reserve
 from sinternal_lib.models import load_model
 from sinternal_lib.packed_linear import packed_linears, packing_available
 
+from test_decode_step import _after_prefill
 from test_decoding import SYSTEM, _rows, tiny  # noqa: F401  (prompts and the tiny-model fixture of the loop's tests)
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -108,12 +109,7 @@ def _step_native_and_not(model, rows):
     """One decode step after a prefill through the kit's step with and without the kernels, each on its own copy
     of the cache: (torch logits, native logits, torch cache, native cache)."""
     with torch.inference_mode(), packed_linears(model):
-        cache, kv, mask, logits = prefill(model, rows, pad_id=0)
-        reserve(cache, 4)
-        tok = logits.argmax(-1)
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-        pos = mask.sum(-1, keepdim=True) - 1
-        c1, c2 = copy.deepcopy(cache), copy.deepcopy(cache)
+        _, tok, pos, mask, c1, c2 = _after_prefill(model, rows)
         plain, native = decode_step_for(model), decode_step_for(model, native=True)
         assert not plain.native and native.native
         return plain(tok, pos, mask, c1), native(tok, pos, mask, c2), c1, c2
