@@ -49,8 +49,11 @@ def test_step_gives_the_forwards_logits_and_cache(tiny, dtype, padded):
     model, tok = tiny
     model = copy.deepcopy(model).to(dtype)
     rows = _rows(tok, SYSTEM) if padded else [_rows(tok)[1]] * 3
-    want, got, c1, c2 = _step_both_ways(model, rows)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert_same_step(*_step_both_ways(model, rows), tol=1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def assert_same_step(want, got, c1, c2, *, tol):
+    """Two steps' logits and the caches they wrote agree within `tol`."""
     assert got.shape == want.shape and got.dtype == want.dtype
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
     for a, b in zip(c1.layers, c2.layers):
@@ -58,18 +61,24 @@ def test_step_gives_the_forwards_logits_and_cache(tiny, dtype, padded):
         torch.testing.assert_close(a.values, b.values, atol=tol, rtol=tol)
 
 
-def test_step_handles_biases_and_another_architecture():
-    """Qwen2 (the R1-Distill models' architecture) has biased query, key and value projections."""
+def biased_qwen2(hidden_size: int = 64):
+    """A tiny random Qwen2 (the R1-Distill models' architecture) with non-zero query, key and value biases."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    cfg = Qwen2Config(vocab_size=300, hidden_size=hidden_size, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg).eval()
     with torch.no_grad():
         for layer in model.model.layers:
-            layer.self_attn.q_proj.bias.normal_()  # zero at init: make the biases count
-            layer.self_attn.v_proj.bias.normal_()
+            for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                p.bias.normal_()  # zero at init: make the biases count
+    return model
+
+
+def test_step_handles_biases_and_another_architecture():
+    """Qwen2 (the R1-Distill models' architecture) has biased query, key and value projections."""
+    model = biased_qwen2()
     assert why_not(model) is None
     rows = [[5, 6, 7, 8, 9], [11, 12, 13], [20, 21, 22, 23]]
     want, got, *_ = _step_both_ways(model, rows)

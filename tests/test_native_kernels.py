@@ -17,7 +17,7 @@ from sinternal_lib.decoding import decode, prefill, reserve
 from sinternal_lib.models import load_model
 from sinternal_lib.packed_linear import packed_linears, packing_available
 
-from test_decode_step import _after_prefill
+from test_decode_step import _after_prefill, assert_same_step, biased_qwen2
 from test_decoding import SYSTEM, _rows, tiny  # noqa: F401  (prompts and the tiny-model fixture of the loop's tests)
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -123,27 +123,14 @@ def test_the_step_with_kernels_gives_the_steps_logits_and_cache(kernels, tiny, d
     model, tok = tiny
     model = copy.deepcopy(model).to(dtype)
     rows = _rows(tok, SYSTEM) if padded else [_rows(tok)[1]] * 3
-    want, got, c1, c2 = _step_native_and_not(model, rows)
-    assert got.dtype == want.dtype and got.shape == want.shape
-    torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
-    for a, b in zip(c1.layers, c2.layers):
-        torch.testing.assert_close(a.keys, b.keys, atol=TOL[dtype], rtol=TOL[dtype])
-        torch.testing.assert_close(a.values, b.values, atol=TOL[dtype], rtol=TOL[dtype])
+    assert_same_step(*_step_native_and_not(model, rows), tol=TOL[dtype])
 
 
 def test_the_step_with_kernels_runs_biases_and_lora(kernels, tiny):
     """Qwen2's biased query/key/value projections, and an unmerged LoRA (stage 05's checkpoints)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(vocab_size=300, hidden_size=128, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    torch.manual_seed(0)
-    qwen = Qwen2ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for layer in qwen.model.layers:
-            layer.self_attn.q_proj.bias.normal_()
-            layer.self_attn.k_proj.bias.normal_()
+    qwen = biased_qwen2(hidden_size=128)  # head dim 32
     want, got, *_ = _step_native_and_not(qwen, [[5, 6, 7, 8, 9], [11, 12, 13], [20, 21, 22, 23]])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     model, tok = tiny
