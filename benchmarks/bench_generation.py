@@ -210,7 +210,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny random model, batch 1 and 4, 8 tokens (tests)")
     ap.add_argument("--out-dir", default=None)
     a = ap.parse_args(argv)
-    from sinternal_lib import native_kernels
     from sinternal_lib.config import load_recipe
     from sinternal_lib.models import load_model, tiny_model
     from sinternal_lib.precision import precision_record, resolve_dtype
@@ -222,11 +221,12 @@ def main(argv=None) -> dict:
     peak = bl.matmul_peak(256 if a.quick else 2048, 2 if a.quick else 5)
     gf = peak.get("gflops", {})
     bw = bandwidth_gbs(64 if a.quick else 512)
+    prec = precision_record("cpu")
     result = {"benchmark": "generation: kit engine vs roofline, transformers generate and llama.cpp",
               "machine": {**bl.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                           "torch_threads": torch.get_num_threads()},
-              "decode_kernels": native_kernels.status(),
-              "precision": precision_record("cpu"), "matmul_peak": peak, "bandwidth_gbs": round(bw, 1),
+              "decode_kernels": prec["decode_kernels"],  # at the top level too: which kernels the kit arms ran
+              "precision": prec, "matmul_peak": peak, "bandwidth_gbs": round(bw, 1),
               "rows": [], "prefill": []}
     print(f"cpu capability {result['machine']['cpu_capability']}, matmul peak {gf} GFLOP/s, bandwidth {bw:.0f} GB/s, "
           f"decode kernels {result['decode_kernels']}")
