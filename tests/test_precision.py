@@ -89,3 +89,13 @@ def test_runner_line_says_what_auto_became_and_warns_where_bf16_is_slow():
     pinned = {**slow, "resolved": {k: "float32 -> float32" for k in resolved}}
     assert "x the README" not in format_precision(pinned)
     assert format_precision({"device": "cuda", "bf16_fast": True, "resolved": resolved}).startswith("precision: cuda")
+
+
+def test_runner_line_says_where_sampling_runs_without_the_native_kernels():
+    from sinternal_lib.precision import format_precision
+
+    base = {"resolved": {}, "device": "cpu", "cpu_capability": "AVX512", "fp32_gflops": 180.0, "bf16_gflops": 410.0,
+            "bf16_fast": True}
+    off = format_precision({**base, "decode_kernels": "torch ops (no C compiler (cc) on PATH)"})
+    assert "without the native decode kernels: torch ops (no C compiler (cc) on PATH)" in off
+    assert "native decode kernels" not in format_precision({**base, "decode_kernels": "native (decode_kernels-x.so)"})
